@@ -406,7 +406,7 @@ pub struct Share {
 pub struct DuplicateFilter {
     /// (job seq, hashes of accepted shares), oldest job first. Only live jobs are here, a
     /// handful, so a linear scan beats a map.
-    jobs: Vec<(u64, HashSet<[u8; 32], BuildHasherDefault<HashPrefixHasher>>)>,
+    jobs: Vec<(u64, ShareHashes)>,
 }
 
 impl DuplicateFilter {
@@ -450,6 +450,9 @@ impl DuplicateFilter {
     }
 }
 
+/// The accepted share hashes of one job.
+type ShareHashes = HashSet<[u8; 32], BuildHasherDefault<HashPrefixHasher>>;
+
 /// Hashes a SHA-256d output by taking 8 of its bytes: the input is already uniformly random, so
 /// running SipHash over it again would only cost time. The low-order bytes are used because
 /// shares meeting a target have their high-order bytes zero.
@@ -462,7 +465,8 @@ impl Hasher for HashPrefixHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 32]` hashes as its bytes (no length prefix for arrays).
+        // `[u8; 32]` hashes as a length prefix then its bytes: both are folded in, and the
+        // constant prefix changes nothing about the spread.
         let mut word = [0u8; 8];
         let take = bytes.len().min(8);
         word[..take].copy_from_slice(&bytes[..take]);

@@ -1,0 +1,976 @@
+//! Typed Stratum V1 messages in both directions, parsed from and serialized to one line each.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::id::Id;
+use crate::work::{Difficulty, Extranonce1, InvalidShare, Notify, NotifyError, Reject, Share};
+
+/// Method names as they appear on the wire.
+pub mod method {
+    /// BIP310 extension negotiation (version rolling and friends).
+    pub const CONFIGURE: &str = "mining.configure";
+    /// Subscribe: asks for extranonce1 and extranonce2_size.
+    pub const SUBSCRIBE: &str = "mining.subscribe";
+    /// Authorize a worker name.
+    pub const AUTHORIZE: &str = "mining.authorize";
+    /// Opt in to `mining.set_extranonce`.
+    pub const EXTRANONCE_SUBSCRIBE: &str = "mining.extranonce.subscribe";
+    /// The miner's wish for a difficulty.
+    pub const SUGGEST_DIFFICULTY: &str = "mining.suggest_difficulty";
+    /// A share.
+    pub const SUBMIT: &str = "mining.submit";
+    /// New share difficulty, applying from the next job.
+    pub const SET_DIFFICULTY: &str = "mining.set_difficulty";
+    /// A job.
+    pub const NOTIFY: &str = "mining.notify";
+    /// New version-rolling mask.
+    pub const SET_VERSION_MASK: &str = "mining.set_version_mask";
+    /// New extranonce1 / extranonce2_size.
+    pub const SET_EXTRANONCE: &str = "mining.set_extranonce";
+    /// Reconnect elsewhere (or to the same place) after a wait.
+    pub const RECONNECT: &str = "client.reconnect";
+    /// A text for the operator's screen.
+    pub const SHOW_MESSAGE: &str = "client.show_message";
+}
+
+/// The conventional Stratum V1 error codes.
+pub mod code {
+    /// Other / unknown method / malformed.
+    pub const OTHER: i64 = 20;
+    /// Job not found (stale).
+    pub const JOB_NOT_FOUND: i64 = 21;
+    /// Duplicate share.
+    pub const DUPLICATE: i64 = 22;
+    /// Low difficulty share.
+    pub const LOW_DIFFICULTY: i64 = 23;
+    /// Unauthorized worker.
+    pub const UNAUTHORIZED: i64 = 24;
+    /// Not subscribed.
+    pub const NOT_SUBSCRIBED: i64 = 25;
+}
+
+/// One line of Stratum: a request/notification or a response.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// Has a `method`: a request (id set) or a notification (id null).
+    Request(Request),
+    /// Has no `method`: the answer to a request, matched by id.
+    Response(Response),
+}
+
+/// A request or notification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Echoed unchanged in the response; null for notifications.
+    pub id: Id,
+    /// The method and its decoded parameters.
+    pub method: Method,
+}
+
+/// Every Stratum V1 method hashgate speaks, with its parameters decoded into types.
+///
+/// One enum for both directions: hashgate is a server to miners and a client to pools, and the
+/// simulated miners and pool speak the other side. A session receiving a method meant for the
+/// other direction answers error 20, as it does for [`Method::Unknown`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    /// `mining.configure` (miner -> server).
+    Configure(Configure),
+    /// `mining.subscribe` (miner -> server).
+    Subscribe(Subscribe),
+    /// `mining.authorize` (miner -> server).
+    Authorize(Authorize),
+    /// `mining.extranonce.subscribe` (miner -> server).
+    ExtranonceSubscribe,
+    /// `mining.suggest_difficulty` (miner -> server).
+    SuggestDifficulty(Difficulty),
+    /// `mining.submit` (miner -> server).
+    Submit(Submit),
+    /// `mining.set_difficulty` (server -> miner).
+    SetDifficulty(Difficulty),
+    /// `mining.notify` (server -> miner).
+    Notify(Notify),
+    /// `mining.set_version_mask` (server -> miner).
+    SetVersionMask(u32),
+    /// `mining.set_extranonce` (server -> miner).
+    SetExtranonce(SetExtranonce),
+    /// `client.reconnect` (server -> miner).
+    Reconnect(Reconnect),
+    /// `client.show_message` (server -> miner).
+    ShowMessage(String),
+    /// Any other method (`mining.ping`, `client.get_version`, ...): kept by name so the receiver
+    /// can answer error 20 by id instead of dropping the line.
+    Unknown(String),
+}
+
+impl Method {
+    /// The wire name.
+    pub fn name(&self) -> &str {
+        match self {
+            Method::Configure(_) => method::CONFIGURE,
+            Method::Subscribe(_) => method::SUBSCRIBE,
+            Method::Authorize(_) => method::AUTHORIZE,
+            Method::ExtranonceSubscribe => method::EXTRANONCE_SUBSCRIBE,
+            Method::SuggestDifficulty(_) => method::SUGGEST_DIFFICULTY,
+            Method::Submit(_) => method::SUBMIT,
+            Method::SetDifficulty(_) => method::SET_DIFFICULTY,
+            Method::Notify(_) => method::NOTIFY,
+            Method::SetVersionMask(_) => method::SET_VERSION_MASK,
+            Method::SetExtranonce(_) => method::SET_EXTRANONCE,
+            Method::Reconnect(_) => method::RECONNECT,
+            Method::ShowMessage(_) => method::SHOW_MESSAGE,
+            Method::Unknown(name) => name,
+        }
+    }
+
+    /// The parameters as JSON, in wire form.
+    fn params(&self) -> Value {
+        match self {
+            Method::Configure(c) => json!([c.extensions, c.parameters]),
+            Method::Subscribe(s) => match (&s.user_agent, &s.session_id) {
+                (None, None) => json!([]),
+                (Some(agent), None) => json!([agent]),
+                (agent, Some(session)) => json!([agent, session]),
+            },
+            Method::Authorize(a) => json!([a.worker, a.password.as_deref().unwrap_or("")]),
+            Method::ExtranonceSubscribe => json!([]),
+            Method::SuggestDifficulty(d) | Method::SetDifficulty(d) => {
+                json!([difficulty_value(*d)])
+            }
+            Method::Submit(s) => {
+                let share = &s.share;
+                let mut params = vec![
+                    Value::from(s.worker.as_str()),
+                    Value::from(share.job_id.as_str()),
+                    Value::from(share.extranonce2.to_hex()),
+                    Value::from(format!("{:08x}", share.ntime)),
+                    Value::from(format!("{:08x}", share.nonce)),
+                ];
+                if let Some(bits) = share.version_bits {
+                    params.push(Value::from(format!("{bits:08x}")));
+                }
+                Value::Array(params)
+            }
+            Method::Notify(n) => notify_params(n),
+            Method::SetVersionMask(mask) => json!([format!("{mask:08x}")]),
+            Method::SetExtranonce(s) => json!([s.extranonce1.to_hex(), s.extranonce2_size]),
+            Method::Reconnect(r) => {
+                let mut params = Vec::new();
+                if let Some(host) = &r.host {
+                    params.push(Value::from(host.as_str()));
+                    if let Some(port) = r.port {
+                        params.push(Value::from(port));
+                        if let Some(wait) = r.wait_seconds {
+                            params.push(Value::from(wait));
+                        }
+                    }
+                }
+                Value::Array(params)
+            }
+            Method::ShowMessage(text) => json!([text]),
+            Method::Unknown(_) => json!([]),
+        }
+    }
+}
+
+/// `mining.configure` parameters: the extensions asked for and their parameters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Configure {
+    /// Extension names, e.g. `version-rolling`, `minimum-difficulty`, `subscribe-extranonce`.
+    pub extensions: Vec<String>,
+    /// Extension parameters keyed `extension.param`, e.g. `version-rolling.mask`.
+    pub parameters: Map<String, Value>,
+}
+
+impl Configure {
+    /// Whether an extension was asked for.
+    pub fn requests(&self, extension: &str) -> bool {
+        self.extensions.iter().any(|e| e == extension)
+    }
+
+    /// The version-rolling mask asked for, when `version-rolling` is requested. A missing mask
+    /// means "any bits" (BIP310 default `ffffffff`); an unreadable one asks for none.
+    pub fn version_rolling_mask(&self) -> Option<u32> {
+        if !self.requests("version-rolling") {
+            return None;
+        }
+        Some(match self.parameters.get("version-rolling.mask") {
+            None => u32::MAX,
+            Some(Value::String(mask)) => decode_mask(mask).unwrap_or(0),
+            Some(_) => 0,
+        })
+    }
+
+    /// `version-rolling.min-bit-count`, if given.
+    pub fn version_rolling_min_bit_count(&self) -> Option<u32> {
+        self.parameters
+            .get("version-rolling.min-bit-count")
+            .and_then(Value::as_u64)
+            .map(|n| n.min(32) as u32)
+    }
+
+    /// `minimum-difficulty.value`, when that extension is requested with a usable number.
+    pub fn minimum_difficulty(&self) -> Option<Difficulty> {
+        if !self.requests("minimum-difficulty") {
+            return None;
+        }
+        self.parameters
+            .get("minimum-difficulty.value")
+            .and_then(Value::as_f64)
+            .and_then(|d| Difficulty::new(d).ok())
+    }
+}
+
+/// A mask as firmware sends it: 8 hex digits, sometimes fewer (leading zeros dropped). Masks may
+/// be short; share fields may not (see `decode_u32_hex`), because shares are keyed for duplicates.
+fn decode_mask(mask: &str) -> Option<u32> {
+    if mask.is_empty() || mask.len() > 8 {
+        return None;
+    }
+    u32::from_str_radix(mask, 16).ok()
+}
+
+/// `mining.configure` result: what the server grants.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConfigureResult {
+    /// `Some(mask)` when version rolling is granted (the mask may be 0), `None` when refused.
+    pub version_rolling: Option<u32>,
+    /// Other extensions and whether each is supported (unknown ones are answered `false`).
+    pub extensions: Vec<(String, bool)>,
+}
+
+impl ConfigureResult {
+    /// The result object as sent on the wire.
+    pub fn to_value(&self) -> Value {
+        let mut map = Map::new();
+        match self.version_rolling {
+            Some(mask) => {
+                map.insert("version-rolling".into(), Value::Bool(true));
+                map.insert(
+                    "version-rolling.mask".into(),
+                    Value::from(format!("{mask:08x}")),
+                );
+            }
+            None => {
+                map.insert("version-rolling".into(), Value::Bool(false));
+            }
+        }
+        for (name, supported) in &self.extensions {
+            map.insert(name.clone(), Value::Bool(*supported));
+        }
+        Value::Object(map)
+    }
+
+    /// Reads a pool's answer. A pool that answers anything unexpected grants nothing.
+    pub fn from_value(value: &Value) -> Self {
+        let Some(map) = value.as_object() else {
+            return Self::default();
+        };
+        let version_rolling = match map.get("version-rolling") {
+            Some(Value::Bool(true)) => Some(
+                map.get("version-rolling.mask")
+                    .and_then(Value::as_str)
+                    .and_then(decode_mask)
+                    .unwrap_or(0),
+            ),
+            _ => None,
+        };
+        let extensions = map
+            .iter()
+            .filter(|(key, _)| !key.starts_with("version-rolling"))
+            .filter_map(|(key, value)| value.as_bool().map(|b| (key.clone(), b)))
+            .collect();
+        Self {
+            version_rolling,
+            extensions,
+        }
+    }
+}
+
+/// `mining.subscribe` parameters; all optional (`[]`, `[agent]`, `[agent, session]`,
+/// `[agent, null]` from bosminer, and trailing host/port from NiceHash-style clients).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Subscribe {
+    /// The miner software, e.g. `bmminer/2.0.0`.
+    pub user_agent: Option<String>,
+    /// A previous session to resume (extranonce1), if the miner offers one.
+    pub session_id: Option<String>,
+}
+
+/// `mining.subscribe` result: subscriptions, extranonce1, extranonce2_size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeResult {
+    /// The subscription id announced for `mining.set_difficulty` and `mining.notify`.
+    pub subscription_id: String,
+    /// The connection's extranonce1.
+    pub extranonce1: Extranonce1,
+    /// Bytes of extranonce2 the miner rolls.
+    pub extranonce2_size: usize,
+}
+
+impl SubscribeResult {
+    /// The result array as sent on the wire.
+    pub fn to_value(&self) -> Value {
+        json!([
+            [
+                [method::SET_DIFFICULTY, self.subscription_id],
+                [method::NOTIFY, self.subscription_id]
+            ],
+            self.extranonce1.to_hex(),
+            self.extranonce2_size
+        ])
+    }
+
+    /// Reads a pool's answer.
+    pub fn from_value(value: &Value) -> Result<Self, ParamError> {
+        let items = value.as_array().ok_or(ParamError::NotAnArray)?;
+        let extranonce1 = items
+            .get(1)
+            .and_then(Value::as_str)
+            .ok_or(ParamError::Missing {
+                index: 1,
+                name: "extranonce1",
+            })?;
+        let extranonce1 = Extranonce1::from_hex(extranonce1).map_err(|_| ParamError::BadHex {
+            name: "extranonce1",
+        })?;
+        let extranonce2_size = items
+            .get(2)
+            .and_then(Value::as_u64)
+            .ok_or(ParamError::Missing {
+                index: 2,
+                name: "extranonce2_size",
+            })? as usize;
+        // Subscriptions are informative; pools send them in several shapes.
+        let subscription_id = items
+            .first()
+            .and_then(|subs| subs.pointer("/0/1").or_else(|| subs.get(1)))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Self {
+            subscription_id,
+            extranonce1,
+            extranonce2_size,
+        })
+    }
+}
+
+/// `mining.authorize` parameters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Authorize {
+    /// Worker name, usually `account.worker`.
+    pub worker: String,
+    /// Password; often missing or empty.
+    pub password: Option<String>,
+}
+
+/// `mining.submit` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submit {
+    /// The worker name the share is submitted under.
+    pub worker: String,
+    /// The share's hashed fields, decoded.
+    pub share: Share,
+}
+
+/// `mining.set_extranonce` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetExtranonce {
+    /// The new extranonce1.
+    pub extranonce1: Extranonce1,
+    /// The new extranonce2 size.
+    pub extranonce2_size: usize,
+}
+
+/// `client.reconnect` parameters: all optional (no host means "the same one").
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reconnect {
+    /// Host to connect to.
+    pub host: Option<String>,
+    /// Port (sent as a number or a string in the wild).
+    pub port: Option<u16>,
+    /// Seconds to wait before reconnecting.
+    pub wait_seconds: Option<u64>,
+}
+
+/// A response: `result` on success, `error` on failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// The id of the request answered.
+    pub id: Id,
+    /// The result (null when `error` is set).
+    pub result: Value,
+    /// The error, if the request failed.
+    pub error: Option<StratumError>,
+}
+
+impl Response {
+    /// A successful response.
+    pub fn ok(id: Id, result: Value) -> Self {
+        Self {
+            id,
+            result,
+            error: None,
+        }
+    }
+
+    /// An error response: `[code, message, null]`.
+    pub fn error(id: Id, code: i64, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            result: Value::Null,
+            error: Some(StratumError {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+
+    /// The answer to a rejected share, with its conventional code.
+    pub fn reject(id: Id, reject: &Reject) -> Self {
+        Self::error(id, reject.code(), reject.to_string())
+    }
+
+    /// Whether the request succeeded (no error and a result other than `false`).
+    pub fn is_ok(&self) -> bool {
+        self.error.is_none() && self.result != Value::Bool(false)
+    }
+
+    /// The response as one wire line, ending in `\n`, fields in the conventional order.
+    pub fn to_line(&self) -> Bytes {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            id: &'a Id,
+            result: &'a Value,
+            error: Option<(i64, &'a str, ())>,
+        }
+        let wire = Wire {
+            id: &self.id,
+            result: &self.result,
+            error: self
+                .error
+                .as_ref()
+                .map(|e| (e.code, e.message.as_str(), ())),
+        };
+        let mut line = serde_json::to_vec(&wire).expect("ids, values and strings always serialize");
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
+/// A Stratum error: `[code, message, traceback]` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StratumError {
+    /// The code (20..25 conventional).
+    pub code: i64,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl StratumError {
+    /// Reads an error in any of the shapes pools send: `[code, msg, ...]`, `{"code", "message"}`,
+    /// a bare string or number. `None` for null.
+    fn from_value(value: &Value) -> Option<Self> {
+        match value {
+            Value::Null => None,
+            Value::Array(items) => Some(Self {
+                code: items.first().and_then(Value::as_i64).unwrap_or(code::OTHER),
+                message: items
+                    .get(1)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            }),
+            Value::Object(map) => Some(Self {
+                code: map
+                    .get("code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(code::OTHER),
+                message: map
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            }),
+            Value::String(message) => Some(Self {
+                code: code::OTHER,
+                message: message.clone(),
+            }),
+            other => Some(Self {
+                code: other.as_i64().unwrap_or(code::OTHER),
+                message: other.to_string(),
+            }),
+        }
+    }
+}
+
+impl Request {
+    /// A notification (null id).
+    pub fn notification(method: Method) -> Self {
+        Self {
+            id: Id::Null,
+            method,
+        }
+    }
+
+    /// The request as one wire line, ending in `\n`.
+    pub fn to_line(&self) -> Bytes {
+        request_line(&self.id, self.method.name(), self.method.params())
+    }
+}
+
+/// The `mining.notify` line for a job. Called once per job: every miner receives the same bytes.
+pub fn notify_line(notify: &Notify) -> Bytes {
+    request_line(&Id::Null, method::NOTIFY, notify_params(notify))
+}
+
+fn request_line(id: &Id, method: &str, params: Value) -> Bytes {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        id: &'a Id,
+        method: &'a str,
+        params: Value,
+    }
+    let mut line = serde_json::to_vec(&Wire { id, method, params })
+        .expect("ids, strings and values always serialize");
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn notify_params(n: &Notify) -> Value {
+    let branch: Vec<String> = n.merkle_branch.iter().map(hex::encode).collect();
+    json!([
+        n.job_id.as_str(),
+        hex::encode(n.prevhash.wire_bytes()),
+        hex::encode(&n.coinb1),
+        hex::encode(&n.coinb2),
+        branch,
+        format!("{:08x}", n.version),
+        format!("{:08x}", n.nbits),
+        format!("{:08x}", n.ntime),
+        n.clean_jobs
+    ])
+}
+
+/// Difficulties go out as integers when they are whole (some firmware chokes on `16384.0`).
+fn difficulty_value(d: Difficulty) -> Value {
+    let value = d.get();
+    if value.fract() == 0.0 && value < 9_007_199_254_740_992.0 {
+        Value::from(value as u64)
+    } else {
+        Value::from(value)
+    }
+}
+
+/// Why a line is not a usable message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The line is not UTF-8.
+    #[error("line is not valid utf-8 (first bad byte at {valid_up_to})")]
+    InvalidUtf8 {
+        /// Length of the valid prefix.
+        valid_up_to: usize,
+    },
+    /// The line is not a JSON object of the JSON-RPC shape (or its id is not a number, a string or
+    /// null).
+    #[error("invalid json: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    /// A known method with parameters that do not decode. The id is kept so the receiver can
+    /// answer error 20 to the right request.
+    #[error("invalid params for {method}: {reason}")]
+    InvalidParams {
+        /// The request's id.
+        id: Id,
+        /// The method.
+        method: &'static str,
+        /// What is wrong.
+        reason: ParamError,
+    },
+}
+
+impl ProtocolError {
+    /// The id of the request, when the line was readable enough to have one.
+    pub fn request_id(&self) -> Option<&Id> {
+        match self {
+            ProtocolError::InvalidParams { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// What is wrong with a method's parameters.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParamError {
+    /// `params` is not an array.
+    #[error("params is not an array")]
+    NotAnArray,
+    /// A required parameter is missing or null.
+    #[error("parameter {index} ({name}) is missing")]
+    Missing {
+        /// Position.
+        index: usize,
+        /// Name.
+        name: &'static str,
+    },
+    /// A parameter has the wrong JSON type.
+    #[error("parameter {name} must be {expected}")]
+    WrongType {
+        /// Name.
+        name: &'static str,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A hex parameter does not decode.
+    #[error("parameter {name} is not valid hex")]
+    BadHex {
+        /// Name.
+        name: &'static str,
+    },
+    /// A difficulty that is not finite and positive.
+    #[error("parameter {name}: {source}")]
+    Difficulty {
+        /// Name.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: crate::work::DifficultyError,
+    },
+    /// The submit's fields do not make a share (error 20 with this reason).
+    #[error("{0}")]
+    InvalidShare(InvalidShare),
+    /// The notify's fields do not make a job.
+    #[error("{0}")]
+    Notify(NotifyError),
+}
+
+/// The JSON-RPC envelope, borrowed from the line.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    id: Id,
+    #[serde(default, borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<&'a RawValue>,
+}
+
+impl Message {
+    /// Parses one line (without its newline).
+    pub fn parse(line: &[u8]) -> Result<Message, ProtocolError> {
+        let text = std::str::from_utf8(line).map_err(|e| ProtocolError::InvalidUtf8 {
+            valid_up_to: e.valid_up_to(),
+        })?;
+        let envelope: Envelope<'_> =
+            serde_json::from_str(text).map_err(ProtocolError::InvalidJson)?;
+        match envelope.method {
+            Some(name) => {
+                let id = envelope.id;
+                match parse_method(&name, envelope.params) {
+                    Ok(method) => Ok(Message::Request(Request { id, method })),
+                    Err((method, reason)) => {
+                        Err(ProtocolError::InvalidParams { id, method, reason })
+                    }
+                }
+            }
+            None => {
+                let result = match envelope.result {
+                    Some(raw) => {
+                        serde_json::from_str(raw.get()).map_err(ProtocolError::InvalidJson)?
+                    }
+                    None => Value::Null,
+                };
+                let error = match envelope.error {
+                    Some(raw) => StratumError::from_value(
+                        &serde_json::from_str(raw.get()).map_err(ProtocolError::InvalidJson)?,
+                    ),
+                    None => None,
+                };
+                Ok(Message::Response(Response {
+                    id: envelope.id,
+                    result,
+                    error,
+                }))
+            }
+        }
+    }
+}
+
+/// Positional parameters, each still raw JSON borrowed from the line.
+struct Params<'a> {
+    items: Vec<&'a RawValue>,
+}
+
+impl<'a> Params<'a> {
+    fn new(raw: Option<&'a RawValue>) -> Result<Self, ParamError> {
+        let items = match raw {
+            None => Vec::new(),
+            Some(raw) if raw.get() == "null" => Vec::new(),
+            Some(raw) => serde_json::from_str::<Vec<&'a RawValue>>(raw.get())
+                .map_err(|_| ParamError::NotAnArray)?,
+        };
+        Ok(Self { items })
+    }
+
+    /// The item at `index`, unless missing or null.
+    fn get(&self, index: usize) -> Option<&'a RawValue> {
+        self.items
+            .get(index)
+            .copied()
+            .filter(|raw| raw.get() != "null")
+    }
+
+    fn string(&self, index: usize, name: &'static str) -> Result<Cow<'a, str>, ParamError> {
+        self.optional_string(index, name)?
+            .ok_or(ParamError::Missing { index, name })
+    }
+
+    fn optional_string(
+        &self,
+        index: usize,
+        name: &'static str,
+    ) -> Result<Option<Cow<'a, str>>, ParamError> {
+        let Some(raw) = self.get(index) else {
+            return Ok(None);
+        };
+        let text = raw.get();
+        if let Ok(borrowed) = serde_json::from_str::<&'a str>(text) {
+            return Ok(Some(Cow::Borrowed(borrowed)));
+        }
+        serde_json::from_str::<String>(text)
+            .map(|owned| Some(Cow::Owned(owned)))
+            .map_err(|_| ParamError::WrongType {
+                name,
+                expected: "a string",
+            })
+    }
+
+    /// A string, or a number taken as its decimal text (some clients send job ids as numbers).
+    fn string_or_number(
+        &self,
+        index: usize,
+        name: &'static str,
+    ) -> Result<Cow<'a, str>, ParamError> {
+        let raw = self.get(index).ok_or(ParamError::Missing { index, name })?;
+        if raw
+            .get()
+            .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        {
+            return Ok(Cow::Borrowed(raw.get()));
+        }
+        self.string(index, name)
+    }
+
+    fn number(&self, index: usize, name: &'static str) -> Result<f64, ParamError> {
+        let raw = self.get(index).ok_or(ParamError::Missing { index, name })?;
+        // Numbers as integer or float; some pools quote them.
+        if let Ok(n) = serde_json::from_str::<f64>(raw.get()) {
+            return Ok(n);
+        }
+        self.string(index, name)?
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| ParamError::WrongType {
+                name,
+                expected: "a number",
+            })
+    }
+
+    fn difficulty(&self, index: usize, name: &'static str) -> Result<Difficulty, ParamError> {
+        Difficulty::new(self.number(index, name)?)
+            .map_err(|source| ParamError::Difficulty { name, source })
+    }
+
+    fn unsigned(&self, index: usize, name: &'static str) -> Result<u64, ParamError> {
+        let n = self.number(index, name)?;
+        if n >= 0.0 && n.fract() == 0.0 && n <= u64::MAX as f64 {
+            Ok(n as u64)
+        } else {
+            Err(ParamError::WrongType {
+                name,
+                expected: "a non-negative integer",
+            })
+        }
+    }
+
+    fn boolean(&self, index: usize, name: &'static str) -> Result<bool, ParamError> {
+        let raw = self.get(index).ok_or(ParamError::Missing { index, name })?;
+        serde_json::from_str::<bool>(raw.get()).map_err(|_| ParamError::WrongType {
+            name,
+            expected: "a boolean",
+        })
+    }
+
+    fn parse<T: Deserialize<'a>>(
+        &self,
+        index: usize,
+        name: &'static str,
+        expected: &'static str,
+    ) -> Result<T, ParamError> {
+        let raw = self.get(index).ok_or(ParamError::Missing { index, name })?;
+        serde_json::from_str(raw.get()).map_err(|_| ParamError::WrongType { name, expected })
+    }
+}
+
+/// Every method whose parameters this module decodes.
+const KNOWN_METHODS: [&str; 12] = [
+    method::SUBMIT,
+    method::NOTIFY,
+    method::SUBSCRIBE,
+    method::AUTHORIZE,
+    method::CONFIGURE,
+    method::EXTRANONCE_SUBSCRIBE,
+    method::SUGGEST_DIFFICULTY,
+    method::SET_DIFFICULTY,
+    method::SET_VERSION_MASK,
+    method::SET_EXTRANONCE,
+    method::RECONNECT,
+    method::SHOW_MESSAGE,
+];
+
+/// Decodes a known method's parameters; unknown methods keep only their name. An error carries
+/// the method's static name for the log and the reply.
+fn parse_method(
+    name: &str,
+    raw_params: Option<&RawValue>,
+) -> Result<Method, (&'static str, ParamError)> {
+    let Some(known) = KNOWN_METHODS.iter().copied().find(|m| *m == name) else {
+        return Ok(Method::Unknown(name.to_owned()));
+    };
+    Params::new(raw_params)
+        .and_then(|params| parse_known_method(known, &params))
+        .map_err(|reason| (known, reason))
+}
+
+fn parse_known_method(name: &'static str, p: &Params<'_>) -> Result<Method, ParamError> {
+    match name {
+        method::SUBMIT => {
+            let worker = p.string(0, "worker_name")?.into_owned();
+            let job_id = p.string_or_number(1, "job_id")?;
+            let extranonce2 = p.string(2, "extranonce2")?;
+            let ntime = p.string(3, "ntime")?;
+            let nonce = p.string(4, "nonce")?;
+            let version_bits = p.optional_string(5, "version_bits")?;
+            let share = Share::from_hex(
+                &job_id,
+                &extranonce2,
+                &ntime,
+                &nonce,
+                version_bits.as_deref(),
+            )
+            .map_err(ParamError::InvalidShare)?;
+            Ok(Method::Submit(Submit { worker, share }))
+        }
+        method::NOTIFY => {
+            let branch: Vec<Cow<'_, str>> =
+                p.parse(4, "merkle_branch", "an array of hex strings")?;
+            let notify = Notify::from_hex(
+                &p.string_or_number(0, "job_id")?,
+                &p.string(1, "prevhash")?,
+                &p.string(2, "coinb1")?,
+                &p.string(3, "coinb2")?,
+                &branch,
+                &p.string(5, "version")?,
+                &p.string(6, "nbits")?,
+                &p.string(7, "ntime")?,
+                p.boolean(8, "clean_jobs")?,
+            )
+            .map_err(ParamError::Notify)?;
+            Ok(Method::Notify(notify))
+        }
+        method::SUBSCRIBE => Ok(Method::Subscribe(Subscribe {
+            user_agent: p
+                .optional_string(0, "user_agent")
+                .ok()
+                .flatten()
+                .map(Cow::into_owned),
+            session_id: p
+                .optional_string(1, "session_id")
+                .ok()
+                .flatten()
+                .map(Cow::into_owned),
+        })),
+        method::AUTHORIZE => Ok(Method::Authorize(Authorize {
+            worker: p.string(0, "worker_name")?.into_owned(),
+            password: p
+                .optional_string(1, "password")
+                .ok()
+                .flatten()
+                .map(Cow::into_owned),
+        })),
+        method::CONFIGURE => {
+            let extensions: Vec<String> =
+                p.parse(0, "extensions", "an array of extension names")?;
+            let parameters: Map<String, Value> = match p.get(1) {
+                None => Map::new(),
+                Some(_) => p.parse(1, "extension_parameters", "an object")?,
+            };
+            Ok(Method::Configure(Configure {
+                extensions,
+                parameters,
+            }))
+        }
+        method::EXTRANONCE_SUBSCRIBE => Ok(Method::ExtranonceSubscribe),
+        method::SUGGEST_DIFFICULTY => Ok(Method::SuggestDifficulty(p.difficulty(0, "difficulty")?)),
+        method::SET_DIFFICULTY => Ok(Method::SetDifficulty(p.difficulty(0, "difficulty")?)),
+        method::SET_VERSION_MASK => {
+            let mask = p.string(0, "mask")?;
+            Ok(Method::SetVersionMask(
+                decode_mask(&mask).ok_or(ParamError::BadHex { name: "mask" })?,
+            ))
+        }
+        method::SET_EXTRANONCE => {
+            let extranonce1 =
+                Extranonce1::from_hex(&p.string(0, "extranonce1")?).map_err(|_| {
+                    ParamError::BadHex {
+                        name: "extranonce1",
+                    }
+                })?;
+            let extranonce2_size = p.unsigned(1, "extranonce2_size")?;
+            if extranonce2_size > crate::work::MAX_EXTRANONCE_LEN as u64 {
+                return Err(ParamError::WrongType {
+                    name: "extranonce2_size",
+                    expected: "at most 32",
+                });
+            }
+            Ok(Method::SetExtranonce(SetExtranonce {
+                extranonce1,
+                extranonce2_size: extranonce2_size as usize,
+            }))
+        }
+        method::RECONNECT => {
+            let port = match p.get(1) {
+                None => None,
+                Some(_) => Some(u16::try_from(p.unsigned(1, "port")?).map_err(|_| {
+                    ParamError::WrongType {
+                        name: "port",
+                        expected: "a port number",
+                    }
+                })?),
+            };
+            let wait_seconds = match p.get(2) {
+                None => None,
+                Some(_) => Some(p.unsigned(2, "wait")?),
+            };
+            Ok(Method::Reconnect(Reconnect {
+                host: p.optional_string(0, "host")?.map(Cow::into_owned),
+                port,
+                wait_seconds,
+            }))
+        }
+        method::SHOW_MESSAGE => Ok(Method::ShowMessage(p.string(0, "message")?.into_owned())),
+        // KNOWN_METHODS lists exactly the arms above.
+        other => Ok(Method::Unknown(other.to_owned())),
+    }
+}
