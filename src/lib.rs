@@ -11,5 +11,7 @@
 //! The proxy layers (sessions, upstreams, router, groups, API) are built on these two and talk to
 //! them only through the types documented here.
 
+#![warn(missing_docs)]
+
 pub mod protocol;
 pub mod work;
