@@ -13,5 +13,13 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod config;
+pub mod downstream;
+pub mod metrics;
 pub mod protocol;
+pub mod proxy;
+pub mod router;
+pub mod sim;
+pub mod upstream;
 pub mod work;

@@ -1,14 +1,26 @@
 //! The `hashgate` command line.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hashgate::config::Config;
+use hashgate::metrics::Metrics;
+use hashgate::proxy::Proxy;
+use hashgate::sim::{SimMinerConfig, SimMinerStats, SimPool, SimPoolConfig, run_sim_miner};
 use hashgate::work::{
     Difficulty, DuplicateFilter, JobBook, ShareContext, ShareVector, Threshold, Verdict,
     check_share, sha256,
 };
+use tokio_util::sync::CancellationToken;
+
+/// The demo's configuration, embedded so `hashgate demo` needs no file.
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 /// Stratum V1 proxy for mining farms that hand power between Bitcoin mining and AI workloads.
 #[derive(Parser)]
@@ -20,6 +32,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the proxy.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Check a configuration file and exit (0 when valid).
+    CheckConfig {
+        /// The TOML configuration file.
+        file: PathBuf,
+    },
+    /// A local pool and simulated miners through the real proxy, in one process.
+    Demo {
+        /// Simulated miners.
+        #[arg(long, default_value_t = 8)]
+        miners: usize,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Where miners connect.
+        #[arg(long, default_value = "127.0.0.1:3333")]
+        listen: SocketAddr,
+        /// Where the API and metrics listen.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        api: SocketAddr,
+        /// Hashes per second of each simulated miner.
+        #[arg(long, default_value_t = 200_000.0)]
+        hashrate: f64,
+    },
     /// Check one share against its job with hashgate's verifier and print the verdict.
     ///
     /// FILE is a share vector (JSON: a job's notify fields, the miner's extranonce1/size/mask and
@@ -37,6 +81,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run { config, log_json } => {
+            init_logging(log_json, "info");
+            runtime().and_then(|rt| rt.block_on(run(&config)))
+        }
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Demo {
+            miners,
+            seconds,
+            listen,
+            api,
+            hashrate,
+        } => {
+            init_logging(false, "warn");
+            runtime().and_then(|rt| rt.block_on(demo(miners, seconds, listen, api, hashrate)))
+        }
         Command::VerifyShare { file, difficulty } => verify_share(&file, difficulty),
     };
     match result {
@@ -48,8 +107,233 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
+fn init_logging(json: bool, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(path: &Path) -> Result<ExitCode> {
+    let config = Config::load(path)?;
+    let proxy = Proxy::start(config).await?;
+    tracing::info!(miners = %proxy.miner_addr, api = %proxy.api_addr, "hashgate running");
+    wait_for_signal().await;
+    tracing::info!("stopping: no new miners, waiting for in-flight upstream submits");
+    proxy.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check_config(path: &Path) -> Result<ExitCode> {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} upstream(s), miners on {}, api on {})",
+                path.display(),
+                config.upstreams.len(),
+                config.server.listen,
+                config.api.listen
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn demo(
+    miners: usize,
+    seconds: Option<u64>,
+    listen: SocketAddr,
+    api: SocketAddr,
+    hashrate: f64,
+) -> Result<ExitCode> {
+    let pool = SimPool::start(SimPoolConfig {
+        difficulty: 0.0005,
+        job_interval: Duration::from_secs(10),
+        ..SimPoolConfig::default()
+    })
+    .await
+    .context("cannot start the simulated pool")?;
+    let mut config = Config::parse(DEMO_CONFIG, Path::new("config/demo.toml (embedded)"))?;
+    config.server.listen = listen;
+    config.api.listen = api;
+    config.upstreams[0].url = pool.url();
+    let config = config.validate()?;
+    let proxy = Proxy::start(config).await?;
+
+    println!("hashgate demo: {miners} simulated miners at {hashrate:.0} H/s each");
+    println!("  miners connect to   stratum+tcp://{}", proxy.miner_addr);
+    println!("  simulated pool at   {}", pool.url());
+    println!("  metrics             http://{}/metrics", proxy.api_addr);
+    println!(
+        "  point another miner at stratum+tcp://{} to join",
+        proxy.miner_addr
+    );
+    println!("  Ctrl-C to stop");
+
+    let cancel = CancellationToken::new();
+    let mut stats = Vec::new();
+    for i in 0..miners {
+        let miner_stats = Arc::new(SimMinerStats::default());
+        stats.push(Arc::clone(&miner_stats));
+        let config = SimMinerConfig::new(proxy.miner_addr, format!("demo.rig{i:02}"), hashrate);
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(error) = run_sim_miner(config, miner_stats, cancel).await {
+                tracing::warn!(%error, "simulated miner stopped");
+            }
+        });
+    }
+
+    let started = Instant::now();
+    let deadline = seconds.map(|s| started + Duration::from_secs(s));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                println!("{}", status_line(&proxy, started));
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+            }
+        }
+    }
+    cancel.cancel();
+    let metrics = proxy.metrics.clone();
+    proxy.shutdown().await;
+
+    let forwarded_accepted = Metrics::sum_counter(&metrics.upstream_shares, "result", "accepted");
+    let forwarded_rejected = Metrics::sum_counter(&metrics.upstream_shares, "result", "rejected");
+    let forwarded_lost = Metrics::sum_counter(&metrics.upstream_shares, "result", "lost");
+    let pool_accepted = pool.stats.accepted.load(Ordering::Relaxed);
+    let pool_rejected = pool.stats.rejected.load(Ordering::Relaxed);
+    let miner_accepted: u64 = stats
+        .iter()
+        .map(|s| s.accepted.load(Ordering::Relaxed))
+        .sum();
+    let miner_rejected: u64 = stats
+        .iter()
+        .map(|s| s.rejected.load(Ordering::Relaxed))
+        .sum();
+    println!();
+    println!("summary after {:.0} s", started.elapsed().as_secs_f64());
+    println!("  miners:   {miner_accepted} shares accepted by hashgate, {miner_rejected} rejected");
+    println!(
+        "  upstream: {} forwarded: {forwarded_accepted} accepted, {forwarded_rejected} rejected, {forwarded_lost} lost",
+        forwarded_accepted + forwarded_rejected + forwarded_lost
+    );
+    println!(
+        "  pool:     {pool_accepted} accepted, {pool_rejected} rejected, {} connection(s)",
+        pool.stats.connections.load(Ordering::Relaxed)
+    );
+    let healthy = pool_rejected == 0
+        && forwarded_rejected == 0
+        && forwarded_lost == 0
+        && pool_accepted == forwarded_accepted
+        && miner_accepted > 0;
+    if healthy {
+        println!("  ok: the pool accepted every share hashgate forwarded");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("  NOT OK: the pool and hashgate disagree (see the counts above)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn status_line(proxy: &Proxy, started: Instant) -> String {
+    let m = &proxy.metrics;
+    let accepted = Metrics::sum_counter(&m.shares, "result", "accepted");
+    let rejected: Vec<String> = [
+        "stale",
+        "duplicate",
+        "low_difficulty",
+        "invalid",
+        "unauthorized",
+    ]
+    .iter()
+    .map(|r| (r, Metrics::sum_counter(&m.shares, "result", r)))
+    .filter(|(_, n)| *n > 0)
+    .map(|(r, n)| format!("{r} {n}"))
+    .collect();
+    let difficulty: f64 = {
+        use prometheus::core::Collector;
+        m.accepted_difficulty
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|metric| metric.get_counter().get_value())
+            .sum()
+    };
+    let elapsed = started.elapsed().as_secs_f64().max(1.0);
+    let hashrate = difficulty * 4_294_967_296.0 / elapsed;
+    let upstream = proxy
+        .router
+        .serving_upstream()
+        .map(|u| format!("{u} up"))
+        .unwrap_or_else(|| "no upstream".into());
+    format!(
+        "[{:>4.0}s] miners {} | shares accepted {} rejected {} | ~{:.2} MH/s | upstream: {} ({} forwarded, {} accepted) | metrics http://{}/metrics",
+        elapsed,
+        m.connections.get(),
+        accepted,
+        if rejected.is_empty() {
+            "0".into()
+        } else {
+            rejected.join(", ")
+        },
+        hashrate / 1e6,
+        upstream,
+        Metrics::sum_counter(&m.upstream_shares, "result", "accepted")
+            + Metrics::sum_counter(&m.upstream_shares, "result", "rejected")
+            + Metrics::sum_counter(&m.upstream_shares, "result", "lost"),
+        Metrics::sum_counter(&m.upstream_shares, "result", "accepted"),
+        proxy.api_addr
+    )
+}
+
 /// Exit 0 when the share is accepted, 1 when rejected or unreadable.
-fn verify_share(file: &PathBuf, difficulty: f64) -> Result<ExitCode> {
+fn verify_share(file: &Path, difficulty: f64) -> Result<ExitCode> {
     let vector = ShareVector::load(file)?;
     let difficulty = Difficulty::new(difficulty).context("--difficulty")?;
     let notify = vector.notify()?;

@@ -36,5 +36,5 @@ pub use target::{DIFF1_TARGET, Difficulty, DifficultyError, Threshold, network_t
 pub use vector::{ShareVector, VectorError};
 pub use verify::{
     Accepted, HeaderMidstate, InvalidShare, MAX_NTIME_ROLL, Reject, ShareContext, ShareHash,
-    Verdict, check_share, hash_share, share_merkle_root,
+    Verdict, check_share, check_share_for_job, hash_share, share_merkle_root,
 };

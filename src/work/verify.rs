@@ -239,6 +239,17 @@ pub fn check_share(
     let Some(job) = book.get(share.job_id.as_str()) else {
         return Verdict::Rejected(Reject::Stale);
     };
+    check_share_for_job(job, duplicates, context, share)
+}
+
+/// [`check_share`] for a job already looked up (the caller needed it first, e.g. to pick the
+/// difficulty that applied when the job was sent).
+pub fn check_share_for_job(
+    job: &Job,
+    duplicates: &mut DuplicateFilter,
+    context: &ShareContext<'_>,
+    share: &Share,
+) -> Verdict {
     let hashed = match hash_share(
         job,
         context.extranonce1,

@@ -1,0 +1,657 @@
+//! Configuration: TOML parsed into typed values, validated once, then read-only.
+//!
+//! Every key has a default except `server.listen` and at least one `[[upstream]]`. Durations are
+//! humantime strings (`"10s"`, `"2m"`). Unknown keys are errors (a typo must not silently fall
+//! back to a default). [`Config::validate`] names the key of every problem, e.g.
+//! `upstream[1].url: expected stratum+tcp://host:port, got "http://pool"`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::work::Difficulty;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The miner-facing listener.
+    pub server: ServerConfig,
+    /// The HTTP API and metrics listener.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Where state survives restarts.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Miner difficulty policy.
+    #[serde(default)]
+    pub difficulty: DifficultyConfig,
+    /// Failover and pool-connection timing.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    /// Pools, tried in `priority` order (lowest first).
+    #[serde(rename = "upstream", default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// `[server]`: the Stratum listener for miners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address miners connect to.
+    pub listen: SocketAddr,
+    /// Longest line a miner may send, in bytes.
+    #[serde(default = "defaults::max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Largest extranonce2 handed to a miner (WhatsMiner firmware fails above 8).
+    #[serde(default = "defaults::max_extranonce2_size")]
+    pub max_extranonce2_size: usize,
+    /// Bytes of the pool's extranonce2 reserved per miner; default 2 when at least 2 bytes remain
+    /// for the miner, else 1.
+    #[serde(default)]
+    pub extranonce_prefix_size: Option<usize>,
+    /// Lines queued for a miner that does not read before it is disconnected.
+    #[serde(default = "defaults::write_queue")]
+    pub write_queue: usize,
+    /// A miner silent this long is disconnected.
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a miner may wait for its subscribe answer when no pool is up yet.
+    #[serde(default = "defaults::subscribe_wait", with = "humantime_serde")]
+    pub subscribe_wait: Duration,
+    /// Connections accepted at most (the rest wait in the kernel's backlog).
+    #[serde(default = "defaults::max_miners")]
+    pub max_miners: usize,
+    /// Grace period for in-flight upstream submits at shutdown.
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[api]`: HTTP API and Prometheus metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the HTTP listener.
+    #[serde(default = "defaults::api_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token for mutating endpoints.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding the token (read at start).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Per-worker metric series (off: 100,000 workers must not make 100,000 series).
+    #[serde(default)]
+    pub per_worker_metrics: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::api_listen(),
+            token: None,
+            token_file: None,
+            per_worker_metrics: false,
+        }
+    }
+}
+
+/// `[state]`: persistent state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for state files.
+    #[serde(default = "defaults::state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: defaults::state_dir(),
+        }
+    }
+}
+
+/// `[difficulty]`: per-miner share difficulty and vardiff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DifficultyConfig {
+    /// Difficulty a miner starts at (unless it suggests one).
+    #[serde(default = "defaults::initial_difficulty")]
+    pub initial: f64,
+    /// Lowest difficulty vardiff or a suggestion may set.
+    #[serde(default = "defaults::min_difficulty")]
+    pub min: f64,
+    /// Highest difficulty (and never above the pool's).
+    #[serde(default = "defaults::max_difficulty")]
+    pub max: f64,
+    /// The share interval vardiff aims at.
+    #[serde(default = "defaults::target_share_interval", with = "humantime_serde")]
+    pub target_share_interval: Duration,
+    /// Shortest time between two retargets of one miner.
+    #[serde(default = "defaults::retarget_interval", with = "humantime_serde")]
+    pub retarget_interval: Duration,
+}
+
+impl Default for DifficultyConfig {
+    fn default() -> Self {
+        Self {
+            initial: defaults::initial_difficulty(),
+            min: defaults::min_difficulty(),
+            max: defaults::max_difficulty(),
+            target_share_interval: defaults::target_share_interval(),
+            retarget_interval: defaults::retarget_interval(),
+        }
+    }
+}
+
+/// `[failover]`: pool connection timing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// TCP connect timeout.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time for configure/subscribe/authorize to be answered.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A forwarded share not answered in this time is counted lost.
+    #[serde(default = "defaults::submit_timeout", with = "humantime_serde")]
+    pub submit_timeout: Duration,
+    /// First reconnect delay.
+    #[serde(default = "defaults::backoff_min", with = "humantime_serde")]
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(default = "defaults::backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// A higher-priority pool must be healthy this long before miners return to it.
+    #[serde(default = "defaults::return_after", with = "humantime_serde")]
+    pub return_after: Duration,
+    /// Hosts a pool's `client.reconnect` may send hashgate to, besides the pool's own host
+    /// (a hijacked pool must not redirect the farm's hashrate).
+    #[serde(default)]
+    pub allow_reconnect_hosts: Vec<String>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: defaults::connect_timeout(),
+            handshake_timeout: defaults::handshake_timeout(),
+            submit_timeout: defaults::submit_timeout(),
+            backoff_min: defaults::backoff_min(),
+            backoff_max: defaults::backoff_max(),
+            return_after: defaults::return_after(),
+            allow_reconnect_hosts: Vec::new(),
+        }
+    }
+}
+
+/// `[[upstream]]`: one pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name used in logs, metrics and the API.
+    pub name: String,
+    /// `stratum+tcp://host:port`.
+    pub url: String,
+    /// Worker name hashgate authorizes and submits as.
+    pub user: String,
+    /// Password for authorize.
+    #[serde(default = "defaults::password")]
+    pub password: String,
+    /// Lower is preferred.
+    #[serde(default)]
+    pub priority: u32,
+    /// A pool that sends no new job for this long is treated as down.
+    #[serde(default = "defaults::job_timeout", with = "humantime_serde")]
+    pub job_timeout: Duration,
+    /// Longest line accepted from this pool (large coinbases need more than a miner's 16 KiB).
+    #[serde(default = "defaults::upstream_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Ask the pool for version rolling (BIP310).
+    #[serde(default = "defaults::yes")]
+    pub version_rolling: bool,
+}
+
+impl UpstreamConfig {
+    /// Host and port from the validated url.
+    pub fn endpoint(&self) -> Result<(String, u16), ConfigError> {
+        parse_stratum_url(&self.url).map_err(|message| ConfigError::Invalid {
+            key: format!("upstream[{}].url", self.name),
+            message,
+        })
+    }
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn max_line_bytes() -> usize {
+        crate::protocol::DEFAULT_MAX_LINE
+    }
+    pub fn upstream_max_line_bytes() -> usize {
+        256 * 1024
+    }
+    pub fn max_extranonce2_size() -> usize {
+        8
+    }
+    pub fn write_queue() -> usize {
+        256
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn subscribe_wait() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_miners() -> usize {
+        19_900
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn api_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9100))
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("/var/lib/hashgate")
+    }
+    pub fn initial_difficulty() -> f64 {
+        16384.0
+    }
+    pub fn min_difficulty() -> f64 {
+        1.0
+    }
+    pub fn max_difficulty() -> f64 {
+        4_194_304.0
+    }
+    pub fn target_share_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn retarget_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn submit_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn backoff_min() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn backoff_max() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn return_after() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn password() -> String {
+        "x".to_owned()
+    }
+    pub fn job_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+/// A configuration problem, naming the file or key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error, with the line.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message (names the key for type errors).
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Key path, e.g. `difficulty.min`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A problem in a named file.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// The problem.
+        #[source]
+        source: Box<ConfigError>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_and_column(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.validate().map_err(|source| ConfigError::InFile {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every rule that types alone cannot express; names the key of the first problem.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        let s = &self.server;
+        if s.max_line_bytes < 512 {
+            return Err(invalid(
+                "server.max_line_bytes",
+                format!(
+                    "{} is too small for a submit (at least 512)",
+                    s.max_line_bytes
+                ),
+            ));
+        }
+        if !(1..=32).contains(&s.max_extranonce2_size) {
+            return Err(invalid(
+                "server.max_extranonce2_size",
+                format!("{} is not between 1 and 32", s.max_extranonce2_size),
+            ));
+        }
+        if let Some(size) = s.extranonce_prefix_size {
+            if !(1..=4).contains(&size) {
+                return Err(invalid(
+                    "server.extranonce_prefix_size",
+                    format!("{size} is not between 1 and 4"),
+                ));
+            }
+        }
+        if s.write_queue == 0 {
+            return Err(invalid("server.write_queue", "must be at least 1".into()));
+        }
+        if s.max_miners == 0 {
+            return Err(invalid("server.max_miners", "must be at least 1".into()));
+        }
+        let d = &self.difficulty;
+        for (key, value) in [
+            ("difficulty.initial", d.initial),
+            ("difficulty.min", d.min),
+            ("difficulty.max", d.max),
+        ] {
+            Difficulty::new(value).map_err(|e| invalid(key, e.to_string()))?;
+        }
+        if d.min > d.max {
+            return Err(invalid(
+                "difficulty.min",
+                format!("{} is above difficulty.max {}", d.min, d.max),
+            ));
+        }
+        if d.initial < d.min || d.initial > d.max {
+            return Err(invalid(
+                "difficulty.initial",
+                format!("{} is outside [{}, {}]", d.initial, d.min, d.max),
+            ));
+        }
+        if d.target_share_interval.is_zero() {
+            return Err(invalid(
+                "difficulty.target_share_interval",
+                "must be above zero".into(),
+            ));
+        }
+        let f = &self.failover;
+        if f.backoff_min > f.backoff_max {
+            return Err(invalid(
+                "failover.backoff_min",
+                "is above failover.backoff_max".into(),
+            ));
+        }
+        for (key, value) in [
+            ("failover.connect_timeout", f.connect_timeout),
+            ("failover.handshake_timeout", f.handshake_timeout),
+            ("failover.submit_timeout", f.submit_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be above zero".into()));
+            }
+        }
+        if self.upstreams.is_empty() {
+            return Err(invalid(
+                "upstream",
+                "at least one [[upstream]] is required".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, upstream) in self.upstreams.iter().enumerate() {
+            let key = |field: &str| format!("upstream[{i}].{field}");
+            if upstream.name.trim().is_empty() {
+                return Err(invalid(&key("name"), "must not be empty".into()));
+            }
+            if !names.insert(upstream.name.as_str()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is used by another upstream", upstream.name),
+                ));
+            }
+            parse_stratum_url(&upstream.url).map_err(|message| invalid(&key("url"), message))?;
+            if upstream.user.is_empty() {
+                return Err(invalid(&key("user"), "must not be empty".into()));
+            }
+            if upstream.job_timeout.is_zero() {
+                return Err(invalid(&key("job_timeout"), "must be above zero".into()));
+            }
+            if upstream.max_line_bytes < 1024 {
+                return Err(invalid(
+                    &key("max_line_bytes"),
+                    "must be at least 1024".into(),
+                ));
+            }
+        }
+        if !self.api.listen.ip().is_loopback()
+            && self.api.token.is_none()
+            && self.api.token_file.is_none()
+        {
+            return Err(invalid(
+                "api.listen",
+                format!(
+                    "{} is not a loopback address: set api.token or api.token_file",
+                    self.api.listen
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Upstreams in failover order (priority, then file order).
+    pub fn upstreams_by_priority(&self) -> Vec<UpstreamConfig> {
+        let mut upstreams = self.upstreams.clone();
+        upstreams.sort_by_key(|u| u.priority);
+        upstreams
+    }
+}
+
+/// Parses `stratum+tcp://host:port` (the scheme may be omitted).
+pub fn parse_stratum_url(url: &str) -> Result<(String, u16), String> {
+    let rest = match url.split_once("://") {
+        Some(("stratum+tcp", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(format!(
+                "unsupported scheme {scheme:?} in {url:?}: expected stratum+tcp://host:port"
+            ));
+        }
+        None => url,
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?} has no port: expected stratum+tcp://host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{url:?}: port {port:?} is not a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(format!("{url:?}: port 0 is not connectable"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+impl fmt::Display for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+listen = "0.0.0.0:3333"
+[[upstream]]
+name = "primary"
+url = "stratum+tcp://pool.example:3333"
+user = "farm.proxy"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.difficulty.initial, 16384.0);
+        assert_eq!(
+            config.difficulty.target_share_interval,
+            Duration::from_secs(10)
+        );
+        assert_eq!(config.upstreams[0].job_timeout, Duration::from_secs(120));
+        assert_eq!(config.upstreams[0].password, "x");
+        assert_eq!(config.api.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(
+            config.upstreams[0].endpoint().unwrap(),
+            ("pool.example".into(), 3333)
+        );
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_stratum_url("stratum+tcp://[::1]:3333").unwrap(),
+            ("::1".into(), 3333)
+        );
+        assert_eq!(parse_stratum_url("pool:1").unwrap(), ("pool".into(), 1));
+        assert!(parse_stratum_url("http://pool:3333").is_err());
+        assert!(parse_stratum_url("stratum+tcp://pool").is_err());
+        assert!(parse_stratum_url("stratum+tcp://pool:99999").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                MINIMAL.replace("pool.example:3333", "pool.example"),
+                "upstream[0].url",
+            ),
+            (
+                format!("{MINIMAL}[difficulty]\nmin = 0.0\n"),
+                "difficulty.min",
+            ),
+            (
+                format!("{MINIMAL}[difficulty]\nmin = 10.0\nmax = 1.0\n"),
+                "difficulty.min",
+            ),
+            (
+                format!("{MINIMAL}[difficulty]\ninitial = 0.5\n"),
+                "difficulty.initial",
+            ),
+            (
+                format!("{MINIMAL}[[upstream]]\nname = \"primary\"\nurl = \"a:1\"\nuser = \"u\"\n"),
+                "upstream[1].name",
+            ),
+            (
+                format!("{MINIMAL}[api]\nlisten = \"0.0.0.0:9100\"\n"),
+                "api.listen",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+            assert!(err.starts_with("test.toml"), "{err} should name the file");
+        }
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_the_line() {
+        let err = parse("[server]\nlisten = \"0.0.0.0:3333\"\nbogus_key = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml:3"), "{err}");
+        assert!(err.contains("bogus_key"), "{err}");
+        let err = parse(&MINIMAL.replace("[server]", "[server]\nidle_timeout = \"ten\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test.toml:3"), "{err}");
+        let err = parse("[server\n").unwrap_err().to_string();
+        assert!(err.contains("test.toml:1"), "{err}");
+    }
+}

@@ -1,0 +1,330 @@
+//! The one place where counters are kept: a Prometheus registry with every hashgate metric.
+//!
+//! Sessions and upstream tasks resolve their label handles once (at authorize, at connect) and
+//! then only increment atomics on the hot path. Label values are bounded: groups and upstreams
+//! come from the config, results from fixed enums; per-worker series do not exist here (the API
+//! serves per-worker detail), so 100,000 workers do not make 100,000 series.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric hashgate exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Miners connected, by group.
+    pub workers_connected: IntGaugeVec,
+    /// Share outcomes by group and result (accepted, stale, duplicate, low_difficulty, invalid,
+    /// unauthorized, not_subscribed).
+    pub shares: IntCounterVec,
+    /// Sum of accepted share difficulties by group: hashrate = rate(...) * 2^32.
+    pub accepted_difficulty: prometheus::CounterVec,
+    /// 1 while the upstream's connection is up and subscribed.
+    pub upstream_connected: IntGaugeVec,
+    /// The upstream's current share difficulty.
+    pub upstream_difficulty: GaugeVec,
+    /// Forwarded shares by upstream and result (accepted, rejected, lost).
+    pub upstream_shares: IntCounterVec,
+    /// Pool round trip of forwarded shares.
+    pub upstream_submit_seconds: HistogramVec,
+    /// Shares that met the network target, by upstream.
+    pub blocks_found: IntCounterVec,
+    /// Job in from the pool to written to a miner's queue, per miner.
+    pub job_broadcast_seconds: Histogram,
+    /// Time to verify a share (sampled).
+    pub share_verify_seconds: Histogram,
+    /// Miner connections closed, by reason (eof, idle, slow_reader, protocol, line_too_long,
+    /// shutdown, reconnect).
+    pub disconnects: IntCounterVec,
+    /// Lines from miners that did not parse, by kind.
+    pub protocol_errors: IntCounterVec,
+    /// The upstream currently serving miners (1) by name.
+    pub upstream_active: IntGaugeVec,
+    /// Failovers between upstreams.
+    pub failovers: IntCounter,
+    /// Miners that could not get an extranonce prefix.
+    pub extranonce_exhausted: IntCounter,
+    /// Group state (1 for the current state), filled by the groups module.
+    pub group_state: IntGaugeVec,
+    /// Watts drawn by a group's mining.
+    pub group_power_watts: GaugeVec,
+    /// Hook runs by event and result.
+    pub hook_runs: IntCounterVec,
+    /// Build version.
+    pub build_info: IntGaugeVec,
+    /// Miners currently connected, all groups.
+    pub connections: IntGauge,
+    /// Current estimated share rate target, for dashboards.
+    pub target_share_interval_seconds: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry (plus the process collector).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique constants, registered once");
+            c
+        }
+        let latency_buckets = vec![
+            0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+        ];
+        let m = Metrics {
+            workers_connected: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("hashgate_workers_connected", "Miners connected, by group."),
+                    &["group"],
+                )
+                .expect("valid metric"),
+            ),
+            shares: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_shares_total",
+                        "Shares from miners by group and result.",
+                    ),
+                    &["group", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            accepted_difficulty: register(
+                &registry,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        "hashgate_accepted_difficulty_total",
+                        "Sum of accepted share difficulties; hashrate = rate(...) * 2^32.",
+                    ),
+                    &["group"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_connected: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "hashgate_upstream_connected",
+                        "1 while the upstream is connected and subscribed.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_difficulty: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "hashgate_upstream_difficulty",
+                        "The upstream's share difficulty.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_shares: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_upstream_shares_total",
+                        "Shares forwarded upstream by result (accepted, rejected, lost).",
+                    ),
+                    &["upstream", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_submit_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "hashgate_upstream_submit_seconds",
+                        "Pool round trip of forwarded shares.",
+                    )
+                    .buckets(latency_buckets.clone()),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            blocks_found: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_blocks_found_total",
+                        "Shares that met the network target.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            job_broadcast_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "hashgate_job_broadcast_seconds",
+                        "Job received from the pool to queued for a miner, per miner.",
+                    )
+                    .buckets(latency_buckets.clone()),
+                )
+                .expect("valid metric"),
+            ),
+            share_verify_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "hashgate_share_verify_seconds",
+                        "Share verification time (one share in 64 is timed).",
+                    )
+                    .buckets(vec![
+                        0.000_001, 0.000_002, 0.000_005, 0.000_01, 0.000_02, 0.000_05, 0.000_1,
+                        0.001,
+                    ]),
+                )
+                .expect("valid metric"),
+            ),
+            disconnects: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_miner_disconnects_total",
+                        "Miner connections closed, by reason.",
+                    ),
+                    &["reason"],
+                )
+                .expect("valid metric"),
+            ),
+            protocol_errors: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_protocol_errors_total",
+                        "Miner lines that did not parse, by kind.",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_active: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "hashgate_upstream_active",
+                        "1 for the upstream serving miners.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            failovers: register(
+                &registry,
+                IntCounter::new(
+                    "hashgate_failovers_total",
+                    "Switches of the serving upstream.",
+                )
+                .expect("valid metric"),
+            ),
+            extranonce_exhausted: register(
+                &registry,
+                IntCounter::new(
+                    "hashgate_extranonce_exhausted_total",
+                    "Miners refused because no extranonce prefix was free.",
+                )
+                .expect("valid metric"),
+            ),
+            group_state: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("hashgate_group_state", "1 for the group's current state."),
+                    &["group", "state"],
+                )
+                .expect("valid metric"),
+            ),
+            group_power_watts: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "hashgate_group_power_watts",
+                        "Watts drawn by the group's mining.",
+                    ),
+                    &["group"],
+                )
+                .expect("valid metric"),
+            ),
+            hook_runs: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("hashgate_hook_runs_total", "Hook runs by event and result."),
+                    &["event", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            build_info: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("hashgate_build_info", "Build information."),
+                    &["version"],
+                )
+                .expect("valid metric"),
+            ),
+            connections: register(
+                &registry,
+                IntGauge::new("hashgate_connections", "Miner TCP connections open.")
+                    .expect("valid metric"),
+            ),
+            target_share_interval_seconds: register(
+                &registry,
+                Gauge::new(
+                    "hashgate_target_share_interval_seconds",
+                    "The share interval vardiff aims at.",
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        {
+            let _ = m.registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        m
+    }
+
+    /// The text exposition format for `GET /metrics`.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(%error, "metrics encoding failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Sum of a counter vector over all label values matching `(label, value)`.
+    pub fn sum_counter(counter: &IntCounterVec, label: &str, value: &str) -> u64 {
+        use prometheus::core::Collector;
+        counter
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|pair| pair.name() == label && pair.value() == value)
+            })
+            .map(|metric| metric.get_counter().get_value() as u64)
+            .sum()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,146 @@
+//! The whole proxy wired together: router, upstream connections, miner listener, API.
+//!
+//! [`Proxy::start`] binds every listener first (a port in use is a clear error before anything
+//! runs), then spawns the tasks under one cancellation token and task tracker, so
+//! [`Proxy::shutdown`] can stop accepting, give in-flight upstream submits their grace period,
+//! and wait for every task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::downstream::{self, DownstreamContext};
+use crate::metrics::Metrics;
+use crate::router::{Router, RouterHandle};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {address} ({key}): {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The config key it came from.
+        key: &'static str,
+        /// Why (address in use, permission).
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// Where miners connect.
+    pub miner_addr: SocketAddr,
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Counters.
+    pub metrics: Metrics,
+    /// The serving state.
+    pub router: RouterHandle,
+    /// Live sessions and their command channels.
+    pub downstream: Arc<DownstreamContext>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    grace: std::time::Duration,
+}
+
+impl Proxy {
+    /// Binds the listeners and starts every task.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let miners = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: config.server.listen,
+                key: "server.listen",
+                source,
+            })?;
+        let api_listener = TcpListener::bind(config.api.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: config.api.listen,
+                key: "api.listen",
+                source,
+            })?;
+        let miner_addr = miners.local_addr().unwrap_or(config.server.listen);
+        let api_addr = api_listener.local_addr().unwrap_or(config.api.listen);
+        let config = Arc::new(config);
+        let metrics = Metrics::new();
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        info!(
+            sha256 = crate::work::sha256::backend(),
+            version = env!("CARGO_PKG_VERSION"),
+            "hashgate starting"
+        );
+
+        let upstream_cancel = cancel.child_token();
+        let (router, handle) = Router::new(
+            Arc::clone(&config),
+            metrics.clone(),
+            upstream_cancel,
+            tracker.clone(),
+        );
+        tracker.spawn(router.run());
+
+        let downstream_cancel = cancel.child_token();
+        let context = Arc::new(DownstreamContext::new(
+            config.server.clone(),
+            config.difficulty.clone(),
+            handle.clone(),
+            metrics.clone(),
+            downstream_cancel,
+        ));
+        tracker.spawn(downstream::listen(
+            miners,
+            Arc::clone(&context),
+            tracker.clone(),
+        ));
+        tracker.spawn(api::serve(
+            api_listener,
+            ApiState {
+                metrics: metrics.clone(),
+                router: handle.clone(),
+            },
+            cancel.child_token(),
+        ));
+        Ok(Proxy {
+            miner_addr,
+            api_addr,
+            metrics,
+            router: handle,
+            downstream: context,
+            cancel,
+            tracker,
+            grace: config.server.shutdown_grace,
+        })
+    }
+
+    /// Graceful stop: miners are disconnected first (no new shares), upstream connections get
+    /// their grace period to collect answers to shares in flight, then everything ends.
+    pub async fn shutdown(self) {
+        self.downstream.cancel.cancel();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        self.cancel.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some tasks did not finish within server.shutdown_grace");
+        }
+    }
+
+    /// A token that is cancelled when the proxy stops.
+    pub fn cancelled(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}

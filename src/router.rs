@@ -1,0 +1,610 @@
+//! The router: which pool serves the miners, and the work each slot of miners gets.
+//!
+//! Miners are grouped into *slots*: slot k is served by the k-th connection to the serving pool,
+//! and a slot holds as many miners as that connection's extranonce prefix space allows (65,536
+//! with the default 2-byte prefix). A new slot, with one connection per pool, opens only when
+//! every slot is full.
+//!
+//! The router task owns all upstream state. For each slot it publishes an immutable
+//! [`WorkState`] through a `watch` channel: the pool's extranonce split, the live jobs (prepared
+//! once), the latest job serialized once as shared bytes, the pool's difficulty and where accepted
+//! shares go. Sessions read it without locks; a change of `epoch` means their extranonce must
+//! change (failover, reconnect, `mining.set_extranonce`).
+//!
+//! Failover: pools are kept connected in priority order; the serving pool is the best one that is
+//! connected and has sent a job. When it fails, the next healthy pool serves at once (its
+//! connection is already warm); a better pool takes over again only after it has been healthy for
+//! `failover.return_after`, so a flapping pool does not bounce the farm.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, FailoverConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::protocol::notify_line;
+use crate::upstream::{ConnKey, ForwardShare, PoolSession, UpstreamEvent, run_connection};
+use crate::work::{
+    DEFAULT_JOB_HISTORY, Difficulty, Extranonce1, Extranonce2, ExtranonceAllocator,
+    ExtranoncePrefix, JobBook, Threshold,
+};
+
+/// How a pool's extranonce2 is divided: `prefix ++ padding` identifies the miner, the rest is the
+/// miner's own extranonce2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtranonceSplit {
+    /// Bytes of the miner's unique prefix (1 to 4).
+    pub prefix_size: usize,
+    /// Zero bytes after the prefix, when the pool's extranonce2 is larger than a miner may roll.
+    pub padding: usize,
+    /// Bytes the miner rolls.
+    pub miner_size: usize,
+}
+
+/// Why a pool's extranonce2 cannot be shared.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "pool extranonce2_size {pool_size} leaves no room for a {prefix_size}-byte miner prefix plus at least 1 byte for the miner"
+)]
+pub struct SplitError {
+    /// The pool's extranonce2 size.
+    pub pool_size: usize,
+    /// The prefix size wanted.
+    pub prefix_size: usize,
+}
+
+impl ExtranonceSplit {
+    /// Splits `pool_size` bytes: prefix `configured` or 2 bytes when at least 2 remain for the
+    /// miner (else 1); the miner gets the rest up to `max_miner_size`, any excess is zero padding.
+    pub fn new(
+        pool_size: usize,
+        configured: Option<usize>,
+        max_miner_size: usize,
+    ) -> Result<Self, SplitError> {
+        let prefix_size = configured.unwrap_or(if pool_size >= 4 { 2 } else { 1 });
+        if pool_size < prefix_size + 1 {
+            return Err(SplitError {
+                pool_size,
+                prefix_size,
+            });
+        }
+        let miner_size = (pool_size - prefix_size).min(max_miner_size.max(1));
+        Ok(Self {
+            prefix_size,
+            padding: pool_size - prefix_size - miner_size,
+            miner_size,
+        })
+    }
+
+    /// The extranonce1 the miner gets: pool's ++ prefix ++ padding.
+    pub fn miner_extranonce1(
+        &self,
+        pool: &Extranonce1,
+        prefix: &ExtranoncePrefix,
+    ) -> Option<Extranonce1> {
+        let mut bytes = Vec::with_capacity(pool.len() + self.prefix_size + self.padding);
+        bytes.extend_from_slice(pool.as_bytes());
+        bytes.extend_from_slice(prefix.as_bytes());
+        bytes.resize(bytes.len() + self.padding, 0);
+        Extranonce1::from_bytes(&bytes).ok()
+    }
+
+    /// The extranonce2 the pool gets: prefix ++ padding ++ miner's.
+    pub fn upstream_extranonce2(
+        &self,
+        prefix: &ExtranoncePrefix,
+        miner: &Extranonce2,
+    ) -> Option<Extranonce2> {
+        let mut bytes = [0u8; 2 * crate::work::MAX_EXTRANONCE_LEN];
+        let p = prefix.as_bytes();
+        bytes[..p.len()].copy_from_slice(p);
+        let start = p.len() + self.padding;
+        let m = miner.as_bytes();
+        bytes[start..start + m.len()].copy_from_slice(m);
+        Extranonce2::from_bytes(&bytes[..start + m.len()]).ok()
+    }
+}
+
+/// The newest job of a slot, serialized once for every miner of the slot.
+#[derive(Debug, Clone)]
+pub struct PublishedJob {
+    /// Sequence number in the slot's job book.
+    pub seq: u64,
+    /// The `mining.notify` line as the pool sent it.
+    pub line: Bytes,
+    /// The same job with `clean_jobs = true`, for miners whose extranonce just changed.
+    pub clean_line: Bytes,
+    /// When the pool's notify arrived.
+    pub received: Instant,
+}
+
+/// What every miner of a slot works from. Immutable; a new one is published on every change.
+#[derive(Debug)]
+pub struct WorkState {
+    /// Changes when the miners' extranonce must change (new connection, set_extranonce).
+    pub epoch: u64,
+    /// The serving pool's name.
+    pub upstream: Arc<str>,
+    /// The pool's extranonce1 for this connection.
+    pub pool_extranonce1: Extranonce1,
+    /// How the pool's extranonce2 is shared.
+    pub split: ExtranonceSplit,
+    /// Prefixes of this connection. A std mutex: held only for an O(1) allocate or release,
+    /// never across an await, so an async mutex would only add cost.
+    pub allocator: Arc<Mutex<ExtranonceAllocator>>,
+    /// Version-rolling mask the pool granted (0: none).
+    pub version_mask: u32,
+    /// The pool's share difficulty.
+    pub difficulty: Difficulty,
+    /// The pool's share target.
+    pub threshold: Threshold,
+    /// Live jobs.
+    pub book: JobBook,
+    /// The newest job, serialized.
+    pub job: Option<PublishedJob>,
+    /// Where accepted shares that meet the pool's target go.
+    pub submit: mpsc::Sender<ForwardShare>,
+}
+
+/// The per-slot work channel sessions watch.
+pub type WorkReceiver = watch::Receiver<Option<Arc<WorkState>>>;
+
+/// Requests sessions make of the router.
+#[derive(Debug)]
+pub enum RouterRequest {
+    /// Every slot is full: open a new one. Answers its index.
+    AddSlot {
+        /// The new slot's index.
+        reply: oneshot::Sender<usize>,
+    },
+}
+
+/// What sessions hold to find work: the slots and a way to ask for more.
+#[derive(Clone)]
+pub struct RouterHandle {
+    slots: Arc<RwLock<Vec<WorkReceiver>>>,
+    requests: mpsc::Sender<RouterRequest>,
+}
+
+impl RouterHandle {
+    /// The work channels of every slot, in order.
+    pub fn slots(&self) -> Vec<WorkReceiver> {
+        self.slots
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Asks for a new slot (new connections to every pool); None if the router is gone.
+    pub async fn add_slot(&self) -> Option<WorkReceiver> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(RouterRequest::AddSlot { reply })
+            .await
+            .ok()?;
+        let index = answer.await.ok()?;
+        self.slots().get(index).cloned()
+    }
+
+    /// A short description of the serving state, for the demo's status line and health checks.
+    pub fn serving_upstream(&self) -> Option<Arc<str>> {
+        self.slots()
+            .first()
+            .and_then(|rx| rx.borrow().as_ref().map(|w| Arc::clone(&w.upstream)))
+    }
+}
+
+struct ConnState {
+    session: PoolSession,
+    epoch: u64,
+    difficulty: Difficulty,
+    book: JobBook,
+    allocator: Arc<Mutex<ExtranonceAllocator>>,
+    split: ExtranonceSplit,
+    job: Option<PublishedJob>,
+}
+
+struct Pool {
+    config: Arc<UpstreamConfig>,
+    /// One entry per slot; None while that connection is down.
+    conns: Vec<Option<ConnState>>,
+    /// Since when slot 0's connection is up with a job.
+    healthy_since: Option<Instant>,
+}
+
+/// The router task's state.
+pub struct Router {
+    config: Arc<Config>,
+    failover: Arc<FailoverConfig>,
+    pools: Vec<Pool>,
+    slot_senders: Vec<watch::Sender<Option<Arc<WorkState>>>>,
+    slots: Arc<RwLock<Vec<WorkReceiver>>>,
+    active: Option<usize>,
+    events_tx: mpsc::Sender<UpstreamEvent>,
+    events: mpsc::Receiver<UpstreamEvent>,
+    requests: mpsc::Receiver<RouterRequest>,
+    metrics: Metrics,
+    next_epoch: u64,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Router {
+    /// Builds the router and the handle sessions use; `run` it on a task.
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Metrics,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> (Router, RouterHandle) {
+        let (events_tx, events) = mpsc::channel(1024);
+        let (requests_tx, requests) = mpsc::channel(64);
+        let slots = Arc::new(RwLock::new(Vec::new()));
+        let pools = config
+            .upstreams_by_priority()
+            .into_iter()
+            .map(|upstream| Pool {
+                config: Arc::new(upstream),
+                conns: Vec::new(),
+                healthy_since: None,
+            })
+            .collect();
+        for upstream in &config.upstreams {
+            metrics
+                .upstream_connected
+                .with_label_values(&[&upstream.name])
+                .set(0);
+            metrics
+                .upstream_active
+                .with_label_values(&[&upstream.name])
+                .set(0);
+        }
+        let router = Router {
+            failover: Arc::new(config.failover.clone()),
+            config,
+            pools,
+            slot_senders: Vec::new(),
+            slots: Arc::clone(&slots),
+            active: None,
+            events_tx,
+            events,
+            requests,
+            metrics,
+            next_epoch: 1,
+            cancel,
+            tracker,
+        };
+        let handle = RouterHandle {
+            slots,
+            requests: requests_tx,
+        };
+        (router, handle)
+    }
+
+    /// Runs until cancelled.
+    pub async fn run(mut self) {
+        self.open_slot();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                Some(event) = self.events.recv() => self.on_event(event),
+                Some(request) = self.requests.recv() => match request {
+                    RouterRequest::AddSlot { reply } => {
+                        let index = self.open_slot();
+                        let _ = reply.send(index);
+                    }
+                },
+                _ = tick.tick() => self.choose_active(),
+            }
+        }
+    }
+
+    /// Opens slot k: a work channel and one connection per pool.
+    fn open_slot(&mut self) -> usize {
+        let slot = self.slot_senders.len();
+        let (tx, rx) = watch::channel(None);
+        self.slot_senders.push(tx);
+        self.slots
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(rx);
+        for (index, pool) in self.pools.iter_mut().enumerate() {
+            pool.conns.push(None);
+            let key = ConnKey { pool: index, slot };
+            self.tracker.spawn(run_connection(
+                key,
+                Arc::clone(&pool.config),
+                Arc::clone(&self.failover),
+                self.events_tx.clone(),
+                self.metrics.clone(),
+                self.cancel.child_token(),
+            ));
+        }
+        if slot > 0 {
+            info!(
+                slot,
+                "opened another slot: every extranonce prefix of the others is in use"
+            );
+        }
+        slot
+    }
+
+    fn on_event(&mut self, event: UpstreamEvent) {
+        match event {
+            UpstreamEvent::Ready { key, session } => {
+                let name = self.pools[key.pool].config.name.clone();
+                let split = match ExtranonceSplit::new(
+                    session.extranonce2_size,
+                    self.config.server.extranonce_prefix_size,
+                    self.config.server.max_extranonce2_size,
+                ) {
+                    Ok(split) => split,
+                    Err(error) => {
+                        error!(upstream = %name, %error, "cannot share this pool's extranonce space between miners; not using it");
+                        return;
+                    }
+                };
+                let allocator = match ExtranonceAllocator::new(split.prefix_size) {
+                    Ok(allocator) => allocator,
+                    Err(error) => {
+                        error!(upstream = %name, %error, "bad prefix size");
+                        return;
+                    }
+                };
+                info!(upstream = %name, slot = key.slot, prefix = split.prefix_size, miner_extranonce2 = split.miner_size, "extranonce split");
+                let epoch = self.take_epoch();
+                self.pools[key.pool].conns[key.slot] = Some(ConnState {
+                    session,
+                    epoch,
+                    difficulty: Difficulty::ONE,
+                    book: JobBook::new(DEFAULT_JOB_HISTORY),
+                    allocator: Arc::new(Mutex::new(allocator)),
+                    split,
+                    job: None,
+                });
+                self.publish_if_serving(key);
+            }
+            UpstreamEvent::Job {
+                key,
+                notify,
+                received,
+            } => {
+                let Some(conn) = self.conn_mut(key) else {
+                    return;
+                };
+                let clean_line = if notify.clean_jobs {
+                    None
+                } else {
+                    let mut clean = notify.clone();
+                    clean.clean_jobs = true;
+                    Some(notify_line(&clean))
+                };
+                let line = notify_line(&notify);
+                let job = conn.book.push(notify);
+                conn.allocator
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .retire_jobs_before(conn.book.oldest_live_seq());
+                conn.job = Some(PublishedJob {
+                    seq: job.seq(),
+                    clean_line: clean_line.unwrap_or_else(|| line.clone()),
+                    line,
+                    received,
+                });
+                if key.slot == 0 && self.pools[key.pool].healthy_since.is_none() {
+                    self.pools[key.pool].healthy_since = Some(Instant::now());
+                }
+                self.choose_active();
+                self.publish_if_serving(key);
+            }
+            UpstreamEvent::Difficulty { key, difficulty } => {
+                if let Some(conn) = self.conn_mut(key) {
+                    conn.difficulty = difficulty;
+                    self.publish_if_serving(key);
+                }
+            }
+            UpstreamEvent::Extranonce {
+                key,
+                extranonce1,
+                extranonce2_size,
+            } => {
+                let configured = self.config.server.extranonce_prefix_size;
+                let max = self.config.server.max_extranonce2_size;
+                let epoch = self.take_epoch();
+                let name = self.pools[key.pool].config.name.clone();
+                let Some(conn) = self.conn_mut(key) else {
+                    return;
+                };
+                match ExtranonceSplit::new(extranonce2_size, configured, max)
+                    .map_err(|e| e.to_string())
+                    .and_then(|split| {
+                        ExtranonceAllocator::new(split.prefix_size)
+                            .map(|a| (split, a))
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok((split, allocator)) => {
+                        info!(upstream = %name, %extranonce1, extranonce2_size, "pool changed our extranonce");
+                        conn.session.extranonce1 = extranonce1;
+                        conn.session.extranonce2_size = extranonce2_size;
+                        conn.split = split;
+                        conn.allocator = Arc::new(Mutex::new(allocator));
+                        conn.epoch = epoch;
+                        // Jobs built for the old extranonce are void; the pool follows with new ones.
+                        conn.book = JobBook::new(DEFAULT_JOB_HISTORY);
+                        conn.job = None;
+                        self.publish_if_serving(key);
+                    }
+                    Err(error) => {
+                        error!(upstream = %name, %error, "pool's new extranonce cannot be shared; dropping this connection's state");
+                        self.pools[key.pool].conns[key.slot] = None;
+                        self.publish_if_serving(key);
+                    }
+                }
+            }
+            UpstreamEvent::VersionMask { key, mask } => {
+                if let Some(conn) = self.conn_mut(key) {
+                    conn.session.version_mask = mask;
+                    self.publish_if_serving(key);
+                }
+            }
+            UpstreamEvent::Down { key, reason } => {
+                let pool = &mut self.pools[key.pool];
+                if let Some(slot) = pool.conns.get_mut(key.slot) {
+                    *slot = None;
+                }
+                if key.slot == 0 {
+                    pool.healthy_since = None;
+                }
+                warn!(upstream = %pool.config.name, slot = key.slot, %reason, "upstream connection down");
+                self.choose_active();
+                self.publish_if_serving(key);
+            }
+        }
+    }
+
+    fn take_epoch(&mut self) -> u64 {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        epoch
+    }
+
+    fn conn_mut(&mut self, key: ConnKey) -> Option<&mut ConnState> {
+        self.pools
+            .get_mut(key.pool)?
+            .conns
+            .get_mut(key.slot)?
+            .as_mut()
+    }
+
+    /// Picks the serving pool: keep the current one while healthy; fail over to the best healthy
+    /// one when it is not; return to a better one once it has been healthy for `return_after`.
+    fn choose_active(&mut self) {
+        let best = self.pools.iter().position(|p| p.healthy_since.is_some());
+        let chosen = match self.active {
+            Some(current) if self.pools[current].healthy_since.is_some() => match best {
+                Some(better)
+                    if better < current
+                        && self.pools[better]
+                            .healthy_since
+                            .is_some_and(|t| t.elapsed() >= self.failover.return_after) =>
+                {
+                    Some(better)
+                }
+                _ => Some(current),
+            },
+            _ => best,
+        };
+        if chosen == self.active {
+            return;
+        }
+        let from = self.active.map(|i| self.pools[i].config.name.clone());
+        let to = chosen.map(|i| self.pools[i].config.name.clone());
+        match (&from, &to) {
+            (None, Some(to)) => info!(%to, "serving upstream"),
+            (Some(from), Some(to)) => warn!(%from, %to, "serving upstream changed (failover)"),
+            (_, None) => error!(from = ?from, "no healthy upstream: miners keep their last work"),
+        }
+        if self.active.is_some() {
+            self.metrics.failovers.inc();
+        }
+        for pool in &self.pools {
+            self.metrics
+                .upstream_active
+                .with_label_values(&[&pool.config.name])
+                .set(i64::from(to.as_deref() == Some(pool.config.name.as_str())));
+        }
+        self.active = chosen;
+        if chosen.is_some() {
+            for slot in 0..self.slot_senders.len() {
+                self.publish(slot);
+            }
+        }
+    }
+
+    fn publish_if_serving(&mut self, key: ConnKey) {
+        if self.active == Some(key.pool) {
+            self.publish(key.slot);
+        }
+    }
+
+    /// Publishes slot `slot`'s work from the serving pool's connection.
+    fn publish(&self, slot: usize) {
+        let Some(active) = self.active else { return };
+        let pool = &self.pools[active];
+        let state = pool.conns.get(slot).and_then(Option::as_ref).map(|conn| {
+            Arc::new(WorkState {
+                epoch: conn.epoch,
+                upstream: Arc::from(pool.config.name.as_str()),
+                pool_extranonce1: conn.session.extranonce1,
+                split: conn.split,
+                allocator: Arc::clone(&conn.allocator),
+                version_mask: conn.session.version_mask,
+                difficulty: conn.difficulty,
+                threshold: conn.difficulty.to_threshold(),
+                book: conn.book.clone(),
+                job: conn.job.clone(),
+                submit: conn.session.submit.clone(),
+            })
+        });
+        if let Some(sender) = self.slot_senders.get(slot) {
+            // A slot without a live connection keeps its last work: miners keep hashing, and
+            // shares they find on it are counted lost when they cannot be forwarded.
+            if state.is_some() {
+                sender.send_replace(state);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_for_every_pool_size() {
+        // (pool extranonce2_size, expected prefix, padding, miner size) with the 8-byte cap.
+        for (pool, prefix, padding, miner) in [
+            (2, 1, 0, 1),
+            (3, 1, 0, 2),
+            (4, 2, 0, 2),
+            (5, 2, 0, 3),
+            (8, 2, 0, 6),
+            (12, 2, 2, 8),
+        ] {
+            let split = ExtranonceSplit::new(pool, None, 8).unwrap();
+            assert_eq!(
+                (split.prefix_size, split.padding, split.miner_size),
+                (prefix, padding, miner),
+                "pool size {pool}"
+            );
+        }
+        assert!(ExtranonceSplit::new(1, None, 8).is_err());
+        assert!(ExtranonceSplit::new(2, Some(2), 8).is_err());
+        assert_eq!(ExtranonceSplit::new(4, Some(3), 8).unwrap().miner_size, 1);
+    }
+
+    #[test]
+    fn split_bytes_line_up_on_both_sides() {
+        let split = ExtranonceSplit::new(12, None, 8).unwrap();
+        let mut allocator = ExtranonceAllocator::new(split.prefix_size).unwrap();
+        let _ = allocator.allocate().unwrap();
+        let prefix = allocator.allocate().unwrap();
+        let pool_en1 = Extranonce1::from_hex("aabbccdd").unwrap();
+        let miner_en1 = split.miner_extranonce1(&pool_en1, &prefix).unwrap();
+        assert_eq!(miner_en1.to_hex(), "aabbccdd00010000");
+        let miner_en2 = Extranonce2::from_hex("0102030405060708").unwrap();
+        let upstream = split.upstream_extranonce2(&prefix, &miner_en2).unwrap();
+        assert_eq!(upstream.to_hex(), "000100000102030405060708");
+        assert_eq!(
+            [miner_en1.as_bytes(), miner_en2.as_bytes()].concat(),
+            [pool_en1.as_bytes(), upstream.as_bytes()].concat()
+        );
+    }
+}
