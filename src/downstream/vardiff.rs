@@ -153,7 +153,8 @@ mod tests {
                         break;
                     }
                     remaining -= gap;
-                    vardiff.record(now, difficulty.get());
+                    let at = now - Duration::from_secs_f64(remaining);
+                    vardiff.record(at, difficulty.get());
                 }
                 if let Some(next) = vardiff.retarget(now, difficulty, floor, ceiling) {
                     difficulty = next;
