@@ -57,6 +57,10 @@ pub struct ServerConfig {
     /// Lines queued for a miner that does not read before it is disconnected.
     #[serde(default = "defaults::write_queue")]
     pub write_queue: usize,
+    /// Kernel send buffer per miner socket, in bytes. Bounded so a miner that stops reading is
+    /// noticed after kilobytes, not after the kernel has buffered megabytes on its behalf.
+    #[serde(default = "defaults::socket_send_buffer")]
+    pub socket_send_buffer: usize,
     /// A miner silent this long is disconnected.
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -246,6 +250,9 @@ mod defaults {
     pub fn write_queue() -> usize {
         256
     }
+    pub fn socket_send_buffer() -> usize {
+        64 * 1024
+    }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(600)
     }
@@ -411,6 +418,12 @@ impl Config {
                     format!("{size} is not between 1 and 4"),
                 ));
             }
+        }
+        if s.socket_send_buffer < 4096 {
+            return Err(invalid(
+                "server.socket_send_buffer",
+                format!("{} is below 4096 bytes", s.socket_send_buffer),
+            ));
         }
         if s.write_queue == 0 {
             return Err(invalid("server.write_queue", "must be at least 1".into()));

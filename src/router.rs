@@ -31,8 +31,12 @@ use crate::protocol::notify_line;
 use crate::upstream::{ConnKey, ForwardShare, PoolSession, UpstreamEvent, run_connection};
 use crate::work::{
     DEFAULT_JOB_HISTORY, Difficulty, Extranonce1, Extranonce2, ExtranonceAllocator,
-    ExtranoncePrefix, JobBook, Threshold,
+    ExtranoncePrefix, JobBook, JobId, Threshold,
 };
+
+/// How long a subscribed higher-priority pool may take to send its first job before a lower one
+/// starts serving (only when nothing serves yet).
+const STARTUP_PREFERENCE_WAIT: Duration = Duration::from_secs(3);
 
 /// How a pool's extranonce2 is divided: `prefix ++ padding` identifies the miner, the rest is the
 /// miner's own extranonce2.
@@ -215,6 +219,8 @@ struct Pool {
     conns: Vec<Option<ConnState>>,
     /// Since when slot 0's connection is up with a job.
     healthy_since: Option<Instant>,
+    /// Since when slot 0's connection is subscribed (it may not have a job yet).
+    ready_since: Option<Instant>,
 }
 
 /// The router task's state.
@@ -230,6 +236,7 @@ pub struct Router {
     requests: mpsc::Receiver<RouterRequest>,
     metrics: Metrics,
     next_epoch: u64,
+    next_job_id: u64,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -252,6 +259,7 @@ impl Router {
                 config: Arc::new(upstream),
                 conns: Vec::new(),
                 healthy_since: None,
+                ready_since: None,
             })
             .collect();
         for upstream in &config.upstreams {
@@ -276,6 +284,7 @@ impl Router {
             requests,
             metrics,
             next_epoch: 1,
+            next_job_id: 0,
             cancel,
             tracker,
         };
@@ -369,6 +378,9 @@ impl Router {
                     split,
                     job: None,
                 });
+                if key.slot == 0 {
+                    self.pools[key.pool].ready_since = Some(Instant::now());
+                }
                 self.publish_if_serving(key);
             }
             UpstreamEvent::Job {
@@ -376,9 +388,15 @@ impl Router {
                 notify,
                 received,
             } => {
+                // Miners see hashgate's own job ids: unique for the life of the process, so a pool
+                // that reuses ids after a reconnect or an extranonce change cannot make a stale
+                // share look current.
+                let miner_id = self.take_job_id();
                 let Some(conn) = self.conn_mut(key) else {
                     return;
                 };
+                let mut notify = notify;
+                let upstream_id = std::mem::replace(&mut notify.job_id, miner_id);
                 let clean_line = if notify.clean_jobs {
                     None
                 } else {
@@ -387,7 +405,8 @@ impl Router {
                     Some(notify_line(&clean))
                 };
                 let line = notify_line(&notify);
-                let job = conn.book.push(notify);
+                let miner_id = std::mem::replace(&mut notify.job_id, upstream_id);
+                let job = conn.book.push_renamed(notify, miner_id);
                 conn.allocator
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -461,12 +480,18 @@ impl Router {
                 }
                 if key.slot == 0 {
                     pool.healthy_since = None;
+                    pool.ready_since = None;
                 }
                 warn!(upstream = %pool.config.name, slot = key.slot, %reason, "upstream connection down");
                 self.choose_active();
                 self.publish_if_serving(key);
             }
         }
+    }
+
+    fn take_job_id(&mut self) -> JobId {
+        self.next_job_id += 1;
+        JobId::new(&format!("{:x}", self.next_job_id)).expect("a short hex string is a valid id")
     }
 
     fn take_epoch(&mut self) -> u64 {
@@ -487,6 +512,21 @@ impl Router {
     /// one when it is not; return to a better one once it has been healthy for `return_after`.
     fn choose_active(&mut self) {
         let best = self.pools.iter().position(|p| p.healthy_since.is_some());
+        // With nothing serving yet (startup, or every pool was down), a better pool that is
+        // subscribed and only waiting for its first job gets a moment, so the farm starts on
+        // its primary instead of on whichever pool answered first.
+        if self.active.is_none() {
+            if let Some(best) = best {
+                let better_is_coming = self.pools[..best].iter().any(|p| {
+                    p.healthy_since.is_none()
+                        && p.ready_since
+                            .is_some_and(|t| t.elapsed() < STARTUP_PREFERENCE_WAIT)
+                });
+                if better_is_coming {
+                    return;
+                }
+            }
+        }
         let chosen = match self.active {
             Some(current) if self.pools[current].healthy_since.is_some() => match best {
                 Some(better)

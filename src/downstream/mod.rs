@@ -168,6 +168,8 @@ pub async fn listen(listener: TcpListener, context: Arc<DownstreamContext>, trac
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                let _ = socket2::SockRef::from(&stream)
+                    .set_send_buffer_size(context.server.socket_send_buffer);
                 let id = context.next_id.fetch_add(1, Ordering::Relaxed);
                 let (commands_tx, commands_rx) = mpsc::channel(16);
                 context.sessions.insert(

@@ -20,13 +20,13 @@ use super::{DownstreamContext, SessionCommand};
 use crate::protocol::{
     Authorize, Configure, ConfigureResult, FrameError, Id, LineCodec, Message, Method, ParamError,
     ProtocolError, Reconnect, Request, Response, SetExtranonce, Submit, Subscribe, SubscribeResult,
-    code, method,
+    code, method, notify_line,
 };
 use crate::router::{WorkReceiver, WorkState};
 use crate::upstream::ForwardShare;
 use crate::work::{
-    Difficulty, DuplicateFilter, Extranonce1, ExtranoncePrefix, Reject, ShareContext, Threshold,
-    Verdict, check_share_for_job,
+    Difficulty, DuplicateFilter, Extranonce1, ExtranoncePrefix, JobId, Reject, ShareContext,
+    Threshold, Verdict, check_share_for_job,
 };
 
 /// The mask hashgate asks pools for; what a miner is offered before any pool has answered.
@@ -179,8 +179,11 @@ struct Binding {
     extranonce1: Extranonce1,
 }
 
-/// The difficulty a job was sent at: shares for it are checked against this.
+/// A job as this miner received it: the id it was sent under and the difficulty in force for it.
+/// Shares are checked and credited against exactly this; an id the miner was never sent (in this
+/// extranonce epoch) is stale.
 struct SentJob {
+    id: JobId,
     seq: u64,
     difficulty: Difficulty,
     threshold: Threshold,
@@ -618,7 +621,9 @@ impl Session {
         self.difficulty.max(floor).min(ceiling)
     }
 
-    /// Sends set_difficulty (if it changed) then the newest job.
+    /// Sends set_difficulty (if it changed) then the newest job. The shared serialization goes
+    /// out unless this miner already has the job at another difficulty: then the job is re-sent
+    /// under an id of its own (`<id>.<n>`), so every id the miner holds means one difficulty.
     fn send_job(&mut self, clean: bool) -> Result<(), Ending> {
         if self.paused {
             return Ok(());
@@ -627,7 +632,7 @@ impl Session {
             return Ok(());
         };
         let work = Arc::clone(&binding.work);
-        let Some(job) = &work.job else {
+        let (Some(published), Some(job)) = (&work.job, work.book.latest()) else {
             return Ok(());
         };
         let difficulty = self.effective_difficulty(&work);
@@ -635,37 +640,41 @@ impl Session {
             self.send(Request::notification(Method::SetDifficulty(difficulty)).to_line())?;
             self.sent_difficulty = Some(difficulty);
         }
-        self.record_sent_job(job.seq, difficulty);
-        self.send(if clean {
-            job.clean_line.clone()
+        let already_sent = self
+            .sent_jobs
+            .iter()
+            .filter(|s| s.seq == published.seq)
+            .count();
+        let (id, line) = if already_sent == 0 {
+            let line = if clean {
+                published.clean_line.clone()
+            } else {
+                published.line.clone()
+            };
+            (job.id().clone(), line)
         } else {
-            job.line.clone()
-        })?;
-        self.context
-            .metrics
-            .job_broadcast_seconds
-            .observe(job.received.elapsed().as_secs_f64());
-        Ok(())
-    }
-
-    /// Remembers the difficulty a job was sent at. A job re-sent at another difficulty keeps the
-    /// easier one: the miner may still be finishing shares at the old one.
-    fn record_sent_job(&mut self, seq: u64, difficulty: Difficulty) {
-        if let Some(sent) = self.sent_jobs.iter_mut().find(|s| s.seq == seq) {
-            if difficulty < sent.difficulty {
-                sent.difficulty = difficulty;
-                sent.threshold = difficulty.to_threshold();
-            }
-            return;
-        }
-        if self.sent_jobs.len() >= crate::work::DEFAULT_JOB_HISTORY {
+            let id = JobId::new(&format!("{}.{already_sent}", job.id()))
+                .map_err(|_| Ending::Io("job id too long to alias".into()))?;
+            let mut notify = job.notify().clone();
+            notify.job_id = id.clone();
+            notify.clean_jobs = clean;
+            (id, notify_line(&notify))
+        };
+        if self.sent_jobs.len() >= 2 * crate::work::DEFAULT_JOB_HISTORY {
             self.sent_jobs.pop_front();
         }
         self.sent_jobs.push_back(SentJob {
-            seq,
+            id,
+            seq: published.seq,
             difficulty,
             threshold: difficulty.to_threshold(),
         });
+        self.send(line)?;
+        self.context
+            .metrics
+            .job_broadcast_seconds
+            .observe(published.received.elapsed().as_secs_f64());
+        Ok(())
     }
 
     fn resend_if_difficulty_changed(&mut self) -> Result<(), Ending> {
@@ -812,17 +821,19 @@ impl Session {
             return self.send(Response::reject(id, &Reject::Unauthorized).to_line());
         }
         let work = Arc::clone(&binding.work);
-        let Some(job) = work.book.get(submit.share.job_id.as_str()) else {
+        let sent = self
+            .sent_jobs
+            .iter()
+            .rev()
+            .find(|sent| sent.id == submit.share.job_id);
+        let Some((job, difficulty, threshold)) = sent.and_then(|sent| {
+            work.book
+                .by_seq(sent.seq)
+                .map(|job| (job, sent.difficulty, sent.threshold))
+        }) else {
             self.counters.stale.inc();
             debug!(job = %submit.share.job_id, "stale share");
             return self.send(Response::reject(id, &Reject::Stale).to_line());
-        };
-        let (difficulty, threshold) = match self.sent_jobs.iter().find(|s| s.seq == job.seq()) {
-            Some(sent) => (sent.difficulty, sent.threshold),
-            None => {
-                let d = self.effective_difficulty(&work);
-                (d, d.to_threshold())
-            }
         };
         let context = ShareContext {
             extranonce1: &binding.extranonce1,
@@ -848,7 +859,7 @@ impl Session {
                 self.counters.accepted_difficulty.inc_by(difficulty.get());
                 self.vardiff.record(Instant::now(), difficulty.get());
                 if accepted.meets_upstream {
-                    self.forward(&work, &submit, accepted.is_block);
+                    self.forward(&work, job.upstream_id(), &submit, accepted.is_block);
                 }
                 if accepted.is_block {
                     info!(hash = %accepted.block_hash(), "share meets the network target");
@@ -868,7 +879,7 @@ impl Session {
 
     /// Sends an accepted share to the connection its work came from. The miner already has its
     /// answer; a share that cannot be handed over is counted lost, never dropped silently.
-    fn forward(&self, work: &WorkState, submit: &Submit, is_block: bool) {
+    fn forward(&self, work: &WorkState, job_upstream_id: &JobId, submit: &Submit, is_block: bool) {
         let Some(binding) = &self.binding else { return };
         let Some(extranonce2) = work
             .split
@@ -877,7 +888,7 @@ impl Session {
             return;
         };
         let share = ForwardShare {
-            job_id: submit.share.job_id.clone(),
+            job_id: job_upstream_id.clone(),
             extranonce2,
             ntime: submit.share.ntime,
             nonce: submit.share.nonce,

@@ -238,7 +238,8 @@ fn decode_mask(mask: &str) -> Option<u32> {
 /// `mining.configure` result: what the server grants.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConfigureResult {
-    /// `Some(mask)` when version rolling is granted (the mask may be 0), `None` when refused.
+    /// `Some(mask)` when version rolling is granted, `None` when refused (answered as `false`
+    /// with mask `00000000`).
     pub version_rolling: Option<u32>,
     /// Other extensions and whether each is supported (unknown ones are answered `false`).
     pub extensions: Vec<(String, bool)>,
@@ -257,7 +258,10 @@ impl ConfigureResult {
                 );
             }
             None => {
+                // Refused: say so with a zero mask, so firmware that reads the mask without
+                // checking the flag does not roll.
                 map.insert("version-rolling".into(), Value::Bool(false));
+                map.insert("version-rolling.mask".into(), Value::from("00000000"));
             }
         }
         for (name, supported) in &self.extensions {

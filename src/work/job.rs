@@ -249,6 +249,9 @@ impl Share {
 pub struct Job {
     seq: u64,
     notify: Notify,
+    /// The pool's id for this job when the job is shown to miners under another id (a proxy
+    /// issues its own, so ids never repeat across pool connections); the notify's id otherwise.
+    upstream_id: JobId,
     /// `prevhash` in header order.
     pub(crate) prevhash_header: [u8; 32],
     /// SHA-256 state after coinb1's whole 64-byte blocks.
@@ -270,6 +273,7 @@ impl Job {
             .expect("only whole 64-byte blocks were hashed");
         Self {
             seq,
+            upstream_id: notify.job_id.clone(),
             prevhash_header: notify.prevhash.header_bytes(),
             coinb1_midstate,
             coinb1_hashed_len: whole_blocks_len,
@@ -283,9 +287,14 @@ impl Job {
         self.seq
     }
 
-    /// The pool's job id.
+    /// The job's id as miners see it (the pool's, unless the job was renamed).
     pub fn id(&self) -> &JobId {
         &self.notify.job_id
+    }
+
+    /// The pool's id, to submit shares upstream under.
+    pub fn upstream_id(&self) -> &JobId {
+        &self.upstream_id
     }
 
     /// The job as the pool sent it.
@@ -332,7 +341,22 @@ impl JobBook {
 
     /// Adds the pool's newest job and returns it prepared.
     pub fn push(&mut self, notify: Notify) -> Arc<Job> {
-        let job = Arc::new(Job::new(self.next_seq, notify));
+        let job = Job::new(self.next_seq, notify);
+        self.insert(job)
+    }
+
+    /// Adds the pool's newest job under an id of the caller's (`notify.job_id` is kept as the
+    /// upstream id). A proxy renames jobs so an id never means two different jobs to a miner,
+    /// even when a pool reuses ids across reconnects or extranonce changes.
+    pub fn push_renamed(&mut self, mut notify: Notify, id: JobId) -> Arc<Job> {
+        let upstream_id = std::mem::replace(&mut notify.job_id, id);
+        let mut job = Job::new(self.next_seq, notify);
+        job.upstream_id = upstream_id;
+        self.insert(job)
+    }
+
+    fn insert(&mut self, job: Job) -> Arc<Job> {
+        let job = Arc::new(job);
         self.next_seq += 1;
         if job.notify.clean_jobs {
             self.jobs.clear();
@@ -352,6 +376,11 @@ impl JobBook {
         // Newest first: almost every share is for the latest job. A handful of jobs makes a
         // linear scan cheaper than hashing the id.
         self.jobs.iter().rev().find(|job| job.id().as_str() == id)
+    }
+
+    /// The live job with this sequence number, if any.
+    pub fn by_seq(&self, seq: u64) -> Option<&Arc<Job>> {
+        self.jobs.iter().rev().find(|job| job.seq == seq)
     }
 
     /// The newest job.
@@ -549,6 +578,18 @@ mod tests {
         assert_eq!(book.get("c").unwrap().seq(), again.seq(), "newest wins");
         assert_eq!(book.len(), 3);
         assert_eq!(book.latest().unwrap().id().as_str(), "c");
+    }
+
+    #[test]
+    fn renamed_jobs_keep_the_pool_id() {
+        let mut book = JobBook::new(4);
+        let job = book.push_renamed(notify("pool-7", true), JobId::new("a1").unwrap());
+        assert_eq!(job.id().as_str(), "a1");
+        assert_eq!(job.upstream_id().as_str(), "pool-7");
+        assert!(book.get("a1").is_some() && book.get("pool-7").is_none());
+        assert_eq!(book.by_seq(job.seq()).unwrap().id().as_str(), "a1");
+        let plain = book.push(notify("b", false));
+        assert_eq!(plain.upstream_id(), plain.id());
     }
 
     #[test]
