@@ -555,3 +555,24 @@ async fn a_miner_that_does_not_read_is_dropped_without_slowing_the_others() {
     drop(stuck);
     proxy.shutdown().await;
 }
+
+/// A departing miner's prefix is not handed to the next miner while the jobs it could have worked
+/// on are live: otherwise the newcomer could produce the old miner's shares (stratum PR #2261).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_prefix_is_not_reused_while_its_jobs_are_live() {
+    let pool = pool(1.0).await;
+    let proxy = proxy(config_for(&[&pool], "")).await;
+    let mut first = RawMiner::connect(&proxy).await;
+    first.handshake("farm.first").await;
+    let first_extranonce = first.extranonce1.unwrap();
+    drop(first);
+    eventually("the first miner's session ended", || proxy.metrics.connections.get() == 0).await;
+    let mut second = RawMiner::connect(&proxy).await;
+    second.handshake("farm.second").await;
+    assert_ne!(
+        second.extranonce1.unwrap(),
+        first_extranonce,
+        "the job the first miner had is still live"
+    );
+    proxy.shutdown().await;
+}
