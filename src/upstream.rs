@@ -524,7 +524,7 @@ impl Connection<'_> {
         if share.is_block {
             info!(worker = %share.worker, job = %share.job_id, "submitting a block candidate");
         }
-        let sent = framed.send(request.to_line()).await;
+        // Tracked before the write: if the write fails, the share is counted lost with the rest.
         self.pending.insert(
             id,
             Pending {
@@ -532,7 +532,18 @@ impl Connection<'_> {
                 sent: Instant::now(),
             },
         );
-        sent.map_err(|e| UpstreamError::Io(e.to_string()))
+        self.write(framed, request.to_line()).await
+    }
+
+    /// Writes a line; a pool that stops reading for `submit_timeout` is a dead pool.
+    async fn write(&self, framed: &mut PoolStream, line: Bytes) -> Result<(), UpstreamError> {
+        match tokio::time::timeout(self.failover.submit_timeout, framed.send(line)).await {
+            Ok(result) => result.map_err(|e| UpstreamError::Io(e.to_string())),
+            Err(_) => Err(UpstreamError::Io(format!(
+                "pool did not read for {:?}",
+                self.failover.submit_timeout
+            ))),
+        }
     }
 
     async fn on_message(
@@ -639,10 +650,7 @@ impl Connection<'_> {
                             "unsupported method",
                         )
                     };
-                    framed
-                        .send(reply.to_line())
-                        .await
-                        .map_err(|e| UpstreamError::Io(e.to_string()))?;
+                    self.write(framed, reply.to_line()).await?;
                 }
                 None
             }

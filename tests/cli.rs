@@ -74,7 +74,11 @@ fn check_config_accepts_the_shipped_examples() {
 #[test]
 fn check_config_names_the_file_the_key_and_the_line() {
     let cases = [
-        ("bad_url.toml", VALID.replace("127.0.0.1:3334", "nowhere"), "upstream[0].url"),
+        (
+            "bad_url.toml",
+            VALID.replace("127.0.0.1:3334", "nowhere"),
+            "upstream[0].url",
+        ),
         (
             "bad_difficulty.toml",
             format!("{VALID}[difficulty]\nmin = -1.0\n"),
@@ -85,24 +89,41 @@ fn check_config_names_the_file_the_key_and_the_line() {
             VALID.replace("[server]", "[server]\nidle_timeout = \"soon\""),
             ":3:",
         ),
-        ("unknown_key.toml", format!("{VALID}colour = \"blue\"\n"), "colour"),
+        (
+            "unknown_key.toml",
+            format!("{VALID}colour = \"blue\"\n"),
+            "colour",
+        ),
         ("syntax.toml", "[server\nlisten = 1\n".to_string(), ":1:"),
         (
             "open_api.toml",
             format!("{VALID}[api]\nlisten = \"0.0.0.0:9100\"\n"),
             "api.listen",
         ),
-        ("no_upstream.toml", "[server]\nlisten = \"127.0.0.1:0\"\n".to_string(), "upstream"),
+        (
+            "no_upstream.toml",
+            "[server]\nlisten = \"127.0.0.1:0\"\n".to_string(),
+            "upstream",
+        ),
     ];
     for (name, text, needle) in cases {
         let path = write_config(name, &text);
         let out = hashgate().arg("check-config").arg(&path).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name} should be rejected");
-        assert!(stderr.contains(name), "{name}: message names the file: {stderr}");
-        assert!(stderr.contains(needle), "{name}: message names {needle}: {stderr}");
+        assert!(
+            stderr.contains(name),
+            "{name}: message names the file: {stderr}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{name}: message names {needle}: {stderr}"
+        );
     }
-    let out = hashgate().args(["check-config", "/nonexistent/hashgate.toml"]).output().unwrap();
+    let out = hashgate()
+        .args(["check-config", "/nonexistent/hashgate.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/hashgate.toml"));
 }
@@ -110,13 +131,33 @@ fn check_config_names_the_file_the_key_and_the_line() {
 #[test]
 fn demo_runs_and_the_pool_accepts_every_forwarded_share() {
     let out = hashgate()
-        .args(["demo", "--seconds", "6", "--miners", "4", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--seconds",
+            "6",
+            "--miners",
+            "4",
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("ok: the pool accepted every share hashgate forwarded"), "{stdout}");
-    assert!(stdout.contains("miners 4"), "status lines show the miners: {stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok: the pool accepted every share hashgate forwarded"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("miners 4"),
+        "status lines show the miners: {stdout}"
+    );
 }
 
 #[test]
@@ -124,12 +165,23 @@ fn demo_on_a_port_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = hashgate()
-        .args(["demo", "--seconds", "1", "--listen", &addr, "--api", "127.0.0.1:0"])
+        .args([
+            "demo",
+            "--seconds",
+            "1",
+            "--listen",
+            &addr,
+            "--api",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&addr) && stderr.contains("in use"), "{stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("in use"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -138,7 +190,9 @@ fn demo_on_a_port_in_use_is_a_clear_error() {
 fn run_stops_gracefully_on_sigterm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pool = runtime
-        .block_on(hashgate::sim::SimPool::start(hashgate::sim::SimPoolConfig::default()))
+        .block_on(hashgate::sim::SimPool::start(
+            hashgate::sim::SimPoolConfig::default(),
+        ))
         .unwrap();
     let miners = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let miner_addr = miners.local_addr().unwrap();
@@ -157,17 +211,26 @@ fn run_stops_gracefully_on_sigterm() {
     // Wait until it accepts miners.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(miner_addr).is_err() {
-        assert!(std::time::Instant::now() < deadline, "hashgate run did not listen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hashgate run did not listen"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let exit = loop {
         if let Some(exit) = child.try_wait().unwrap() {
             break exit;
         }
-        assert!(std::time::Instant::now() < deadline, "hashgate run did not stop on SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hashgate run did not stop on SIGTERM"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(exit.success(), "exit status {exit:?}");

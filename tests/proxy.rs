@@ -566,7 +566,10 @@ async fn a_freed_prefix_is_not_reused_while_its_jobs_are_live() {
     first.handshake("farm.first").await;
     let first_extranonce = first.extranonce1.unwrap();
     drop(first);
-    eventually("the first miner's session ended", || proxy.metrics.connections.get() == 0).await;
+    eventually("the first miner's session ended", || {
+        proxy.metrics.connections.get() == 0
+    })
+    .await;
     let mut second = RawMiner::connect(&proxy).await;
     second.handshake("farm.second").await;
     assert_ne!(
