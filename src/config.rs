@@ -70,6 +70,9 @@ pub struct ServerConfig {
     /// Connections accepted at most (the rest wait in the kernel's backlog).
     #[serde(default = "defaults::max_miners")]
     pub max_miners: usize,
+    /// Connections per pool at most (each serves as many miners as its extranonce prefixes).
+    #[serde(default = "defaults::max_upstream_connections")]
+    pub max_upstream_connections: usize,
     /// Grace period for in-flight upstream submits at shutdown.
     #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -262,6 +265,9 @@ mod defaults {
     pub fn max_miners() -> usize {
         19_900
     }
+    pub fn max_upstream_connections() -> usize {
+        64
+    }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(5)
     }
@@ -427,6 +433,12 @@ impl Config {
         }
         if s.write_queue == 0 {
             return Err(invalid("server.write_queue", "must be at least 1".into()));
+        }
+        if s.max_upstream_connections == 0 {
+            return Err(invalid(
+                "server.max_upstream_connections",
+                "must be at least 1".into(),
+            ));
         }
         if s.max_miners == 0 {
             return Err(invalid("server.max_miners", "must be at least 1".into()));

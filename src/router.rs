@@ -16,6 +16,7 @@
 //! connection is already warm); a better pool takes over again only after it has been healthy for
 //! `failover.return_after`, so a flapping pool does not bounce the farm.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -28,10 +29,12 @@ use tracing::{error, info, warn};
 use crate::config::{Config, FailoverConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::protocol::notify_line;
-use crate::upstream::{ConnKey, ForwardShare, PoolSession, UpstreamEvent, run_connection};
+use crate::upstream::{
+    ConnKey, ConnectionSettings, ForwardShare, PoolSession, UpstreamEvent, run_connection,
+};
 use crate::work::{
     DEFAULT_JOB_HISTORY, Difficulty, Extranonce1, Extranonce2, ExtranonceAllocator,
-    ExtranoncePrefix, JobBook, JobId, Threshold,
+    ExtranoncePrefix, JobBook, JobId, MAX_EXTRANONCE_LEN, Threshold,
 };
 
 /// How long a subscribed higher-priority pool may take to send its first job before a lower one
@@ -50,37 +53,62 @@ pub struct ExtranonceSplit {
     pub miner_size: usize,
 }
 
-/// Why a pool's extranonce2 cannot be shared.
+/// Why a pool's extranonce space cannot be shared.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "pool extranonce2_size {pool_size} leaves no room for a {prefix_size}-byte miner prefix plus at least 1 byte for the miner"
-)]
-pub struct SplitError {
-    /// The pool's extranonce2 size.
-    pub pool_size: usize,
-    /// The prefix size wanted.
-    pub prefix_size: usize,
+#[non_exhaustive]
+pub enum SplitError {
+    /// Too small to give each miner a prefix and at least one byte of its own.
+    #[error(
+        "pool extranonce2_size {pool_size} leaves no room for a {prefix_size}-byte miner prefix plus at least 1 byte for the miner"
+    )]
+    TooSmall {
+        /// The pool's extranonce2 size.
+        pool_size: usize,
+        /// The prefix size wanted.
+        prefix_size: usize,
+    },
+    /// The miner's extranonce1 (pool's ++ prefix ++ padding) would exceed 32 bytes.
+    #[error(
+        "pool extranonce1 of {extranonce1_len} bytes plus {extra} bytes of miner prefix exceeds {MAX_EXTRANONCE_LEN} bytes"
+    )]
+    TooLong {
+        /// The pool's extranonce1 length.
+        extranonce1_len: usize,
+        /// Prefix and padding.
+        extra: usize,
+    },
 }
 
 impl ExtranonceSplit {
     /// Splits `pool_size` bytes: prefix `configured` or 2 bytes when at least 2 remain for the
     /// miner (else 1); the miner gets the rest up to `max_miner_size`, any excess is zero padding.
+    /// `extranonce1_len` is the pool's extranonce1, which the miner's extranonce1 extends.
     pub fn new(
+        extranonce1_len: usize,
         pool_size: usize,
         configured: Option<usize>,
         max_miner_size: usize,
     ) -> Result<Self, SplitError> {
         let prefix_size = configured.unwrap_or(if pool_size >= 4 { 2 } else { 1 });
         if pool_size < prefix_size + 1 {
-            return Err(SplitError {
+            return Err(SplitError::TooSmall {
                 pool_size,
                 prefix_size,
             });
         }
         let miner_size = (pool_size - prefix_size).min(max_miner_size.max(1));
+        let padding = pool_size - prefix_size - miner_size;
+        if extranonce1_len + prefix_size + padding > MAX_EXTRANONCE_LEN
+            || pool_size > MAX_EXTRANONCE_LEN
+        {
+            return Err(SplitError::TooLong {
+                extranonce1_len,
+                extra: prefix_size + padding,
+            });
+        }
         Ok(Self {
             prefix_size,
-            padding: pool_size - prefix_size - miner_size,
+            padding,
             miner_size,
         })
     }
@@ -145,14 +173,27 @@ pub struct WorkState {
     pub version_mask: u32,
     /// The pool's share difficulty.
     pub difficulty: Difficulty,
-    /// The pool's share target.
+    /// The pool's share target now (for jobs to come).
     pub threshold: Threshold,
+    /// The pool's share target of each live job (by sequence number).
+    pub job_thresholds: Vec<(u64, Threshold)>,
     /// Live jobs.
     pub book: JobBook,
     /// The newest job, serialized.
     pub job: Option<PublishedJob>,
     /// Where accepted shares that meet the pool's target go.
     pub submit: mpsc::Sender<ForwardShare>,
+}
+
+impl WorkState {
+    /// The pool's target for the job with sequence number `seq` (the current one if unknown).
+    pub fn upstream_threshold(&self, seq: u64) -> &Threshold {
+        self.job_thresholds
+            .iter()
+            .rev()
+            .find(|(job, _)| *job == seq)
+            .map_or(&self.threshold, |(_, threshold)| threshold)
+    }
 }
 
 /// The per-slot work channel sessions watch.
@@ -163,8 +204,8 @@ pub type WorkReceiver = watch::Receiver<Option<Arc<WorkState>>>;
 pub enum RouterRequest {
     /// Every slot is full: open a new one. Answers its index.
     AddSlot {
-        /// The new slot's index.
-        reply: oneshot::Sender<usize>,
+        /// A slot with free prefixes (new or existing); None at `server.max_upstream_connections`.
+        reply: oneshot::Sender<Option<usize>>,
     },
 }
 
@@ -191,7 +232,7 @@ impl RouterHandle {
             .send(RouterRequest::AddSlot { reply })
             .await
             .ok()?;
-        let index = answer.await.ok()?;
+        let index = answer.await.ok()??;
         self.slots().get(index).cloned()
     }
 
@@ -211,6 +252,9 @@ struct ConnState {
     allocator: Arc<Mutex<ExtranonceAllocator>>,
     split: ExtranonceSplit,
     job: Option<PublishedJob>,
+    /// The pool's target for each live job: set_difficulty applies from the next job, so a share
+    /// is forwarded when it meets the target of its own job.
+    job_thresholds: VecDeque<(u64, Threshold)>,
 }
 
 struct Pool {
@@ -221,12 +265,15 @@ struct Pool {
     healthy_since: Option<Instant>,
     /// Since when slot 0's connection is subscribed (it may not have a job yet).
     ready_since: Option<Instant>,
+    /// Slot 0's connection went down since it was last ready (or never came up).
+    failed: bool,
 }
 
 /// The router task's state.
 pub struct Router {
     config: Arc<Config>,
     failover: Arc<FailoverConfig>,
+    connection_settings: Arc<ConnectionSettings>,
     pools: Vec<Pool>,
     slot_senders: Vec<watch::Sender<Option<Arc<WorkState>>>>,
     slots: Arc<RwLock<Vec<WorkReceiver>>>,
@@ -237,12 +284,15 @@ pub struct Router {
     metrics: Metrics,
     next_epoch: u64,
     next_job_id: u64,
+    /// When the router started: at startup, better pools get a moment to come up first.
+    started: Instant,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
 
 impl Router {
-    /// Builds the router and the handle sessions use; `run` it on a task.
+    /// Builds the router (opening slot 0's pool connections) and the handle sessions use; `run`
+    /// it on a task. Must be called inside a tokio runtime.
     pub fn new(
         config: Arc<Config>,
         metrics: Metrics,
@@ -260,6 +310,7 @@ impl Router {
                 conns: Vec::new(),
                 healthy_since: None,
                 ready_since: None,
+                failed: false,
             })
             .collect();
         for upstream in &config.upstreams {
@@ -274,6 +325,11 @@ impl Router {
         }
         let router = Router {
             failover: Arc::new(config.failover.clone()),
+            connection_settings: Arc::new(ConnectionSettings {
+                failover: config.failover.clone(),
+                // Leave a margin inside the proxy's own grace period for the counting.
+                shutdown_grace: config.server.shutdown_grace.mul_f64(0.8),
+            }),
             config,
             pools,
             slot_senders: Vec::new(),
@@ -285,9 +341,13 @@ impl Router {
             metrics,
             next_epoch: 1,
             next_job_id: 0,
+            started: Instant::now(),
             cancel,
             tracker,
         };
+        let mut router = router;
+        // Slot 0 exists before any miner can connect, so every session has a channel to watch.
+        router.open_slot();
         let handle = RouterHandle {
             slots,
             requests: requests_tx,
@@ -297,22 +357,49 @@ impl Router {
 
     /// Runs until cancelled.
     pub async fn run(mut self) {
-        self.open_slot();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
-                Some(event) = self.events.recv() => self.on_event(event),
+                // Session requests first: they are rare, and a burst of pool events must not
+                // keep a miner waiting for its slot.
                 Some(request) = self.requests.recv() => match request {
                     RouterRequest::AddSlot { reply } => {
-                        let index = self.open_slot();
-                        let _ = reply.send(index);
+                        let _ = reply.send(self.slot_with_room());
                     }
                 },
+                Some(event) = self.events.recv() => self.on_event(event),
                 _ = tick.tick() => self.choose_active(),
             }
         }
+    }
+
+    /// A slot whose serving connection has free prefixes, or a new slot. Many sessions that
+    /// found every slot full ask at once; only the first opens a slot, the others get it.
+    fn slot_with_room(&mut self) -> Option<usize> {
+        let newest = self.slot_senders.len().checked_sub(1)?;
+        let newest_has_room = self
+            .active
+            .and_then(|active| self.pools[active].conns.get(newest))
+            .and_then(Option::as_ref)
+            .is_none_or(|conn| {
+                conn.allocator
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .has_free()
+            });
+        if newest_has_room {
+            return Some(newest);
+        }
+        if self.slot_senders.len() >= self.config.server.max_upstream_connections {
+            warn!(
+                limit = self.config.server.max_upstream_connections,
+                "every extranonce prefix of every connection is in use (server.max_upstream_connections)"
+            );
+            return None;
+        }
+        Some(self.open_slot())
     }
 
     /// Opens slot k: a work channel and one connection per pool.
@@ -330,7 +417,7 @@ impl Router {
             self.tracker.spawn(run_connection(
                 key,
                 Arc::clone(&pool.config),
-                Arc::clone(&self.failover),
+                Arc::clone(&self.connection_settings),
                 self.events_tx.clone(),
                 self.metrics.clone(),
                 self.cancel.child_token(),
@@ -350,6 +437,7 @@ impl Router {
             UpstreamEvent::Ready { key, session } => {
                 let name = self.pools[key.pool].config.name.clone();
                 let split = match ExtranonceSplit::new(
+                    session.extranonce1.len(),
                     session.extranonce2_size,
                     self.config.server.extranonce_prefix_size,
                     self.config.server.max_extranonce2_size,
@@ -357,6 +445,7 @@ impl Router {
                     Ok(split) => split,
                     Err(error) => {
                         error!(upstream = %name, %error, "cannot share this pool's extranonce space between miners; not using it");
+                        self.mark_unusable(key);
                         return;
                     }
                 };
@@ -377,9 +466,11 @@ impl Router {
                     allocator: Arc::new(Mutex::new(allocator)),
                     split,
                     job: None,
+                    job_thresholds: VecDeque::new(),
                 });
                 if key.slot == 0 {
                     self.pools[key.pool].ready_since = Some(Instant::now());
+                    self.pools[key.pool].failed = false;
                 }
                 self.publish_if_serving(key);
             }
@@ -411,6 +502,11 @@ impl Router {
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .retire_jobs_before(conn.book.oldest_live_seq());
+                if conn.job_thresholds.len() >= DEFAULT_JOB_HISTORY {
+                    conn.job_thresholds.pop_front();
+                }
+                conn.job_thresholds
+                    .push_back((job.seq(), conn.difficulty.to_threshold()));
                 conn.job = Some(PublishedJob {
                     seq: job.seq(),
                     clean_line: clean_line.unwrap_or_else(|| line.clone()),
@@ -441,7 +537,7 @@ impl Router {
                 let Some(conn) = self.conn_mut(key) else {
                     return;
                 };
-                match ExtranonceSplit::new(extranonce2_size, configured, max)
+                match ExtranonceSplit::new(extranonce1.len(), extranonce2_size, configured, max)
                     .map_err(|e| e.to_string())
                     .and_then(|split| {
                         ExtranonceAllocator::new(split.prefix_size)
@@ -458,12 +554,12 @@ impl Router {
                         // Jobs built for the old extranonce are void; the pool follows with new ones.
                         conn.book = JobBook::new(DEFAULT_JOB_HISTORY);
                         conn.job = None;
+                        conn.job_thresholds.clear();
                         self.publish_if_serving(key);
                     }
                     Err(error) => {
-                        error!(upstream = %name, %error, "pool's new extranonce cannot be shared; dropping this connection's state");
-                        self.pools[key.pool].conns[key.slot] = None;
-                        self.publish_if_serving(key);
+                        error!(upstream = %name, %error, "pool's new extranonce cannot be shared; not using this connection");
+                        self.mark_unusable(key);
                     }
                 }
             }
@@ -481,12 +577,28 @@ impl Router {
                 if key.slot == 0 {
                     pool.healthy_since = None;
                     pool.ready_since = None;
+                    pool.failed = true;
                 }
                 warn!(upstream = %pool.config.name, slot = key.slot, %reason, "upstream connection down");
                 self.choose_active();
                 self.publish_if_serving(key);
             }
         }
+    }
+
+    /// A connection that cannot serve miners (its extranonce cannot be split) counts as down,
+    /// so failover moves miners away from it.
+    fn mark_unusable(&mut self, key: ConnKey) {
+        if let Some(pool) = self.pools.get_mut(key.pool) {
+            if let Some(conn) = pool.conns.get_mut(key.slot) {
+                *conn = None;
+            }
+            if key.slot == 0 {
+                pool.healthy_since = None;
+                pool.ready_since = None;
+            }
+        }
+        self.choose_active();
     }
 
     fn take_job_id(&mut self) -> JobId {
@@ -517,10 +629,14 @@ impl Router {
         // its primary instead of on whichever pool answered first.
         if self.active.is_none() {
             if let Some(best) = best {
+                let starting = self.started.elapsed() < STARTUP_PREFERENCE_WAIT;
                 let better_is_coming = self.pools[..best].iter().any(|p| {
                     p.healthy_since.is_none()
-                        && p.ready_since
-                            .is_some_and(|t| t.elapsed() < STARTUP_PREFERENCE_WAIT)
+                        && !p.failed
+                        && match p.ready_since {
+                            Some(t) => t.elapsed() < STARTUP_PREFERENCE_WAIT,
+                            None => starting,
+                        }
                 });
                 if better_is_coming {
                     return;
@@ -588,6 +704,7 @@ impl Router {
                 version_mask: conn.session.version_mask,
                 difficulty: conn.difficulty,
                 threshold: conn.difficulty.to_threshold(),
+                job_thresholds: conn.job_thresholds.iter().copied().collect(),
                 book: conn.book.clone(),
                 job: conn.job.clone(),
                 submit: conn.session.submit.clone(),
@@ -618,21 +735,30 @@ mod tests {
             (8, 2, 0, 6),
             (12, 2, 2, 8),
         ] {
-            let split = ExtranonceSplit::new(pool, None, 8).unwrap();
+            let split = ExtranonceSplit::new(4, pool, None, 8).unwrap();
             assert_eq!(
                 (split.prefix_size, split.padding, split.miner_size),
                 (prefix, padding, miner),
                 "pool size {pool}"
             );
         }
-        assert!(ExtranonceSplit::new(1, None, 8).is_err());
-        assert!(ExtranonceSplit::new(2, Some(2), 8).is_err());
-        assert_eq!(ExtranonceSplit::new(4, Some(3), 8).unwrap().miner_size, 1);
+        assert!(ExtranonceSplit::new(4, 1, None, 8).is_err());
+        assert!(ExtranonceSplit::new(4, 2, Some(2), 8).is_err());
+        assert_eq!(
+            ExtranonceSplit::new(4, 4, Some(3), 8).unwrap().miner_size,
+            1
+        );
+        // A long pool extranonce1 with a large padding would exceed 32 bytes for the miner.
+        assert!(matches!(
+            ExtranonceSplit::new(28, 32, None, 8),
+            Err(SplitError::TooLong { .. })
+        ));
+        assert!(ExtranonceSplit::new(4, 33, None, 8).is_err());
     }
 
     #[test]
     fn split_bytes_line_up_on_both_sides() {
-        let split = ExtranonceSplit::new(12, None, 8).unwrap();
+        let split = ExtranonceSplit::new(4, 12, None, 8).unwrap();
         let mut allocator = ExtranonceAllocator::new(split.prefix_size).unwrap();
         let _ = allocator.allocate().unwrap();
         let prefix = allocator.allocate().unwrap();

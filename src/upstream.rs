@@ -151,8 +151,13 @@ pub enum UpstreamError {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The pool asked us to reconnect.
-    #[error("pool asked to reconnect to {0}")]
-    Reconnect(String),
+    #[error("pool asked to reconnect to {target}")]
+    Reconnect {
+        /// host:port.
+        target: String,
+        /// How long the pool asked us to wait first.
+        wait: Option<Duration>,
+    },
     /// The socket failed.
     #[error("i/o: {0}")]
     Io(String),
@@ -160,37 +165,49 @@ pub enum UpstreamError {
 
 type PoolStream = Framed<TcpStream, LineCodec>;
 
+/// Timing shared by every pool connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// `[failover]`.
+    pub failover: FailoverConfig,
+    /// How long shares in flight may wait for the pool's answer at shutdown.
+    pub shutdown_grace: Duration,
+}
+
 /// Runs one pool connection until `cancel`: connect, handshake, serve, back off, repeat.
 pub async fn run_connection(
     key: ConnKey,
     config: Arc<UpstreamConfig>,
-    failover: Arc<FailoverConfig>,
+    settings: Arc<ConnectionSettings>,
     events: mpsc::Sender<UpstreamEvent>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let span = info_span!("upstream", upstream = %config.name, slot = key.slot);
     async move {
+        let failover = &settings.failover;
         let Ok((mut host, mut port)) = parse_stratum_url(&config.url) else {
             warn!(url = %config.url, "invalid url (config validation should have caught it)");
             return;
         };
         let own_host = host.clone();
         let mut backoff = failover.backoff_min;
+        let mut reconnect_wait: Option<Duration> = None;
         loop {
             let connected_at = Instant::now();
-            let outcome = tokio::select! {
-                _ = cancel.cancelled() => return,
-                outcome = connect_and_serve(key, &config, &failover, &host, port, &events, &metrics, &cancel) => outcome,
-            };
+            // Not raced against `cancel` here: `connect_and_serve` handles cancellation itself so
+            // that shares in flight get their grace period and are counted.
+            let outcome =
+                connect_and_serve(key, &config, &settings, &host, port, &events, &metrics, &cancel)
+                    .await;
             metrics
                 .upstream_connected
                 .with_label_values(&[&config.name])
                 .set(0);
             let reason = match outcome {
                 Ok(()) => return, // cancelled while serving
-                Err(UpstreamError::Reconnect(target)) => {
-                    if let Some((new_host, new_port)) = reconnect_target(&target, &own_host, &failover) {
+                Err(UpstreamError::Reconnect { target, wait }) => {
+                    if let Some((new_host, new_port)) = reconnect_target(&target, &own_host, failover) {
                         info!(%target, "following the pool's client.reconnect");
                         host = new_host;
                         port = new_port;
@@ -198,6 +215,8 @@ pub async fn run_connection(
                         warn!(%target, "ignoring client.reconnect to a host not in failover.allow_reconnect_hosts");
                     }
                     backoff = failover.backoff_min;
+                    // The pool's requested wait stands in for the first backoff step.
+                    reconnect_wait = wait;
                     format!("pool asked to reconnect to {target}")
                 }
                 Err(error) => error.to_string(),
@@ -210,7 +229,7 @@ pub async fn run_connection(
                 backoff = failover.backoff_min;
             }
             let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
-            let delay = backoff + jitter;
+            let delay = reconnect_wait.take().unwrap_or(backoff + jitter);
             warn!(%reason, retry_in = ?delay, "upstream down");
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -239,30 +258,41 @@ fn reconnect_target(
 async fn connect_and_serve(
     key: ConnKey,
     config: &UpstreamConfig,
-    failover: &FailoverConfig,
+    settings: &ConnectionSettings,
     host: &str,
     port: u16,
     events: &mpsc::Sender<UpstreamEvent>,
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Result<(), UpstreamError> {
-    let address = format!("{host}:{port}");
-    let stream = tokio::time::timeout(failover.connect_timeout, TcpStream::connect(&address))
-        .await
-        .map_err(|_| UpstreamError::Connect {
-            address: address.clone(),
-            reason: format!("timed out after {:?}", failover.connect_timeout),
-        })?
-        .map_err(|e| UpstreamError::Connect {
-            address: address.clone(),
-            reason: e.to_string(),
-        })?;
+    let failover = &settings.failover;
+    let address = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let connect = tokio::time::timeout(failover.connect_timeout, TcpStream::connect((host, port)));
+    let stream = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        result = connect => result,
+    }
+    .map_err(|_| UpstreamError::Connect {
+        address: address.clone(),
+        reason: format!("timed out after {:?}", failover.connect_timeout),
+    })?
+    .map_err(|e| UpstreamError::Connect {
+        address: address.clone(),
+        reason: e.to_string(),
+    })?;
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, LineCodec::new(config.max_line_bytes));
-    let (handshake, early) =
-        tokio::time::timeout(failover.handshake_timeout, handshake(&mut framed, config))
-            .await
-            .map_err(|_| UpstreamError::HandshakeTimeout(failover.handshake_timeout))??;
+    let handshaking =
+        tokio::time::timeout(failover.handshake_timeout, handshake(&mut framed, config));
+    let (handshake, early) = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        result = handshaking => result,
+    }
+    .map_err(|_| UpstreamError::HandshakeTimeout(failover.handshake_timeout))??;
     info!(
         extranonce1 = %handshake.extranonce1,
         extranonce2_size = handshake.extranonce2_size,
@@ -273,7 +303,7 @@ async fn connect_and_serve(
         .upstream_connected
         .with_label_values(&[&config.name])
         .set(1);
-    let (submit_tx, submit_rx) = mpsc::channel(4096);
+    let (submit_tx, mut submit_rx) = mpsc::channel(4096);
     let session = PoolSession {
         extranonce1: handshake.extranonce1,
         extranonce2_size: handshake.extranonce2_size,
@@ -291,17 +321,29 @@ async fn connect_and_serve(
         key,
         config,
         failover,
+        shutdown_grace: settings.shutdown_grace,
         events,
         metrics,
         pending: HashMap::new(),
         next_id: 100,
         last_job: Instant::now(),
     };
+    let mut result = Ok(());
     for message in early {
-        connection.on_message(&mut framed, message).await?;
+        if let Err(error) = connection.on_message(&mut framed, message).await {
+            result = Err(error);
+            break;
+        }
     }
-    let result = connection.serve(&mut framed, submit_rx, cancel).await;
-    connection.lose_pending("connection closed");
+    if result.is_ok() {
+        result = connection.serve(&mut framed, &mut submit_rx, cancel).await;
+    }
+    // Shares answered "accepted" to miners that never reached this pool are counted, not dropped.
+    submit_rx.close();
+    while let Ok(share) = submit_rx.try_recv() {
+        connection.count_lost_share(&share, "connection ended before the share was sent");
+    }
+    connection.lose_pending("connection closed before the pool answered");
     result
 }
 
@@ -310,6 +352,9 @@ struct Handshake {
     extranonce2_size: usize,
     version_mask: u32,
 }
+
+/// Notifications kept from before the handshake completes.
+const MAX_EARLY_MESSAGES: usize = 32;
 
 const ID_CONFIGURE: u64 = 1;
 const ID_SUBSCRIBE: u64 = 2;
@@ -394,7 +439,14 @@ async fn handshake(
                 }
                 _ => {} // extranonce.subscribe: refusal is fine
             },
-            Message::Request(_) => early.push(message),
+            // Bounded: a pool that floods notifications during the handshake keeps only the
+            // newest ones (a notify or a difficulty from before the last few is obsolete).
+            Message::Request(_) => {
+                if early.len() >= MAX_EARLY_MESSAGES {
+                    early.remove(0);
+                }
+                early.push(message);
+            }
         }
     }
     let subscribed = subscribed.expect("loop ends only once subscribed");
@@ -437,6 +489,7 @@ struct Connection<'a> {
     key: ConnKey,
     config: &'a UpstreamConfig,
     failover: &'a FailoverConfig,
+    shutdown_grace: Duration,
     events: &'a mpsc::Sender<UpstreamEvent>,
     metrics: &'a Metrics,
     pending: HashMap<u64, Pending>,
@@ -448,7 +501,7 @@ impl Connection<'_> {
     async fn serve(
         &mut self,
         framed: &mut PoolStream,
-        mut submits: mpsc::Receiver<ForwardShare>,
+        submits: &mut mpsc::Receiver<ForwardShare>,
         cancel: &CancellationToken,
     ) -> Result<(), UpstreamError> {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -456,14 +509,11 @@ impl Connection<'_> {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    self.drain_for_shutdown(framed).await;
+                    self.drain_for_shutdown(framed, submits).await;
                     return Ok(());
                 }
-                share = submits.recv() => {
-                    // The sender lives in the router's state; None means the router is gone.
-                    let Some(share) = share else { return Ok(()) };
-                    self.submit(framed, share).await?;
-                }
+                // Reads before submits: under a flood of submits, the pool's answers and jobs
+                // must still be read.
                 line = framed.next() => {
                     let line = match line {
                         Some(Ok(line)) => line,
@@ -475,6 +525,11 @@ impl Connection<'_> {
                         Err(error) => warn!(%error, "unparseable line from pool"),
                     }
                 }
+                share = submits.recv() => {
+                    // The sender lives in the router's state; None means the router is gone.
+                    let Some(share) = share else { return Ok(()) };
+                    self.submit(framed, share).await?;
+                }
                 _ = tick.tick() => {
                     self.expire_pending();
                     if self.last_job.elapsed() > self.config.job_timeout {
@@ -485,9 +540,20 @@ impl Connection<'_> {
         }
     }
 
-    /// At shutdown: wait up to the grace period for answers to shares already sent.
-    async fn drain_for_shutdown(&mut self, framed: &mut PoolStream) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    /// At shutdown: send the shares already queued, then wait up to the grace period for the
+    /// pool's answers. Whatever is still unanswered is counted lost by the caller.
+    async fn drain_for_shutdown(
+        &mut self,
+        framed: &mut PoolStream,
+        submits: &mut mpsc::Receiver<ForwardShare>,
+    ) {
+        submits.close();
+        while let Ok(share) = submits.try_recv() {
+            if self.submit(framed, share).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         while !self.pending.is_empty() {
             match tokio::time::timeout_at(deadline, framed.next()).await {
                 Ok(Some(Ok(line))) => {
@@ -498,7 +564,6 @@ impl Connection<'_> {
                 _ => break,
             }
         }
-        self.lose_pending("shutdown before the pool answered");
     }
 
     async fn submit(
@@ -631,10 +696,14 @@ impl Connection<'_> {
                 let (own_host, own_port) = parse_stratum_url(&self.config.url).unwrap_or_default();
                 let host = reconnect.host.unwrap_or(own_host);
                 let port = reconnect.port.unwrap_or(own_port);
-                if let Some(wait) = reconnect.wait_seconds {
-                    tokio::time::sleep(Duration::from_secs(wait.min(300))).await;
-                }
-                return Err(UpstreamError::Reconnect(format!("{host}:{port}")));
+                // The wait happens after the connection is closed and reported down, so the
+                // router can fail over meanwhile.
+                return Err(UpstreamError::Reconnect {
+                    target: format!("{host}:{port}"),
+                    wait: reconnect
+                        .wait_seconds
+                        .map(|w| Duration::from_secs(w.min(300))),
+                });
             }
             Method::Unknown(name) => {
                 if !request.id.is_null() {
@@ -694,10 +763,14 @@ impl Connection<'_> {
     }
 
     fn count_lost(&self, pending: &Pending, reason: &str) {
+        self.count_lost_share(&pending.share, reason);
+    }
+
+    fn count_lost_share(&self, share: &ForwardShare, reason: &str) {
         self.metrics
             .upstream_shares
             .with_label_values(&[&self.config.name, "lost"])
             .inc();
-        warn!(worker = %pending.share.worker, job = %pending.share.job_id, reason, "forwarded share lost");
+        warn!(worker = %share.worker, job = %share.job_id, reason, "forwarded share lost");
     }
 }

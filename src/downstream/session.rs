@@ -94,7 +94,14 @@ pub async fn serve_miner(
             session.counters.workers.dec();
         }
         drop(session); // closes the queue: the writer flushes what is left and ends
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        let mut writer = writer;
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
+        {
+            // The miner does not read: do not leave a task and a socket behind.
+            writer.abort();
+        }
         match &ending {
             Ending::Io(error) => info!(reason = ending.label(), %error, "miner disconnected"),
             Ending::Command(reason) => {
@@ -217,6 +224,8 @@ struct Session {
     last_activity: Instant,
     bad_lines: u32,
     submits: u32,
+    /// Counter for re-sent job ids (`<id>.<n>`): never repeats within the session.
+    aliases: u64,
 }
 
 impl Session {
@@ -249,6 +258,7 @@ impl Session {
             last_activity: Instant::now(),
             bad_lines: 0,
             submits: 0,
+            aliases: 0,
         }
     }
 
@@ -518,7 +528,10 @@ impl Session {
             .split
             .miner_extranonce1(&work.pool_extranonce1, &prefix)
         else {
-            self.release(work, prefix);
+            work.allocator
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .release_unused(prefix);
             return None;
         };
         Some(Binding {
@@ -528,14 +541,17 @@ impl Session {
         })
     }
 
+    /// Gives a prefix back, quarantined until the newest job this miner was sent is stale (a
+    /// miner never sent a job cannot produce shares: its prefix is free at once).
     fn release(&self, work: &WorkState, prefix: ExtranoncePrefix) {
-        // The miner may have been sent any job up to the newest: the prefix stays quarantined
-        // until that job is stale.
-        let newest = work.book.next_seq();
-        work.allocator
+        let mut allocator = work
+            .allocator
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .release(prefix, newest);
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match self.sent_jobs.iter().map(|sent| sent.seq).max() {
+            Some(newest) => allocator.release(prefix, newest),
+            None => allocator.release_unused(prefix),
+        }
     }
 
     fn release_extranonce(&mut self) {
@@ -597,13 +613,17 @@ impl Session {
         self.send_job(true)
     }
 
+    /// A miner's `suggest_difficulty` sets its starting difficulty. Once it has work, vardiff
+    /// decides: a miner re-suggesting a tiny difficulty must not pin itself at thousands of
+    /// shares a second.
     fn set_target_difficulty(&mut self, difficulty: Difficulty) -> Result<(), Ending> {
+        if self.work_started {
+            debug!(suggested = %difficulty, "suggest_difficulty after work started: vardiff decides");
+            return Ok(());
+        }
         let d = &self.context.difficulty;
         let clamped = difficulty.get().clamp(d.min, d.max);
         self.difficulty = Difficulty::new(clamped).unwrap_or(self.difficulty);
-        if self.work_started {
-            self.resend_if_difficulty_changed()?;
-        }
         Ok(())
     }
 
@@ -640,12 +660,8 @@ impl Session {
             self.send(Request::notification(Method::SetDifficulty(difficulty)).to_line())?;
             self.sent_difficulty = Some(difficulty);
         }
-        let already_sent = self
-            .sent_jobs
-            .iter()
-            .filter(|s| s.seq == published.seq)
-            .count();
-        let (id, line) = if already_sent == 0 {
+        let already_sent = self.sent_jobs.iter().any(|s| s.seq == published.seq);
+        let (id, line) = if !already_sent {
             let line = if clean {
                 published.clean_line.clone()
             } else {
@@ -653,7 +669,8 @@ impl Session {
             };
             (job.id().clone(), line)
         } else {
-            let id = JobId::new(&format!("{}.{already_sent}", job.id()))
+            self.aliases += 1;
+            let id = JobId::new(&format!("{}.{}", job.id(), self.aliases))
                 .map_err(|_| Ending::Io("job id too long to alias".into()))?;
             let mut notify = job.notify().clone();
             notify.job_id = id.clone();
@@ -735,7 +752,13 @@ impl Session {
         }
         if new_job {
             self.maybe_retarget();
-            self.send_job(false)
+            // Updates can be coalesced by the watch channel: if the job this miner last got is
+            // no longer live, a clean job happened in between and the miner must drop its work.
+            let must_clean = self
+                .sent_jobs
+                .back()
+                .is_none_or(|sent| latest.book.by_seq(sent.seq).is_none());
+            self.send_job(must_clean)
         } else {
             // The pool's difficulty may have dropped below the miner's.
             self.resend_if_difficulty_changed()
@@ -816,7 +839,7 @@ impl Session {
             self.counters.not_subscribed.inc();
             return self.send(Response::reject(id, &Reject::NotSubscribed).to_line());
         };
-        if !self.authorized.contains(&submit.worker) {
+        if !self.authorized.iter().any(|w| w == submit.worker.trim()) {
             self.counters.unauthorized.inc();
             return self.send(Response::reject(id, &Reject::Unauthorized).to_line());
         }
@@ -840,7 +863,7 @@ impl Session {
             extranonce2_size: work.split.miner_size,
             version_mask: self.version_mask,
             share_target: &threshold,
-            upstream_target: &work.threshold,
+            upstream_target: work.upstream_threshold(job.seq()),
         };
         self.submits = self.submits.wrapping_add(1);
         let timed = self.submits % VERIFY_SAMPLE == 1;
@@ -854,7 +877,8 @@ impl Session {
         }
         match verdict {
             Verdict::Accepted(accepted) => {
-                self.send(Response::ok(id, true.into()).to_line())?;
+                // Counted and forwarded before the reply is queued: a miner whose queue is full
+                // is disconnected, but the work it did is not lost.
                 self.counters.accepted.inc();
                 self.counters.accepted_difficulty.inc_by(difficulty.get());
                 self.vardiff.record(Instant::now(), difficulty.get());
@@ -864,6 +888,7 @@ impl Session {
                 if accepted.is_block {
                     info!(hash = %accepted.block_hash(), "share meets the network target");
                 }
+                self.send(Response::ok(id, true.into()).to_line())?;
                 if self.maybe_retarget() {
                     self.resend_if_difficulty_changed()?;
                 }
@@ -885,6 +910,14 @@ impl Session {
             .split
             .upstream_extranonce2(&binding.prefix, &submit.share.extranonce2)
         else {
+            // The split is validated against the 32-byte bound, so this is a bug; still, the
+            // share is counted, never dropped silently.
+            self.context
+                .metrics
+                .upstream_shares
+                .with_label_values(&[&work.upstream, "lost"])
+                .inc();
+            warn!(upstream = %work.upstream, "forwarded share lost: upstream extranonce2 too long");
             return;
         };
         let share = ForwardShare {

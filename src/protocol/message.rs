@@ -349,7 +349,14 @@ impl SubscribeResult {
             .ok_or(ParamError::Missing {
                 index: 2,
                 name: "extranonce2_size",
-            })? as usize;
+            })?;
+        if extranonce2_size > crate::work::MAX_EXTRANONCE_LEN as u64 {
+            return Err(ParamError::WrongType {
+                name: "extranonce2_size",
+                expected: "at most 32",
+            });
+        }
+        let extranonce2_size = extranonce2_size as usize;
         // Subscriptions are informative; pools send them in several shapes.
         let subscription_id = items
             .first()

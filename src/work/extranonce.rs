@@ -295,6 +295,14 @@ impl ExtranonceAllocator {
         }
     }
 
+    /// Gives back a prefix whose miner was never sent a job: it cannot have produced shares, so
+    /// it is free at once.
+    pub fn release_unused(&mut self, prefix: ExtranoncePrefix) {
+        debug_assert_eq!(prefix.size, self.size, "prefix from another allocator");
+        self.in_use = self.in_use.saturating_sub(1);
+        self.free.push_back(prefix.value());
+    }
+
     /// Every job with a sequence number below `oldest_live_job` is stale now (a clean job
     /// arrived, or old jobs left the history): quarantined prefixes of those jobs become free.
     pub fn retire_jobs_before(&mut self, oldest_live_job: u64) {
@@ -306,6 +314,11 @@ impl ExtranonceAllocator {
             self.quarantined.pop_front();
             self.free.push_back(value);
         }
+    }
+
+    /// Whether [`allocate`](Self::allocate) would succeed now.
+    pub fn has_free(&self) -> bool {
+        !self.free.is_empty() || self.next_fresh < self.capacity
     }
 
     /// Prefixes held by live miners.

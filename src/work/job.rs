@@ -361,7 +361,10 @@ impl JobBook {
         if job.notify.clean_jobs {
             self.jobs.clear();
         } else {
-            self.jobs.retain(|old| old.id() != job.id());
+            // A pool that re-sends an id replaces that job (compared by the pool's id: renamed
+            // jobs never repeat their own).
+            self.jobs
+                .retain(|old| old.upstream_id() != job.upstream_id());
             while self.jobs.len() >= self.capacity {
                 self.jobs.pop_front();
             }
@@ -590,6 +593,10 @@ mod tests {
         assert_eq!(book.by_seq(job.seq()).unwrap().id().as_str(), "a1");
         let plain = book.push(notify("b", false));
         assert_eq!(plain.upstream_id(), plain.id());
+        // The pool re-sends its id "pool-7" with new contents: the old one is gone.
+        let again = book.push_renamed(notify("pool-7", false), JobId::new("a3").unwrap());
+        assert!(book.get("a1").is_none());
+        assert_eq!(book.get("a3").unwrap().seq(), again.seq());
     }
 
     #[test]
