@@ -1,20 +1,29 @@
-//! The HTTP listener: Prometheus metrics and health, for operators and their monitoring.
+//! The HTTP API and Prometheus metrics, for operators, their monitoring and their tooling.
 //!
-//! Handlers read snapshots and never hold a lock across an await.
+//! Read endpoints serve snapshots (sessions keep their own stats, the router its upstream view);
+//! handlers never hold a lock across an await. Mutating endpoints require
+//! `Authorization: Bearer <token>` when `api.token` or `api.token_file` is set (compared in
+//! constant time); the config refuses a non-loopback listener without a token. Errors are JSON
+//! `{"error": "..."}` with the matching status code. Every endpoint is documented with an example
+//! in `docs/api.md`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::downstream::{DownstreamContext, SessionCommand, WorkerSnapshot};
 use crate::metrics::Metrics;
-use crate::router::RouterHandle;
+use crate::router::{RouterHandle, UpstreamView};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -23,6 +32,10 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// The serving state.
     pub router: RouterHandle,
+    /// Live sessions.
+    pub downstream: Arc<DownstreamContext>,
+    /// Bearer token for mutating endpoints, if any.
+    pub token: Option<String>,
 }
 
 /// The routes.
@@ -30,7 +43,19 @@ pub fn routes(state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/api/v1/workers", get(workers))
+        .route("/api/v1/workers/{name}", get(worker))
+        .route("/api/v1/workers/{name}/disconnect", post(disconnect_worker))
+        .route("/api/v1/workers/{name}/reconnect", post(reconnect_worker))
+        .route("/api/v1/groups", get(groups))
+        .route("/api/v1/upstreams", get(upstreams))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(Arc::new(state))
+}
+
+/// A JSON error response.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
@@ -43,19 +68,266 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     )
 }
 
-async fn healthz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
     match state.router.serving_upstream() {
         Some(upstream) => (
             StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ok", "upstream": &*upstream})),
-        ),
+            Json(serde_json::json!({"status": "ok", "upstream": &*upstream})),
+        )
+            .into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(
-                serde_json::json!({"status": "unavailable", "reason": "no upstream connected with a job"}),
-            ),
+            Json(serde_json::json!({
+                "status": "unavailable",
+                "reason": "no upstream connected with a job"
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// Query of `GET /api/v1/workers`.
+#[derive(Debug, Deserialize)]
+pub struct WorkersQuery {
+    group: Option<String>,
+    upstream: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// A page of workers.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkersPage {
+    /// Workers matching the filters, before paging.
+    pub total: usize,
+    /// This page.
+    pub workers: Vec<WorkerSnapshot>,
+}
+
+const MAX_PAGE: usize = 10_000;
+
+async fn workers(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<WorkersQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(100);
+    if limit > MAX_PAGE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit {limit} is above {MAX_PAGE}"),
+        );
+    }
+    let matching: Vec<WorkerSnapshot> = state
+        .downstream
+        .sessions
+        .workers()
+        .into_iter()
+        .filter(|w| query.group.as_ref().is_none_or(|g| *g == w.group))
+        .filter(|w| {
+            query
+                .upstream
+                .as_ref()
+                .is_none_or(|u| w.upstream.as_ref() == Some(u))
+        })
+        .collect();
+    let total = matching.len();
+    let workers = matching
+        .into_iter()
+        .skip(query.offset.unwrap_or(0))
+        .take(limit)
+        .collect();
+    Json(WorkersPage { total, workers }).into_response()
+}
+
+fn find_worker(state: &ApiState, name: &str) -> Option<WorkerSnapshot> {
+    state
+        .downstream
+        .sessions
+        .workers()
+        .into_iter()
+        .find(|w| w.name.as_deref() == Some(name) || w.id.to_string() == name)
+}
+
+async fn worker(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
+    match find_worker(&state, &name) {
+        Some(worker) => Json(worker).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no connected worker {name:?}"),
         ),
     }
+}
+
+/// Whether the request carries the configured bearer token (always true without a token).
+fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
+    let Some(expected) = &state.token else {
+        return true;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(presented.as_bytes(), expected.as_bytes())
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a guess was
+/// right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        difference |= x ^ y;
+    }
+    difference == 0
+}
+
+async fn send_command(
+    state: &ApiState,
+    headers: &HeaderMap,
+    name: &str,
+    command: SessionCommand,
+) -> Response {
+    if !authorized(state, headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Some(worker) = find_worker(state, name) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no connected worker {name:?}"),
+        );
+    };
+    let Some(commands) = state.downstream.sessions.commands(worker.id) else {
+        return error(StatusCode::NOT_FOUND, format!("worker {name:?} just left"));
+    };
+    match commands.try_send(command) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"worker": worker.name, "id": worker.id, "status": "sent"})),
+        )
+            .into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the worker's session is busy or closing; retry",
+        ),
+    }
+}
+
+async fn disconnect_worker(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let command = SessionCommand::Close {
+        reason: "disconnected through the API".into(),
+    };
+    send_command(&state, &headers, &name, command).await
+}
+
+/// Body of `POST /api/v1/workers/{name}/reconnect`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectBody {
+    host: Option<String>,
+    port: Option<u16>,
+    wait_seconds: Option<u64>,
+}
+
+async fn reconnect_worker(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Option<Json<ReconnectBody>>,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let command = SessionCommand::Reconnect {
+        host: body.host,
+        port: body.port,
+        wait_seconds: body.wait_seconds,
+    };
+    send_command(&state, &headers, &name, command).await
+}
+
+/// One group in `GET /api/v1/groups`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct GroupView {
+    /// Group name.
+    pub name: String,
+    /// Lifecycle state (the groups issue adds draining/drained/resuming).
+    pub state: String,
+    /// Connected workers.
+    pub workers: usize,
+    /// Sum of the workers' 1-minute hashrates.
+    pub hashrate_1m: f64,
+    /// Sum of the workers' 15-minute hashrates.
+    pub hashrate_15m: f64,
+    /// Accepted shares of connected workers.
+    pub accepted: u64,
+    /// Rejected shares of connected workers.
+    pub rejected: u64,
+}
+
+async fn groups(State(state): State<Arc<ApiState>>) -> Response {
+    let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
+    groups.insert(
+        "default".into(),
+        GroupView {
+            name: "default".into(),
+            state: "active".into(),
+            ..GroupView::default()
+        },
+    );
+    for w in state.downstream.sessions.workers() {
+        let group = groups.entry(w.group.clone()).or_insert_with(|| GroupView {
+            name: w.group.clone(),
+            state: "active".into(),
+            ..GroupView::default()
+        });
+        group.workers += 1;
+        group.hashrate_1m += w.hashrate_1m;
+        group.hashrate_15m += w.hashrate_15m;
+        group.accepted += w.accepted;
+        group.rejected += w.rejected;
+    }
+    Json(groups.into_values().collect::<Vec<_>>()).into_response()
+}
+
+/// One upstream with its share outcomes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpstreamReport {
+    /// State and extranonce split.
+    #[serde(flatten)]
+    pub view: UpstreamView,
+    /// Forwarded shares the pool accepted.
+    pub accepted: u64,
+    /// Forwarded shares the pool rejected.
+    pub rejected: u64,
+    /// Forwarded shares lost (connection died, no answer in time).
+    pub lost: u64,
+}
+
+async fn upstreams(State(state): State<Arc<ApiState>>) -> Response {
+    let counter = |name: &str, result: &str| {
+        state
+            .metrics
+            .upstream_shares
+            .get_metric_with_label_values(&[name, result])
+            .map(|c| c.get())
+            .unwrap_or(0)
+    };
+    let reports: Vec<UpstreamReport> = state
+        .router
+        .upstreams()
+        .into_iter()
+        .map(|view| UpstreamReport {
+            accepted: counter(&view.name, "accepted"),
+            rejected: counter(&view.name, "rejected"),
+            lost: counter(&view.name, "lost"),
+            view,
+        })
+        .collect();
+    Json(reports).into_response()
 }
 
 /// Serves the API on `listener` until `cancel`.
@@ -67,5 +339,19 @@ pub async fn serve(listener: TcpListener, state: ApiState, cancel: CancellationT
         .await;
     if let Err(error) = result {
         tracing::error!(%error, "api server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
+        assert!(!constant_time_eq(b"", b"s3cret"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

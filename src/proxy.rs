@@ -34,6 +34,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// `api.token_file` could not be read.
+    #[error("api.token_file {path}: {source}")]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running proxy.
@@ -56,6 +65,19 @@ pub struct Proxy {
 impl Proxy {
     /// Binds the listeners and starts every task.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let token = match (&config.api.token, &config.api.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| StartError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
         let miners = TcpListener::bind(config.server.listen)
             .await
             .map_err(|source| StartError::Bind {
@@ -109,6 +131,8 @@ impl Proxy {
             ApiState {
                 metrics: metrics.clone(),
                 router: handle.clone(),
+                downstream: Arc::clone(&context),
+                token,
             },
             cancel.child_token(),
         ));

@@ -209,11 +209,57 @@ pub enum RouterRequest {
     },
 }
 
+/// An upstream as the router last saw it, for the API.
+#[derive(Debug, Clone)]
+struct UpstreamRecord {
+    name: String,
+    url: String,
+    priority: u32,
+    state: &'static str,
+    connections: usize,
+    difficulty: Option<f64>,
+    extranonce1: Option<String>,
+    extranonce2_size: Option<usize>,
+    split: Option<ExtranonceSplit>,
+    last_job: Option<Instant>,
+    allocators: Vec<Arc<Mutex<ExtranonceAllocator>>>,
+}
+
+/// One upstream in `GET /api/v1/upstreams`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamView {
+    /// Configured name.
+    pub name: String,
+    /// Configured url.
+    pub url: String,
+    /// Lower is preferred.
+    pub priority: u32,
+    /// serving | standby | connecting | down.
+    pub state: String,
+    /// Pool connections up (one per slot).
+    pub connections: usize,
+    /// The pool's share difficulty.
+    pub difficulty: Option<f64>,
+    /// The pool's extranonce1 on slot 0.
+    pub extranonce1: Option<String>,
+    /// The pool's extranonce2 size.
+    pub extranonce2_size: Option<usize>,
+    /// Bytes of it reserved per miner.
+    pub prefix_size: Option<usize>,
+    /// Bytes of it each miner rolls.
+    pub miner_extranonce2_size: Option<usize>,
+    /// Miners holding a prefix on this pool's connections.
+    pub miners: u64,
+    /// Seconds since the pool's last job.
+    pub last_job_age_seconds: Option<f64>,
+}
+
 /// What sessions hold to find work: the slots and a way to ask for more.
 #[derive(Clone)]
 pub struct RouterHandle {
     slots: Arc<RwLock<Vec<WorkReceiver>>>,
     requests: mpsc::Sender<RouterRequest>,
+    upstreams: Arc<RwLock<Vec<UpstreamRecord>>>,
 }
 
 impl RouterHandle {
@@ -234,6 +280,36 @@ impl RouterHandle {
             .ok()?;
         let index = answer.await.ok()??;
         self.slots().get(index).cloned()
+    }
+
+    /// Every configured upstream, in priority order, as of now.
+    pub fn upstreams(&self) -> Vec<UpstreamView> {
+        let records = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        records
+            .into_iter()
+            .map(|r| UpstreamView {
+                miners: r
+                    .allocators
+                    .iter()
+                    .map(|a| a.lock().unwrap_or_else(|p| p.into_inner()).in_use())
+                    .sum(),
+                last_job_age_seconds: r.last_job.map(|t| t.elapsed().as_secs_f64()),
+                prefix_size: r.split.map(|s| s.prefix_size),
+                miner_extranonce2_size: r.split.map(|s| s.miner_size),
+                name: r.name,
+                url: r.url,
+                priority: r.priority,
+                state: r.state.to_owned(),
+                connections: r.connections,
+                difficulty: r.difficulty,
+                extranonce1: r.extranonce1,
+                extranonce2_size: r.extranonce2_size,
+            })
+            .collect()
     }
 
     /// A short description of the serving state, for the demo's status line and health checks.
@@ -277,6 +353,7 @@ pub struct Router {
     pools: Vec<Pool>,
     slot_senders: Vec<watch::Sender<Option<Arc<WorkState>>>>,
     slots: Arc<RwLock<Vec<WorkReceiver>>>,
+    upstream_records: Arc<RwLock<Vec<UpstreamRecord>>>,
     active: Option<usize>,
     events_tx: mpsc::Sender<UpstreamEvent>,
     events: mpsc::Receiver<UpstreamEvent>,
@@ -302,6 +379,7 @@ impl Router {
         let (events_tx, events) = mpsc::channel(1024);
         let (requests_tx, requests) = mpsc::channel(64);
         let slots = Arc::new(RwLock::new(Vec::new()));
+        let upstream_records = Arc::new(RwLock::new(Vec::new()));
         let pools = config
             .upstreams_by_priority()
             .into_iter()
@@ -334,6 +412,7 @@ impl Router {
             pools,
             slot_senders: Vec::new(),
             slots: Arc::clone(&slots),
+            upstream_records: Arc::clone(&upstream_records),
             active: None,
             events_tx,
             events,
@@ -348,9 +427,11 @@ impl Router {
         let mut router = router;
         // Slot 0 exists before any miner can connect, so every session has a channel to watch.
         router.open_slot();
+        router.record_status();
         let handle = RouterHandle {
             slots,
             requests: requests_tx,
+            upstreams: upstream_records,
         };
         (router, handle)
     }
@@ -369,10 +450,59 @@ impl Router {
                         let _ = reply.send(self.slot_with_room());
                     }
                 },
-                Some(event) = self.events.recv() => self.on_event(event),
-                _ = tick.tick() => self.choose_active(),
+                Some(event) = self.events.recv() => {
+                    self.on_event(event);
+                    self.record_status();
+                }
+                _ = tick.tick() => {
+                    self.choose_active();
+                    self.record_status();
+                }
             }
         }
+    }
+
+    /// Publishes what the API shows about each upstream.
+    fn record_status(&self) {
+        let records = self
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(index, pool)| {
+                let first = pool.conns.first().and_then(Option::as_ref);
+                let state = if self.active == Some(index) {
+                    "serving"
+                } else if pool.healthy_since.is_some() {
+                    "standby"
+                } else if pool.ready_since.is_some() {
+                    "connecting"
+                } else {
+                    "down"
+                };
+                UpstreamRecord {
+                    name: pool.config.name.clone(),
+                    url: pool.config.url.clone(),
+                    priority: pool.config.priority,
+                    state,
+                    connections: pool.conns.iter().filter(|c| c.is_some()).count(),
+                    difficulty: first.map(|c| c.difficulty.get()),
+                    extranonce1: first.map(|c| c.session.extranonce1.to_hex()),
+                    extranonce2_size: first.map(|c| c.session.extranonce2_size),
+                    split: first.map(|c| c.split),
+                    last_job: first.and_then(|c| c.job.as_ref().map(|j| j.received)),
+                    allocators: pool
+                        .conns
+                        .iter()
+                        .flatten()
+                        .map(|c| Arc::clone(&c.allocator))
+                        .collect(),
+                }
+            })
+            .collect();
+        *self
+            .upstream_records
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = records;
     }
 
     /// A slot whose serving connection has free prefixes, or a new slot. Many sessions that

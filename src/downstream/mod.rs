@@ -11,6 +11,7 @@
 //! close) so groups and the API can act on a miner without touching its state.
 
 mod session;
+pub mod stats;
 pub mod vardiff;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::router::RouterHandle;
 
 pub use session::serve_miner;
+pub use stats::{WorkerSnapshot, WorkerStats};
 
 /// What a session can be told to do from outside.
 #[derive(Debug, Clone)]
@@ -64,6 +66,8 @@ pub struct SessionEntry {
     pub peer: SocketAddr,
     /// Where commands go.
     pub commands: mpsc::Sender<SessionCommand>,
+    /// What the API shows; written only by the session.
+    pub stats: Arc<Mutex<WorkerStats>>,
 }
 
 /// Every live session, by id: how groups and the API reach a miner. A std mutex: held for a map
@@ -80,6 +84,28 @@ impl SessionRegistry {
 
     fn remove(&self, id: u64) {
         self.lock().remove(&id);
+    }
+
+    /// Snapshots of every live session, by id.
+    pub fn workers(&self) -> Vec<WorkerSnapshot> {
+        let mut workers: Vec<WorkerSnapshot> = self
+            .snapshot()
+            .into_iter()
+            .map(|(id, entry)| {
+                entry
+                    .stats
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .snapshot(id)
+            })
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        workers
+    }
+
+    /// The command channel of a session.
+    pub fn commands(&self, id: u64) -> Option<mpsc::Sender<SessionCommand>> {
+        self.lock().get(&id).map(|entry| entry.commands.clone())
     }
 
     /// A copy of every live session.
@@ -172,16 +198,21 @@ pub async fn listen(listener: TcpListener, context: Arc<DownstreamContext>, trac
                     .set_send_buffer_size(context.server.socket_send_buffer);
                 let id = context.next_id.fetch_add(1, Ordering::Relaxed);
                 let (commands_tx, commands_rx) = mpsc::channel(16);
+                let stats = Arc::new(Mutex::new(WorkerStats::new(
+                    peer,
+                    Arc::from(session::DEFAULT_GROUP),
+                )));
                 context.sessions.insert(
                     id,
                     SessionEntry {
                         peer,
                         commands: commands_tx,
+                        stats: Arc::clone(&stats),
                     },
                 );
                 let context = Arc::clone(&context);
                 tracker.spawn(async move {
-                    serve_miner(id, stream, peer, Arc::clone(&context), commands_rx).await;
+                    serve_miner(id, stream, peer, Arc::clone(&context), commands_rx, stats).await;
                     context.sessions.remove(id);
                     drop(permit);
                 });

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use super::stats::WorkerStats;
 use super::vardiff::Vardiff;
 use super::{DownstreamContext, SessionCommand};
 use crate::protocol::{
@@ -38,7 +39,7 @@ const MAX_BAD_LINES: u32 = 50;
 /// One share in this many is timed for `hashgate_share_verify_seconds`.
 const VERIFY_SAMPLE: u32 = 64;
 /// The group every miner is in until groups are configured.
-const DEFAULT_GROUP: &str = "default";
+pub(super) const DEFAULT_GROUP: &str = "default";
 
 /// Why a session ended: one log line and one `hashgate_miner_disconnects_total{reason}`.
 #[derive(Debug)]
@@ -79,6 +80,7 @@ pub async fn serve_miner(
     peer: SocketAddr,
     context: Arc<DownstreamContext>,
     commands: mpsc::Receiver<SessionCommand>,
+    stats: Arc<Mutex<WorkerStats>>,
 ) {
     let span = info_span!("miner", id, %peer, worker = field::Empty);
     async move {
@@ -87,7 +89,7 @@ pub async fn serve_miner(
         let (read, write) = stream.into_split();
         let (out_tx, out_rx) = mpsc::channel(context.server.write_queue);
         let writer = tokio::spawn(write_lines(write, out_rx));
-        let mut session = Session::new(id, Arc::clone(&context), out_tx);
+        let mut session = Session::new(id, Arc::clone(&context), out_tx, stats);
         let ending = session.run(read, commands).await;
         session.release_extranonce();
         if session.counted_as_worker {
@@ -226,10 +228,27 @@ struct Session {
     submits: u32,
     /// Counter for re-sent job ids (`<id>.<n>`): never repeats within the session.
     aliases: u64,
+    /// What the API shows about this miner.
+    stats: Arc<Mutex<WorkerStats>>,
 }
 
 impl Session {
-    fn new(id: u64, context: Arc<DownstreamContext>, out: mpsc::Sender<Bytes>) -> Self {
+    /// Updates the API's view of this miner (its own uncontended mutex).
+    fn update_stats(&self, update: impl FnOnce(&mut WorkerStats)) {
+        update(
+            &mut self
+                .stats
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+
+    fn new(
+        id: u64,
+        context: Arc<DownstreamContext>,
+        out: mpsc::Sender<Bytes>,
+        stats: Arc<Mutex<WorkerStats>>,
+    ) -> Self {
         let d = &context.difficulty;
         let initial = Difficulty::new(d.initial).unwrap_or(Difficulty::ONE);
         let vardiff = Vardiff::new(d.target_share_interval, d.retarget_interval, Instant::now());
@@ -259,6 +278,7 @@ impl Session {
             bad_lines: 0,
             submits: 0,
             aliases: 0,
+            stats,
         }
     }
 
@@ -444,6 +464,8 @@ impl Session {
     async fn on_subscribe(&mut self, id: Id, subscribe: Subscribe) -> Result<(), Ending> {
         if subscribe.user_agent.is_some() {
             self.user_agent = subscribe.user_agent;
+            let agent = self.user_agent.clone();
+            self.update_stats(|s| s.user_agent = agent);
         }
         if self.binding.is_some() {
             return self.answer_subscribe(id);
@@ -594,6 +616,7 @@ impl Session {
             }
             if self.authorized.is_empty() {
                 tracing::Span::current().record("worker", worker.as_str());
+                self.update_stats(|s| s.name = Some(worker.clone()));
                 self.counters.workers.inc();
                 self.counted_as_worker = true;
                 info!(user_agent = ?self.user_agent, "miner authorized");
@@ -659,6 +682,11 @@ impl Session {
         if self.sent_difficulty != Some(difficulty) {
             self.send(Request::notification(Method::SetDifficulty(difficulty)).to_line())?;
             self.sent_difficulty = Some(difficulty);
+            let upstream = Arc::clone(&work.upstream);
+            self.update_stats(|s| {
+                s.difficulty = difficulty.get();
+                s.upstream = Some(upstream);
+            });
         }
         let already_sent = self.sent_jobs.iter().any(|s| s.seq == published.seq);
         let (id, line) = if !already_sent {
@@ -881,6 +909,7 @@ impl Session {
                 // is disconnected, but the work it did is not lost.
                 self.counters.accepted.inc();
                 self.counters.accepted_difficulty.inc_by(difficulty.get());
+                self.update_stats(|s| s.accepted(difficulty.get()));
                 self.vardiff.record(Instant::now(), difficulty.get());
                 if accepted.meets_upstream {
                     self.forward(&work, job.upstream_id(), &submit, accepted.is_block);
@@ -896,6 +925,7 @@ impl Session {
             }
             Verdict::Rejected(reject) => {
                 self.counters.rejected(&reject).inc();
+                self.update_stats(|s| s.rejected += 1);
                 debug!(%reject, job = %submit.share.job_id, "share rejected");
                 self.send(Response::reject(id, &reject).to_line())
             }

@@ -1,0 +1,194 @@
+//! The HTTP API on a running proxy with traffic, through a real HTTP client.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::{config_for, eventually, pool, proxy};
+use hashgate::api::{GroupView, UpstreamReport, WorkersPage};
+use hashgate::downstream::WorkerSnapshot;
+use hashgate::sim::{SimMinerConfig, SimMinerStats, run_sim_miner};
+use tokio_util::sync::CancellationToken;
+
+struct Http {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Http {
+    fn new(addr: std::net::SocketAddr) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Http {
+            agent,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+
+    fn post(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut request = self.agent.post(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let mut response = request.send_empty().unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_endpoints_on_a_proxy_with_traffic() {
+    let pool = pool(0.00002).await;
+    let mut config = config_for(&[&pool], "");
+    config.api.token = Some("s3cret".into());
+    let proxy = proxy(config).await;
+    let cancel = CancellationToken::new();
+    let stats: Vec<_> = (0..3)
+        .map(|i| {
+            let stats = Arc::new(SimMinerStats::default());
+            tokio::spawn(run_sim_miner(
+                SimMinerConfig::new(proxy.miner_addr, format!("farm.rig{i}"), 100_000.0),
+                Arc::clone(&stats),
+                cancel.clone(),
+            ));
+            stats
+        })
+        .collect();
+    eventually("shares accepted", || {
+        stats
+            .iter()
+            .all(|s| s.accepted.load(Ordering::Relaxed) >= 2)
+            && pool.stats.accepted.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let http = Arc::new(Http::new(proxy.api_addr));
+
+    let h = Arc::clone(&http);
+    let (status, body) = blocking(move || h.get("/healthz")).await;
+    assert_eq!(status, 200, "{body}");
+
+    let h = Arc::clone(&http);
+    let (status, body) = blocking(move || h.get("/metrics")).await;
+    assert_eq!(status, 200);
+    for name in [
+        "hashgate_workers_connected{group=\"default\"} 3",
+        "hashgate_shares_total{group=\"default\",result=\"accepted\"}",
+        "hashgate_accepted_difficulty_total",
+        "hashgate_upstream_connected{upstream=\"pool0\"} 1",
+        "hashgate_upstream_shares_total{result=\"accepted\",upstream=\"pool0\"}",
+        "hashgate_upstream_submit_seconds_bucket",
+        "hashgate_job_broadcast_seconds_bucket",
+        "hashgate_share_verify_seconds_bucket",
+        "hashgate_build_info",
+        "process_open_fds",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}");
+    }
+
+    let h = Arc::clone(&http);
+    let (status, body) = blocking(move || h.get("/api/v1/workers?group=default&limit=2")).await;
+    assert_eq!(status, 200, "{body}");
+    let page: WorkersPage = serde_json::from_str(&body).unwrap();
+    assert_eq!((page.total, page.workers.len()), (3, 2));
+    let h = Arc::clone(&http);
+    let (_, body) = blocking(move || h.get("/api/v1/workers?offset=2")).await;
+    let page: WorkersPage = serde_json::from_str(&body).unwrap();
+    assert_eq!(page.workers.len(), 1);
+    let h = Arc::clone(&http);
+    let (_, body) = blocking(move || h.get("/api/v1/workers?group=rack-9")).await;
+    assert_eq!(serde_json::from_str::<WorkersPage>(&body).unwrap().total, 0);
+    let h = Arc::clone(&http);
+    let (status, body) = blocking(move || h.get("/api/v1/workers?limit=1000000")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("\"error\""));
+
+    let h = Arc::clone(&http);
+    let (status, body) = blocking(move || h.get("/api/v1/workers/farm.rig1")).await;
+    assert_eq!(status, 200, "{body}");
+    let worker: WorkerSnapshot = serde_json::from_str(&body).unwrap();
+    assert_eq!(worker.name.as_deref(), Some("farm.rig1"));
+    assert_eq!(worker.group, "default");
+    assert_eq!(worker.upstream.as_deref(), Some("pool0"));
+    assert!(
+        worker.accepted >= 2 && worker.hashrate_1m > 0.0,
+        "{worker:?}"
+    );
+    assert_eq!(worker.user_agent.as_deref(), Some("hashgate-sim/1.0"));
+    let h = Arc::clone(&http);
+    let (status, body) = blocking(move || h.get("/api/v1/workers/nobody")).await;
+    assert_eq!(status, 404);
+    assert!(body.contains("\"error\""));
+
+    let h = Arc::clone(&http);
+    let (_, body) = blocking(move || h.get("/api/v1/groups")).await;
+    let groups: Vec<GroupView> = serde_json::from_str(&body).unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].name.as_str(), groups[0].workers), ("default", 3));
+
+    let h = Arc::clone(&http);
+    let (_, body) = blocking(move || h.get("/api/v1/upstreams")).await;
+    let upstreams: Vec<UpstreamReport> = serde_json::from_str(&body).unwrap();
+    assert_eq!(upstreams[0].view.state, "serving");
+    assert_eq!(upstreams[0].view.miners, 3);
+    assert_eq!(upstreams[0].view.prefix_size, Some(2));
+    assert!(upstreams[0].accepted >= 1);
+
+    // Mutating endpoints need the token.
+    let h = Arc::clone(&http);
+    let (status, _) = blocking(move || h.post("/api/v1/workers/farm.rig0/disconnect", None)).await;
+    assert_eq!(status, 401);
+    let h = Arc::clone(&http);
+    let (status, _) =
+        blocking(move || h.post("/api/v1/workers/farm.rig0/disconnect", Some("wrong"))).await;
+    assert_eq!(status, 401);
+    let h = Arc::clone(&http);
+    let (status, body) =
+        blocking(move || h.post("/api/v1/workers/farm.rig0/disconnect", Some("s3cret"))).await;
+    assert_eq!(status, 202, "{body}");
+    eventually("the worker is disconnected", || {
+        proxy.downstream.sessions.len() == 2
+    })
+    .await;
+    let h = Arc::clone(&http);
+    let (status, _) = blocking(move || h.get("/api/v1/nothing-here")).await;
+    assert_eq!(status, 404);
+
+    cancel.cancel();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_503_without_an_upstream() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = proxy(common::config_with_urls(
+        &[format!("stratum+tcp://127.0.0.1:{port}")],
+        "",
+    ))
+    .await;
+    let http = Http::new(proxy.api_addr);
+    let (status, body) = blocking(move || http.get("/healthz")).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("reason"), "{body}");
+    proxy.shutdown().await;
+}
