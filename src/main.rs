@@ -64,6 +64,15 @@ enum Command {
         #[arg(long, default_value_t = 200_000.0)]
         hashrate: f64,
     },
+    /// Show upstreams, groups and the busiest workers of a running hashgate (read from its API).
+    Status {
+        /// The API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9100")]
+        api: String,
+        /// Workers to list (the busiest by 1-minute hashrate).
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
     /// Check one share against its job with hashgate's verifier and print the verdict.
     ///
     /// FILE is a share vector (JSON: a job's notify fields, the miner's extranonce1/size/mask and
@@ -96,6 +105,7 @@ fn main() -> ExitCode {
             init_logging(false, "warn");
             runtime().and_then(|rt| rt.block_on(demo(miners, seconds, listen, api, hashrate)))
         }
+        Command::Status { api, top } => status(&api, top),
         Command::VerifyShare { file, difficulty } => verify_share(&file, difficulty),
     };
     match result {
@@ -363,6 +373,108 @@ fn status_line(proxy: &Proxy, started: Instant) -> String {
         Metrics::sum_counter(&m.upstream_shares, "result", "accepted"),
         proxy.api_addr
     )
+}
+
+/// Fetches one API document.
+fn api_get<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> Result<T> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let mut response = ureq::get(&url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("GET {url}: reading the body"))?;
+    serde_json::from_str(&body).with_context(|| format!("GET {url}: unexpected answer"))
+}
+
+fn status(api: &str, top: usize) -> Result<ExitCode> {
+    use hashgate::api::{GroupView, UpstreamReport, WorkersPage};
+    let upstreams: Vec<UpstreamReport> = api_get(api, "/api/v1/upstreams")?;
+    let groups: Vec<GroupView> = api_get(api, "/api/v1/groups")?;
+    let mut page: WorkersPage = api_get(api, "/api/v1/workers?limit=10000")?;
+    println!(
+        "{:<16} {:<11} {:>5} {:>12} {:>7} {:>9} {:>9} {:>6} {:>8}  URL",
+        "UPSTREAM",
+        "STATE",
+        "PRIO",
+        "DIFFICULTY",
+        "MINERS",
+        "ACCEPTED",
+        "REJECTED",
+        "LOST",
+        "JOB AGE"
+    );
+    for u in &upstreams {
+        let v = &u.view;
+        println!(
+            "{:<16} {:<11} {:>5} {:>12} {:>7} {:>9} {:>9} {:>6} {:>8}  {}",
+            v.name,
+            v.state,
+            v.priority,
+            v.difficulty.map_or("-".into(), |d| format!("{d}")),
+            v.miners,
+            u.accepted,
+            u.rejected,
+            u.lost,
+            v.last_job_age_seconds
+                .map_or("-".into(), |a| format!("{a:.0}s")),
+            v.url
+        );
+    }
+    println!();
+    println!(
+        "{:<16} {:<10} {:>8} {:>14} {:>14} {:>9} {:>9}",
+        "GROUP", "STATE", "WORKERS", "HASHRATE 1M", "HASHRATE 15M", "ACCEPTED", "REJECTED"
+    );
+    for g in &groups {
+        println!(
+            "{:<16} {:<10} {:>8} {:>14} {:>14} {:>9} {:>9}",
+            g.name,
+            g.state,
+            g.workers,
+            human_rate(g.hashrate_1m),
+            human_rate(g.hashrate_15m),
+            g.accepted,
+            g.rejected
+        );
+    }
+    println!();
+    page.workers
+        .sort_by(|a, b| b.hashrate_1m.total_cmp(&a.hashrate_1m));
+    println!(
+        "{:<24} {:<10} {:<21} {:>14} {:>12} {:>9} {:>9}  AGENT",
+        "WORKER", "GROUP", "REMOTE", "HASHRATE 1M", "DIFFICULTY", "ACCEPTED", "REJECTED"
+    );
+    for w in page.workers.iter().take(top) {
+        println!(
+            "{:<24} {:<10} {:<21} {:>14} {:>12} {:>9} {:>9}  {}",
+            w.name.as_deref().unwrap_or("-"),
+            w.group,
+            w.remote,
+            human_rate(w.hashrate_1m),
+            format!("{:.6}", w.difficulty),
+            w.accepted,
+            w.rejected,
+            w.user_agent.as_deref().unwrap_or("-")
+        );
+    }
+    if page.total > top {
+        println!("... {} workers in all", page.total);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Hashes per second with an SI prefix.
+fn human_rate(rate: f64) -> String {
+    let units = ["H/s", "kH/s", "MH/s", "GH/s", "TH/s", "PH/s", "EH/s"];
+    let mut value = rate;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", units[unit])
 }
 
 /// Exit 0 when the share is accepted, 1 when rejected or unreadable.

@@ -236,3 +236,54 @@ fn run_stops_gracefully_on_sigterm() {
     assert!(exit.success(), "exit status {exit:?}");
     drop(pool);
 }
+
+/// `hashgate status` reads a running proxy's API and prints its tables.
+#[test]
+fn status_prints_upstreams_groups_and_workers() {
+    let api = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut demo = hashgate()
+        .args([
+            "demo",
+            "--seconds",
+            "20",
+            "--miners",
+            "3",
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+        ])
+        .arg(api.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let stdout = loop {
+        let out = hashgate()
+            .args(["status", "--api", &format!("http://{api}")])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && stdout.contains("serving") && stdout.contains("demo.rig") {
+            break stdout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never showed the demo: {stdout}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert!(
+        stdout.contains("UPSTREAM") && stdout.contains("demo-pool"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("GROUP") && stdout.contains("default"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("WORKER"), "{stdout}");
+}

@@ -11,31 +11,49 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 /// Accepted work per second, smoothed over a time constant (an exponentially decaying sum).
+/// Early on the sum is corrected for the time it has been counting, so a miner connected for
+/// ten seconds does not look six times slower on the one-minute figure.
 #[derive(Debug, Clone, Copy)]
 pub struct RateEstimator {
     tau: f64,
     rate: f64,
     last: Option<Instant>,
+    started: Instant,
 }
 
 impl RateEstimator {
     /// An estimator with time constant `tau_seconds`.
     pub fn new(tau_seconds: f64) -> Self {
+        Self::starting_at(tau_seconds, Instant::now())
+    }
+
+    /// An estimator counting from `started`.
+    pub fn starting_at(tau_seconds: f64, started: Instant) -> Self {
         Self {
             tau: tau_seconds.max(1e-3),
             rate: 0.0,
             last: None,
+            started,
         }
     }
 
     /// Adds `amount` of work done at `now`.
     pub fn add(&mut self, now: Instant, amount: f64) {
-        self.rate = self.at(now) + amount / self.tau;
+        self.rate = self.decayed(now) + amount / self.tau;
         self.last = Some(now);
     }
 
     /// The rate at `now` (work per second).
     pub fn at(&self, now: Instant) -> f64 {
+        let counted = now.saturating_duration_since(self.started).as_secs_f64();
+        let coverage = 1.0 - (-counted / self.tau).exp();
+        if coverage <= 1e-9 {
+            return 0.0;
+        }
+        self.decayed(now) / coverage
+    }
+
+    fn decayed(&self, now: Instant) -> f64 {
         match self.last {
             Some(last) => {
                 let dt = now.saturating_duration_since(last).as_secs_f64();
@@ -168,13 +186,20 @@ mod tests {
     #[test]
     fn rate_estimator_tracks_a_steady_rate() {
         let start = Instant::now();
-        let mut estimator = RateEstimator::new(60.0);
+        let mut estimator = RateEstimator::starting_at(60.0, start);
         // 2 units of work every second for ten minutes: the rate settles at 2/s.
         for i in 0..600 {
             estimator.add(start + Duration::from_secs(i), 2.0);
         }
         let rate = estimator.at(start + Duration::from_secs(600));
         assert!((rate - 2.0).abs() < 0.1, "{rate}");
+        // Early figures are not biased low: after 10 s at 2/s the estimate is about 2/s.
+        let mut early = RateEstimator::starting_at(60.0, start);
+        for i in 1..=10 {
+            early.add(start + Duration::from_secs(i), 2.0);
+        }
+        let rate = early.at(start + Duration::from_secs(10));
+        assert!((rate - 2.0).abs() < 0.3, "{rate}");
         // and decays when work stops
         assert!(estimator.at(start + Duration::from_secs(1200)) < 0.01);
     }
