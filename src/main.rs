@@ -63,6 +63,9 @@ enum Command {
         /// Hashes per second of each simulated miner.
         #[arg(long, default_value_t = 200_000.0)]
         hashrate: f64,
+        /// Bearer token for the API's mutating endpoints (required with a non-loopback --api).
+        #[arg(long)]
+        api_token: Option<String>,
     },
     /// Show upstreams, groups and the busiest workers of a running hashgate (read from its API).
     Status {
@@ -101,9 +104,11 @@ fn main() -> ExitCode {
             listen,
             api,
             hashrate,
+            api_token,
         } => {
             init_logging(false, "warn");
-            runtime().and_then(|rt| rt.block_on(demo(miners, seconds, listen, api, hashrate)))
+            runtime()
+                .and_then(|rt| rt.block_on(demo(miners, seconds, listen, api, hashrate, api_token)))
         }
         Command::Status { api, top } => status(&api, top),
         Command::VerifyShare { file, difficulty } => verify_share(&file, difficulty),
@@ -228,6 +233,7 @@ async fn demo(
     listen: SocketAddr,
     api: SocketAddr,
     hashrate: f64,
+    api_token: Option<String>,
 ) -> Result<ExitCode> {
     let pool = SimPool::start(SimPoolConfig {
         difficulty: 0.0005,
@@ -239,6 +245,7 @@ async fn demo(
     let mut config = Config::parse(DEMO_CONFIG, Path::new("config/demo.toml (embedded)"))?;
     config.server.listen = listen;
     config.api.listen = api;
+    config.api.token = api_token;
     config.upstreams[0].url = pool.url();
     let config = config.validate()?;
     let proxy = Proxy::start(config).await?;

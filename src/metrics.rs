@@ -54,6 +54,10 @@ pub struct Metrics {
     pub hook_runs: IntCounterVec,
     /// Build version.
     pub build_info: IntGaugeVec,
+    /// Unix time of the upstream's last job (alerts on a pool that goes silent).
+    pub upstream_last_job: GaugeVec,
+    /// Watts released to other loads by a group (the groups issue fills it).
+    pub group_released_watts: GaugeVec,
     /// Miners currently connected, all groups.
     pub connections: IntGauge,
     /// Current estimated share rate target, for dashboards.
@@ -268,6 +272,28 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            upstream_last_job: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "hashgate_upstream_last_job_timestamp_seconds",
+                        "Unix time of the last job received from the upstream.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            group_released_watts: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "hashgate_group_released_watts",
+                        "Watts a group has released (drained) for other loads.",
+                    ),
+                    &["group"],
+                )
+                .expect("valid metric"),
+            ),
             connections: register(
                 &registry,
                 IntGauge::new("hashgate_connections", "Miner TCP connections open.")
@@ -286,6 +312,35 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Series that exist before any event, so dashboards and alerts have something to read:
+        // every miner is in `default` (active) until groups are configured.
+        m.group_state
+            .with_label_values(&["default", "active"])
+            .set(1);
+        for state in ["draining", "drained", "resuming"] {
+            m.group_state.with_label_values(&["default", state]).set(0);
+        }
+        m.group_power_watts.with_label_values(&["default"]).set(0.0);
+        m.group_released_watts
+            .with_label_values(&["default"])
+            .set(0.0);
+        m.workers_connected.with_label_values(&["default"]).set(0);
+        for result in [
+            "accepted",
+            "stale",
+            "duplicate",
+            "low_difficulty",
+            "invalid",
+            "unauthorized",
+        ] {
+            m.shares.with_label_values(&["default", result]);
+        }
+        m.accepted_difficulty.with_label_values(&["default"]);
+        for event in ["draining", "drained", "resuming", "active"] {
+            for result in ["success", "failure", "timeout"] {
+                m.hook_runs.with_label_values(&[event, result]);
+            }
+        }
         #[cfg(target_os = "linux")]
         {
             let _ = m.registry.register(Box::new(
@@ -293,6 +348,19 @@ impl Metrics {
             ));
         }
         m
+    }
+
+    /// Declares an upstream's series at zero, so they exist before its first event.
+    pub fn register_upstream(&self, name: &str) {
+        self.upstream_connected.with_label_values(&[name]).set(0);
+        self.upstream_active.with_label_values(&[name]).set(0);
+        self.upstream_difficulty.with_label_values(&[name]);
+        self.upstream_last_job.with_label_values(&[name]);
+        self.blocks_found.with_label_values(&[name]);
+        self.upstream_submit_seconds.with_label_values(&[name]);
+        for result in ["accepted", "rejected", "lost"] {
+            self.upstream_shares.with_label_values(&[name, result]);
+        }
     }
 
     /// The text exposition format for `GET /metrics`.

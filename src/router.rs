@@ -392,14 +392,7 @@ impl Router {
             })
             .collect();
         for upstream in &config.upstreams {
-            metrics
-                .upstream_connected
-                .with_label_values(&[&upstream.name])
-                .set(0);
-            metrics
-                .upstream_active
-                .with_label_values(&[&upstream.name])
-                .set(0);
+            metrics.register_upstream(&upstream.name);
         }
         let router = Router {
             failover: Arc::new(config.failover.clone()),
@@ -643,6 +636,15 @@ impl Router {
                     line,
                     received,
                 });
+                if key.slot == 0 {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    self.metrics
+                        .upstream_last_job
+                        .with_label_values(&[&self.pools[key.pool].config.name])
+                        .set(now);
+                }
                 if key.slot == 0 && self.pools[key.pool].healthy_since.is_none() {
                     self.pools[key.pool].healthy_since = Some(Instant::now());
                 }
