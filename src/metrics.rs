@@ -58,6 +58,11 @@ pub struct Metrics {
     pub upstream_last_job: GaugeVec,
     /// Watts released to other loads by a group (the groups issue fills it).
     pub group_released_watts: GaugeVec,
+    /// Per-worker shares by result: only filled with `api.per_worker_metrics = true` (a farm of
+    /// 100,000 workers would otherwise create 100,000s of series).
+    pub worker_shares: IntCounterVec,
+    /// Per-worker accepted difficulty, same condition.
+    pub worker_accepted_difficulty: prometheus::CounterVec,
     /// Miners currently connected, all groups.
     pub connections: IntGauge,
     /// Current estimated share rate target, for dashboards.
@@ -291,6 +296,28 @@ impl Metrics {
                         "Watts a group has released (drained) for other loads.",
                     ),
                     &["group"],
+                )
+                .expect("valid metric"),
+            ),
+            worker_shares: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_worker_shares_total",
+                        "Shares by worker and result (only with api.per_worker_metrics).",
+                    ),
+                    &["worker", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            worker_accepted_difficulty: register(
+                &registry,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        "hashgate_worker_accepted_difficulty_total",
+                        "Accepted difficulty by worker (only with api.per_worker_metrics).",
+                    ),
+                    &["worker"],
                 )
                 .expect("valid metric"),
             ),

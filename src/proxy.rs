@@ -114,13 +114,15 @@ impl Proxy {
         tracker.spawn(router.run());
 
         let downstream_cancel = cancel.child_token();
-        let context = Arc::new(DownstreamContext::new(
+        let mut context = DownstreamContext::new(
             config.server.clone(),
             config.difficulty.clone(),
             handle.clone(),
             metrics.clone(),
             downstream_cancel,
-        ));
+        );
+        context.per_worker_metrics = config.api.per_worker_metrics;
+        let context = Arc::new(context);
         tracker.spawn(downstream::listen(
             miners,
             Arc::clone(&context),

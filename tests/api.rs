@@ -167,6 +167,28 @@ async fn api_endpoints_on_a_proxy_with_traffic() {
     })
     .await;
     let h = Arc::clone(&http);
+    let (status, _) = blocking(move || h.post("/api/v1/workers/farm.rig1/reconnect", None)).await;
+    assert_eq!(status, 401);
+    let h = Arc::clone(&http);
+    let (status, body) =
+        blocking(move || h.post("/api/v1/workers/farm.rig1/reconnect", Some("s3cret"))).await;
+    assert_eq!(status, 202, "{body}");
+    eventually("the worker was asked to reconnect", || {
+        proxy.downstream.sessions.len() == 1
+    })
+    .await;
+    let h = Arc::clone(&http);
+    let (status, _) =
+        blocking(move || h.post("/api/v1/workers/nobody/disconnect", Some("s3cret"))).await;
+    assert_eq!(status, 404);
+    // Per-worker series are off by default.
+    let h = Arc::clone(&http);
+    let (_, body) = blocking(move || h.get("/metrics")).await;
+    assert!(
+        !body.contains("hashgate_worker_shares_total{"),
+        "no per-worker series by default"
+    );
+    let h = Arc::clone(&http);
     let (status, _) = blocking(move || h.get("/api/v1/nothing-here")).await;
     assert_eq!(status, 404);
 
@@ -190,5 +212,34 @@ async fn healthz_is_503_without_an_upstream() {
     let (status, body) = blocking(move || http.get("/healthz")).await;
     assert_eq!(status, 503);
     assert!(body.contains("reason"), "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_worker_metrics_are_opt_in() {
+    let pool = pool(1.0).await;
+    let mut config = config_for(&[&pool], "");
+    config.api.per_worker_metrics = true;
+    let proxy = proxy(config).await;
+    let mut miner = common::RawMiner::connect(&proxy).await;
+    miner.handshake("farm.tracked").await;
+    let share = miner.find_share(1, true, None);
+    miner
+        .send(&common::RawMiner::submit_line(9, "farm.tracked", &share))
+        .await;
+    assert!(
+        miner
+            .response(hashgate::protocol::Id::from(9))
+            .await
+            .is_ok()
+    );
+    let http = Http::new(proxy.api_addr);
+    let (_, body) = blocking(move || http.get("/metrics")).await;
+    assert!(
+        body.contains(
+            "hashgate_worker_shares_total{result=\"accepted\",worker=\"farm.tracked\"} 1"
+        ),
+        "{body}"
+    );
     proxy.shutdown().await;
 }

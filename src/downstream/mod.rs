@@ -147,6 +147,8 @@ pub struct DownstreamContext {
     pub sessions: SessionRegistry,
     /// Stops every session.
     pub cancel: CancellationToken,
+    /// Whether sessions export per-worker series (`api.per_worker_metrics`).
+    pub per_worker_metrics: bool,
     next_id: AtomicU64,
 }
 
@@ -169,6 +171,7 @@ impl DownstreamContext {
             metrics,
             sessions: SessionRegistry::default(),
             cancel,
+            per_worker_metrics: false,
             next_id: AtomicU64::new(1),
         }
     }

@@ -230,6 +230,15 @@ struct Session {
     aliases: u64,
     /// What the API shows about this miner.
     stats: Arc<Mutex<WorkerStats>>,
+    /// Per-worker series, resolved at authorize when `api.per_worker_metrics` is on.
+    worker_metrics: Option<WorkerMetrics>,
+}
+
+/// Per-worker metric handles (opt-in: bounded label cardinality is the default).
+struct WorkerMetrics {
+    accepted: IntCounter,
+    rejected: IntCounter,
+    accepted_difficulty: Counter,
 }
 
 impl Session {
@@ -279,6 +288,7 @@ impl Session {
             submits: 0,
             aliases: 0,
             stats,
+            worker_metrics: None,
         }
     }
 
@@ -617,6 +627,20 @@ impl Session {
             if self.authorized.is_empty() {
                 tracing::Span::current().record("worker", worker.as_str());
                 self.update_stats(|s| s.name = Some(worker.clone()));
+                if self.context.per_worker_metrics {
+                    let metrics = &self.context.metrics;
+                    self.worker_metrics = Some(WorkerMetrics {
+                        accepted: metrics
+                            .worker_shares
+                            .with_label_values(&[&worker, "accepted"]),
+                        rejected: metrics
+                            .worker_shares
+                            .with_label_values(&[&worker, "rejected"]),
+                        accepted_difficulty: metrics
+                            .worker_accepted_difficulty
+                            .with_label_values(&[&worker]),
+                    });
+                }
                 self.counters.workers.inc();
                 self.counted_as_worker = true;
                 info!(user_agent = ?self.user_agent, "miner authorized");
@@ -910,6 +934,10 @@ impl Session {
                 self.counters.accepted.inc();
                 self.counters.accepted_difficulty.inc_by(difficulty.get());
                 self.update_stats(|s| s.accepted(difficulty.get()));
+                if let Some(worker) = &self.worker_metrics {
+                    worker.accepted.inc();
+                    worker.accepted_difficulty.inc_by(difficulty.get());
+                }
                 self.vardiff.record(Instant::now(), difficulty.get());
                 if accepted.meets_upstream {
                     self.forward(&work, job.upstream_id(), &submit, accepted.is_block);
@@ -926,6 +954,9 @@ impl Session {
             Verdict::Rejected(reject) => {
                 self.counters.rejected(&reject).inc();
                 self.update_stats(|s| s.rejected += 1);
+                if let Some(worker) = &self.worker_metrics {
+                    worker.rejected.inc();
+                }
                 debug!(%reject, job = %submit.share.job_id, "share rejected");
                 self.send(Response::reject(id, &reject).to_line())
             }
