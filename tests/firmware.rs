@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use common::{RawMiner, config_for, pool, proxy};
 use hashgate::protocol::{Id, Message, Method};
-use hashgate::sim::{SimPool, SimPoolConfig};
 
 /// Antminer / Whatsminer (cgminer, bmminer): configure, subscribe, authorize in one TCP write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,14 +119,10 @@ async fn quirks_that_broke_other_proxies() {
 /// A pool with an extranonce2 of 12 bytes: miners get at most 8 (WhatsMiner).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downstream_extranonce2_is_capped_at_8_bytes() {
-    let pool = SimPool::start(SimPoolConfig {
-        extranonce2_size: 12,
-        difficulty: 1.0,
-        job_interval: Duration::from_secs(30),
-        ..SimPoolConfig::default()
+    let pool = common::pool_with(|c| {
+        c.extranonce2_size = 12;
     })
-    .await
-    .unwrap();
+    .await;
     let proxy = proxy(config_for(&[&pool], "")).await;
     let mut miner = RawMiner::connect(&proxy).await;
     miner.handshake("farm.m30").await;
@@ -144,14 +139,10 @@ async fn downstream_extranonce2_is_capped_at_8_bytes() {
 /// share is rejected with a clear message instead of being forwarded to fail at the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_version_rolling_upstream_means_none_downstream() {
-    let pool = SimPool::start(SimPoolConfig {
-        version_mask: None,
-        difficulty: 1.0,
-        job_interval: Duration::from_secs(30),
-        ..SimPoolConfig::default()
+    let pool = common::pool_with(|c| {
+        c.version_mask = None;
     })
-    .await
-    .unwrap();
+    .await;
     let proxy = proxy(config_for(&[&pool], "")).await;
     // Let the upstream come up so its (absent) mask is known.
     common::eventually("upstream ready", || {

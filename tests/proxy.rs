@@ -269,14 +269,10 @@ async fn extranonce_prefixes_are_unique_across_1000_miners() {
 /// 257th miner makes hashgate open a second connection to the same pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_prefix_space_opens_another_upstream_connection() {
-    let pool = SimPool::start(SimPoolConfig {
-        extranonce2_size: 3,
-        difficulty: 1.0,
-        job_interval: Duration::from_secs(30),
-        ..SimPoolConfig::default()
+    let pool = common::pool_with(|c| {
+        c.extranonce2_size = 3;
     })
-    .await
-    .unwrap();
+    .await;
     let proxy = proxy(config_for(&[&pool], "")).await;
     let mut extranonces = HashSet::new();
     let mut miners = Vec::new();
@@ -369,13 +365,10 @@ async fn failover_to_the_backup_and_back_without_double_counting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_that_stops_sending_jobs_is_down() {
     // The primary never sends a second job (job_interval far away) and its job_timeout is 2 s.
-    let silent = SimPool::start(SimPoolConfig {
-        difficulty: 1.0,
-        job_interval: Duration::from_secs(3600),
-        ..SimPoolConfig::default()
+    let silent = common::pool_with(|c| {
+        c.job_interval = Duration::from_secs(3600);
     })
-    .await
-    .unwrap();
+    .await;
     let backup = pool(1.0).await;
     let mut config = config_for(&[&silent, &backup], "");
     config.upstreams[0].job_timeout = Duration::from_secs(2);
@@ -501,14 +494,10 @@ async fn miners_connecting_before_any_pool_are_answered_and_get_work_when_it_com
     assert!(miner.response(Id::from(1)).await.is_ok());
     assert!(miner.response(Id::from(2)).await.is_ok());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pool = SimPool::start(SimPoolConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        difficulty: 1.0,
-        job_interval: Duration::from_secs(30),
-        ..SimPoolConfig::default()
+    let pool = common::pool_with(|c| {
+        c.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     })
-    .await
-    .unwrap();
+    .await;
     let subscribed = miner.response(Id::from(3)).await;
     assert!(subscribed.is_ok(), "{subscribed:?}");
     let job = miner.notification("mining.notify").await;
@@ -519,13 +508,10 @@ async fn miners_connecting_before_any_pool_are_answered_and_get_work_when_it_com
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miner_that_does_not_read_is_dropped_without_slowing_the_others() {
-    let pool = SimPool::start(SimPoolConfig {
-        difficulty: 1.0,
-        job_interval: Duration::from_millis(5),
-        ..SimPoolConfig::default()
+    let pool = common::pool_with(|c| {
+        c.job_interval = Duration::from_millis(5);
     })
-    .await
-    .unwrap();
+    .await;
     let mut config = config_for(&[&pool], "");
     config.server.write_queue = 8;
     let proxy = proxy(config).await;

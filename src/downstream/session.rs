@@ -677,6 +677,13 @@ impl Session {
     /// The difficulty in force for new work: the target within [floor, ceiling], never above the
     /// pool's difficulty (the pool credits each share at its own).
     fn effective_difficulty(&self, work: &WorkState) -> Difficulty {
+        let (floor, ceiling) = self.difficulty_bounds(work);
+        self.difficulty.max(floor).min(ceiling)
+    }
+
+    /// [floor, ceiling] for this miner: `difficulty.min` raised by its `minimum-difficulty`,
+    /// `difficulty.max` lowered to the pool's difficulty; the ceiling wins when they cross.
+    fn difficulty_bounds(&self, work: &WorkState) -> (Difficulty, Difficulty) {
         let d = &self.context.difficulty;
         let ceiling = Difficulty::new(d.max)
             .unwrap_or(work.difficulty)
@@ -685,7 +692,7 @@ impl Session {
         if let Some(requested) = self.floor {
             floor = floor.max(requested);
         }
-        self.difficulty.max(floor).min(ceiling)
+        (floor.min(ceiling), ceiling)
     }
 
     /// Sends set_difficulty (if it changed) then the newest job. The shared serialization goes
@@ -1009,14 +1016,7 @@ impl Session {
         let Some(work) = self.binding.as_ref().map(|b| Arc::clone(&b.work)) else {
             return false;
         };
-        let d = &self.context.difficulty;
-        let ceiling = Difficulty::new(d.max)
-            .unwrap_or(work.difficulty)
-            .min(work.difficulty);
-        let mut floor = Difficulty::new(d.min).unwrap_or(Difficulty::ONE);
-        if let Some(requested) = self.floor {
-            floor = floor.max(requested).min(ceiling);
-        }
+        let (floor, ceiling) = self.difficulty_bounds(&work);
         let current = self.effective_difficulty(&work);
         match self
             .vardiff

@@ -70,6 +70,17 @@ pub async fn pool(difficulty: f64) -> SimPool {
     .expect("sim pool binds")
 }
 
+/// A pool with test-friendly defaults changed by `customize`.
+pub async fn pool_with(customize: impl FnOnce(&mut SimPoolConfig)) -> SimPool {
+    let mut config = SimPoolConfig {
+        difficulty: 1.0,
+        job_interval: Duration::from_secs(30),
+        ..SimPoolConfig::default()
+    };
+    customize(&mut config);
+    SimPool::start(config).await.expect("sim pool binds")
+}
+
 /// Starts a proxy.
 pub async fn proxy(config: Config) -> Proxy {
     Proxy::start(config).await.expect("proxy starts")
