@@ -256,6 +256,12 @@ pub struct GroupView {
     pub name: String,
     /// Lifecycle state (the groups issue adds draining/drained/resuming).
     pub state: String,
+    /// asic or gpu.
+    pub kind: String,
+    /// Watts one mining worker draws.
+    pub watts_per_worker: f64,
+    /// Watts drawn by the group's mining workers now.
+    pub power_watts: f64,
     /// Connected workers.
     pub workers: usize,
     /// Sum of the workers' 1-minute hashrates.
@@ -269,28 +275,42 @@ pub struct GroupView {
 }
 
 async fn groups(State(state): State<Arc<ApiState>>) -> Response {
+    // Configured order, `default` last; every configured group is listed, even when empty.
+    let mut order = Vec::new();
     let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
-    groups.insert(
-        "default".into(),
-        GroupView {
-            name: "default".into(),
-            state: "active".into(),
-            ..GroupView::default()
-        },
-    );
+    for group in state.downstream.groups.iter() {
+        order.push(group.name.to_string());
+        groups.insert(
+            group.name.to_string(),
+            GroupView {
+                name: group.name.to_string(),
+                state: "active".into(),
+                kind: match group.kind {
+                    crate::config::GroupKind::Asic => "asic".into(),
+                    crate::config::GroupKind::Gpu => "gpu".into(),
+                },
+                watts_per_worker: group.watts_per_worker,
+                ..GroupView::default()
+            },
+        );
+    }
     for w in state.downstream.sessions.workers() {
-        let group = groups.entry(w.group.clone()).or_insert_with(|| GroupView {
-            name: w.group.clone(),
-            state: "active".into(),
-            ..GroupView::default()
-        });
+        // Only authorized miners mine (and are in a group for good).
+        let Some(group) = groups.get_mut(&w.group).filter(|_| w.name.is_some()) else {
+            continue;
+        };
         group.workers += 1;
+        group.power_watts += group.watts_per_worker;
         group.hashrate_1m += w.hashrate_1m;
         group.hashrate_15m += w.hashrate_15m;
         group.accepted += w.accepted;
         group.rejected += w.rejected;
     }
-    Json(groups.into_values().collect::<Vec<_>>()).into_response()
+    let views: Vec<GroupView> = order
+        .into_iter()
+        .filter_map(|name| groups.remove(&name))
+        .collect();
+    Json(views).into_response()
 }
 
 /// One upstream with its share outcomes.

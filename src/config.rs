@@ -36,6 +36,49 @@ pub struct Config {
     /// Pools, tried in `priority` order (lowest first).
     #[serde(rename = "upstream", default)]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Hardware groups, matched in order at authorize (first match wins; others are `default`).
+    #[serde(rename = "group", default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// What a group's machines are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupKind {
+    /// ASIC miners.
+    #[default]
+    Asic,
+    /// GPU rigs.
+    Gpu,
+}
+
+/// `[[group]]`: machines wired together (a container, a row, a PDU), drained together.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Name used in the API, metrics and hooks. `default` configures the unmatched miners.
+    pub name: String,
+    /// Globs on the authorized worker name, e.g. `farm.c07-*`.
+    #[serde(default)]
+    pub workers: Vec<String>,
+    /// CIDRs of the miner's address, e.g. `10.7.0.0/16`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Globs on the miner's user agent, e.g. `bitaxe*`.
+    #[serde(default)]
+    pub user_agents: Vec<String>,
+    /// ASIC or GPU.
+    #[serde(default)]
+    pub kind: GroupKind,
+    /// Watts one mining worker of this group draws.
+    #[serde(default)]
+    pub watts_per_worker: f64,
+    /// Declared efficiency (J/TH), used when it cannot be measured.
+    #[serde(default)]
+    pub efficiency_j_per_th: Option<f64>,
+    /// Among equally efficient groups, lower drains first.
+    #[serde(default)]
+    pub drain_priority: Option<i32>,
 }
 
 /// `[server]`: the Stratum listener for miners.
@@ -517,6 +560,64 @@ impl Config {
                 ));
             }
         }
+        let mut group_names = HashSet::new();
+        for (i, group) in self.groups.iter().enumerate() {
+            let key = |field: &str| format!("group[{i}].{field}");
+            let valid_name = !group.name.is_empty()
+                && group
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            if !valid_name {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} must be letters, digits, '-', '_' or '.'", group.name),
+                ));
+            }
+            if !group_names.insert(group.name.as_str()) {
+                return Err(invalid(
+                    &key("name"),
+                    format!("{:?} is used by another group", group.name),
+                ));
+            }
+            if group.name == "default"
+                && !(group.workers.is_empty()
+                    && group.addresses.is_empty()
+                    && group.user_agents.is_empty())
+            {
+                return Err(invalid(
+                    &key("workers"),
+                    "the default group takes the unmatched miners: it has no match rules".into(),
+                ));
+            }
+            for (j, pattern) in group.workers.iter().enumerate() {
+                globset::Glob::new(pattern)
+                    .map_err(|e| invalid(&key(&format!("workers[{j}]")), e.to_string()))?;
+            }
+            for (j, pattern) in group.user_agents.iter().enumerate() {
+                globset::Glob::new(pattern)
+                    .map_err(|e| invalid(&key(&format!("user_agents[{j}]")), e.to_string()))?;
+            }
+            for (j, cidr) in group.addresses.iter().enumerate() {
+                cidr.parse::<ipnet::IpNet>().map_err(|e| {
+                    invalid(&key(&format!("addresses[{j}]")), format!("{cidr:?}: {e}"))
+                })?;
+            }
+            if !group.watts_per_worker.is_finite() || group.watts_per_worker < 0.0 {
+                return Err(invalid(
+                    &key("watts_per_worker"),
+                    format!("{} must be a number of watts >= 0", group.watts_per_worker),
+                ));
+            }
+            if let Some(efficiency) = group.efficiency_j_per_th {
+                if !efficiency.is_finite() || efficiency <= 0.0 {
+                    return Err(invalid(
+                        &key("efficiency_j_per_th"),
+                        format!("{efficiency} must be above zero"),
+                    ));
+                }
+            }
+        }
         if !self.api.listen.ip().is_loopback()
             && self.api.token.is_none()
             && self.api.token_file.is_none()
@@ -616,6 +717,32 @@ user = "farm.proxy"
             config.upstreams[0].endpoint().unwrap(),
             ("pool.example".into(), 3333)
         );
+    }
+
+    #[test]
+    fn groups_are_validated_by_key() {
+        let with = |group: &str| format!("{MINIMAL}[[group]]\n{group}\n");
+        let ok = parse(&with(
+            "name = \"c07\"\nworkers = [\"farm.c07-*\"]\naddresses = [\"10.7.0.0/16\"]\nkind = \"gpu\"\nwatts_per_worker = 3250.0",
+        ))
+        .unwrap();
+        assert_eq!(ok.groups[0].kind, GroupKind::Gpu);
+        for (text, key) in [
+            (
+                "name = \"c07\"\naddresses = [\"10.7.0.0/33\"]",
+                "group[0].addresses[0]",
+            ),
+            ("name = \"c07\"\nworkers = [\"[\"]", "group[0].workers[0]"),
+            ("name = \"c 07\"", "group[0].name"),
+            (
+                "name = \"c07\"\nwatts_per_worker = -5.0",
+                "group[0].watts_per_worker",
+            ),
+            ("name = \"default\"\nworkers = [\"*\"]", "group[0].workers"),
+        ] {
+            let err = parse(&with(text)).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod downstream;
+pub mod groups;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -377,6 +377,28 @@ impl Metrics {
         m
     }
 
+    /// Declares a group's series (state active, no power yet) so they exist before any miner.
+    pub fn register_group(&self, name: &str) {
+        self.group_state.with_label_values(&[name, "active"]).set(1);
+        for state in ["draining", "drained", "resuming"] {
+            self.group_state.with_label_values(&[name, state]).set(0);
+        }
+        self.group_power_watts.with_label_values(&[name]);
+        self.group_released_watts.with_label_values(&[name]);
+        self.workers_connected.with_label_values(&[name]);
+        self.accepted_difficulty.with_label_values(&[name]);
+        for result in [
+            "accepted",
+            "stale",
+            "duplicate",
+            "low_difficulty",
+            "invalid",
+            "unauthorized",
+        ] {
+            self.shares.with_label_values(&[name, result]);
+        }
+    }
+
     /// Declares an upstream's series at zero, so they exist before its first event.
     pub fn register_upstream(&self, name: &str) {
         self.upstream_connected.with_label_values(&[name]).set(0);

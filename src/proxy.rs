@@ -34,6 +34,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// A `[[group]]` rule does not compile (validation should have caught it).
+    #[error("groups: {0}")]
+    Groups(#[from] crate::groups::GroupError),
     /// `api.token_file` could not be read.
     #[error("api.token_file {path}: {source}")]
     TokenFile {
@@ -122,6 +125,10 @@ impl Proxy {
             downstream_cancel,
         );
         context.per_worker_metrics = config.api.per_worker_metrics;
+        context.groups = crate::groups::Groups::new(&config.groups)?;
+        for group in context.groups.iter() {
+            metrics.register_group(&group.name);
+        }
         let context = Arc::new(context);
         tracker.spawn(downstream::listen(
             miners,

@@ -243,3 +243,103 @@ async fn per_worker_metrics_are_opt_in() {
     );
     proxy.shutdown().await;
 }
+
+/// Miners land in the first `[[group]]` whose rules match (worker glob, address CIDR, user-agent
+/// glob), else `default`; the API and metrics show the groups and the watts their mining draws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miners_are_grouped_at_authorize() {
+    let pool = pool(1.0).await;
+    let config = config_for(
+        &[&pool],
+        r#"
+[[group]]
+name = "c07"
+workers = ["farm.c07-*"]
+watts_per_worker = 3250.0
+[[group]]
+name = "gpu-row"
+user_agents = ["gpu-rig/*"]
+kind = "gpu"
+watts_per_worker = 1500.0
+[[group]]
+name = "lab"
+addresses = ["192.0.2.0/24"]
+watts_per_worker = 10.0
+"#,
+    );
+    let proxy = proxy(config).await;
+    let mut miners = Vec::new();
+    for (worker, agent) in [
+        ("farm.c07-0001", "bmminer/2.0.0"),
+        ("farm.c07-0002", "bmminer/2.0.0"),
+        ("farm.r3-0001", "gpu-rig/0.9"),
+        ("farm.other", "cgminer/4.11"),
+    ] {
+        let mut miner = common::RawMiner::connect(&proxy).await;
+        miner
+            .send(&format!(
+                r#"{{"id":1,"method":"mining.subscribe","params":["{agent}"]}}"#
+            ))
+            .await;
+        miner
+            .send(&format!(
+                r#"{{"id":2,"method":"mining.authorize","params":["{worker}","x"]}}"#
+            ))
+            .await;
+        assert!(
+            miner
+                .response(hashgate::protocol::Id::from(2))
+                .await
+                .is_ok()
+        );
+        miners.push(miner);
+    }
+    let http = Arc::new(Http::new(proxy.api_addr));
+    let h = Arc::clone(&http);
+    let (_, body) = blocking(move || h.get("/api/v1/workers")).await;
+    let page: WorkersPage = serde_json::from_str(&body).unwrap();
+    let group_of = |name: &str| {
+        page.workers
+            .iter()
+            .find(|w| w.name.as_deref() == Some(name))
+            .map(|w| w.group.clone())
+            .unwrap()
+    };
+    assert_eq!(group_of("farm.c07-0002"), "c07");
+    assert_eq!(group_of("farm.r3-0001"), "gpu-row");
+    assert_eq!(group_of("farm.other"), "default");
+
+    let h = Arc::clone(&http);
+    let (_, body) = blocking(move || h.get("/api/v1/groups")).await;
+    let groups: Vec<GroupView> = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, vec!["c07", "gpu-row", "lab", "default"]);
+    assert_eq!((groups[0].workers, groups[0].power_watts), (2, 6500.0));
+    assert_eq!(
+        (groups[1].kind.as_str(), groups[1].power_watts),
+        ("gpu", 1500.0)
+    );
+    assert_eq!(groups[2].workers, 0, "an empty group is still listed");
+
+    let h = Arc::clone(&http);
+    let (_, body) = blocking(move || h.get("/metrics")).await;
+    assert!(
+        body.contains("hashgate_group_power_watts{group=\"c07\"} 6500"),
+        "{body}"
+    );
+    assert!(body.contains("hashgate_workers_connected{group=\"c07\"} 2"));
+    assert!(body.contains("hashgate_group_state{group=\"lab\",state=\"active\"} 1"));
+
+    // A miner leaving takes its watts with it.
+    miners.remove(0);
+    eventually("the c07 miner's watts are released", || {
+        proxy
+            .metrics
+            .group_power_watts
+            .with_label_values(&["c07"])
+            .get()
+            == 3250.0
+    })
+    .await;
+    proxy.shutdown().await;
+}

@@ -149,6 +149,8 @@ pub struct DownstreamContext {
     pub cancel: CancellationToken,
     /// Whether sessions export per-worker series (`api.per_worker_metrics`).
     pub per_worker_metrics: bool,
+    /// The hardware groups miners are assigned to at authorize.
+    pub groups: crate::groups::Groups,
     next_id: AtomicU64,
 }
 
@@ -172,6 +174,7 @@ impl DownstreamContext {
             sessions: SessionRegistry::default(),
             cancel,
             per_worker_metrics: false,
+            groups: crate::groups::Groups::default(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -203,7 +206,7 @@ pub async fn listen(listener: TcpListener, context: Arc<DownstreamContext>, trac
                 let (commands_tx, commands_rx) = mpsc::channel(16);
                 let stats = Arc::new(Mutex::new(WorkerStats::new(
                     peer,
-                    Arc::from(session::DEFAULT_GROUP),
+                    Arc::clone(&context.groups.default_group().name),
                 )));
                 context.sessions.insert(
                     id,

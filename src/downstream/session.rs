@@ -38,8 +38,6 @@ const MAX_WORKERS_PER_CONNECTION: usize = 64;
 const MAX_BAD_LINES: u32 = 50;
 /// One share in this many is timed for `hashgate_share_verify_seconds`.
 const VERIFY_SAMPLE: u32 = 64;
-/// The group every miner is in until groups are configured.
-pub(super) const DEFAULT_GROUP: &str = "default";
 
 /// Why a session ended: one log line and one `hashgate_miner_disconnects_total{reason}`.
 #[derive(Debug)]
@@ -82,18 +80,19 @@ pub async fn serve_miner(
     commands: mpsc::Receiver<SessionCommand>,
     stats: Arc<Mutex<WorkerStats>>,
 ) {
-    let span = info_span!("miner", id, %peer, worker = field::Empty);
+    let span = info_span!("miner", id, %peer, worker = field::Empty, group = field::Empty);
     async move {
         let metrics = context.metrics.clone();
         metrics.connections.inc();
         let (read, write) = stream.into_split();
         let (out_tx, out_rx) = mpsc::channel(context.server.write_queue);
         let writer = tokio::spawn(write_lines(write, out_rx));
-        let mut session = Session::new(id, Arc::clone(&context), out_tx, stats);
+        let mut session = Session::new(id, peer, Arc::clone(&context), out_tx, stats);
         let ending = session.run(read, commands).await;
         session.release_extranonce();
         if session.counted_as_worker {
             session.counters.workers.dec();
+            session.counters.power.sub(session.watts);
         }
         drop(session); // closes the queue: the writer flushes what is left and ends
         let mut writer = writer;
@@ -151,6 +150,7 @@ struct GroupCounters {
     not_subscribed: IntCounter,
     accepted_difficulty: Counter,
     workers: IntGauge,
+    power: prometheus::Gauge,
 }
 
 impl GroupCounters {
@@ -166,6 +166,7 @@ impl GroupCounters {
             not_subscribed: shares("not_subscribed"),
             accepted_difficulty: metrics.accepted_difficulty.with_label_values(&[group]),
             workers: metrics.workers_connected.with_label_values(&[group]),
+            power: metrics.group_power_watts.with_label_values(&[group]),
         }
     }
 
@@ -200,6 +201,9 @@ struct SentJob {
 
 struct Session {
     id: u64,
+    peer: SocketAddr,
+    /// Watts this miner's mining adds to its group's `hashgate_group_power_watts`.
+    watts: f64,
     context: Arc<DownstreamContext>,
     out: mpsc::Sender<Bytes>,
     counters: GroupCounters,
@@ -254,6 +258,7 @@ impl Session {
 
     fn new(
         id: u64,
+        peer: SocketAddr,
         context: Arc<DownstreamContext>,
         out: mpsc::Sender<Bytes>,
         stats: Arc<Mutex<WorkerStats>>,
@@ -263,7 +268,9 @@ impl Session {
         let vardiff = Vardiff::new(d.target_share_interval, d.retarget_interval, Instant::now());
         Self {
             id,
-            counters: GroupCounters::new(&context.metrics, DEFAULT_GROUP),
+            counters: GroupCounters::new(&context.metrics, &context.groups.default_group().name),
+            peer,
+            watts: 0.0,
             context,
             out,
             counted_as_worker: false,
@@ -625,6 +632,17 @@ impl Session {
                 );
             }
             if self.authorized.is_empty() {
+                // The miner's group is decided once, here, from the first worker name.
+                let group =
+                    self.context
+                        .groups
+                        .assign(&worker, self.peer.ip(), self.user_agent.as_deref());
+                let (group_name, watts) = (Arc::clone(&group.name), group.watts_per_worker);
+                self.counters = GroupCounters::new(&self.context.metrics, &group_name);
+                self.watts = watts;
+                self.counters.power.add(watts);
+                tracing::Span::current().record("group", &*group_name);
+                self.update_stats(|s| s.group = group_name);
                 tracing::Span::current().record("worker", worker.as_str());
                 self.update_stats(|s| s.name = Some(worker.clone()));
                 if self.context.per_worker_metrics {
