@@ -341,28 +341,7 @@ impl Metrics {
             .set(1);
         // Series that exist before any event, so dashboards and alerts have something to read:
         // every miner is in `default` (active) until groups are configured.
-        m.group_state
-            .with_label_values(&["default", "active"])
-            .set(1);
-        for state in ["draining", "drained", "resuming"] {
-            m.group_state.with_label_values(&["default", state]).set(0);
-        }
-        m.group_power_watts.with_label_values(&["default"]).set(0.0);
-        m.group_released_watts
-            .with_label_values(&["default"])
-            .set(0.0);
-        m.workers_connected.with_label_values(&["default"]).set(0);
-        for result in [
-            "accepted",
-            "stale",
-            "duplicate",
-            "low_difficulty",
-            "invalid",
-            "unauthorized",
-        ] {
-            m.shares.with_label_values(&["default", result]);
-        }
-        m.accepted_difficulty.with_label_values(&["default"]);
+        m.register_group(crate::groups::DEFAULT_GROUP);
         for event in ["draining", "drained", "resuming", "active"] {
             for result in ["success", "failure", "timeout"] {
                 m.hook_runs.with_label_values(&[event, result]);

@@ -48,6 +48,17 @@ pub enum StartError {
     },
 }
 
+/// Binds a listener; the error names the config key the address came from.
+async fn bind(address: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Bind {
+            address,
+            key,
+            source,
+        })
+}
+
 /// A running proxy.
 pub struct Proxy {
     /// Where miners connect.
@@ -81,20 +92,8 @@ impl Proxy {
             ),
             (None, None) => None,
         };
-        let miners = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                address: config.server.listen,
-                key: "server.listen",
-                source,
-            })?;
-        let api_listener = TcpListener::bind(config.api.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                address: config.api.listen,
-                key: "api.listen",
-                source,
-            })?;
+        let miners = bind(config.server.listen, "server.listen").await?;
+        let api_listener = bind(config.api.listen, "api.listen").await?;
         let miner_addr = miners.local_addr().unwrap_or(config.server.listen);
         let api_addr = api_listener.local_addr().unwrap_or(config.api.listen);
         let config = Arc::new(config);
