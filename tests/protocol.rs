@@ -477,3 +477,45 @@ async fn framing_over_tcp() {
     ));
     drop(writer.await.unwrap());
 }
+
+mod never_panics {
+    use hashgate::protocol::{LineCodec, Message};
+    use proptest::prelude::*;
+    use tokio_util::codec::Decoder;
+
+    const SEEDS: &[&str] = &[
+        r#"{"id":4,"method":"mining.submit","params":["w","1","7807000000000000","6155a491","41dad6e3","1fffe000"]}"#,
+        r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"1fffe000"}]}"#,
+        r#"{"id":null,"method":"mining.notify","params":["1","00","00","00",[],"20000000","1d00ffff","6155a491",true]}"#,
+        r#"{"id":2,"result":[[["mining.notify","x"]],"9b19f82f",8],"error":null}"#,
+        r#"{"id":null,"method":"mining.set_extranonce","params":["9b19f82f",4]}"#,
+        r#"{"id":null,"method":"client.reconnect","params":["h",3333,5]}"#,
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes: a typed error or a message, never a panic.
+        #[test]
+        fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Message::parse(&bytes);
+            let mut codec = LineCodec::new(256);
+            let mut buf = bytes::BytesMut::from(&bytes[..]);
+            while let Ok(Some(line)) = codec.decode(&mut buf) {
+                let _ = Message::parse(&line);
+            }
+        }
+
+        /// Real lines with bytes flipped, cut or repeated: the cases a fuzzer finds first.
+        #[test]
+        fn mutated_real_lines(seed in 0..SEEDS.len(), edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..6), cut in any::<usize>()) {
+            let mut line = SEEDS[seed].as_bytes().to_vec();
+            for (at, byte) in edits {
+                let at = at % line.len();
+                line[at] = byte;
+            }
+            line.truncate(cut % (line.len() + 1));
+            let _ = Message::parse(&line);
+        }
+    }
+}
