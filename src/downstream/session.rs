@@ -34,6 +34,11 @@ use crate::work::{
 const DEFAULT_VERSION_MASK: u32 = 0x1fff_e000;
 /// Worker names one connection may authorize (rigs behind one socket use a few; more is abuse).
 const MAX_WORKERS_PER_CONNECTION: usize = 64;
+/// Initial read buffer per miner (grows to `server.max_line_bytes` if a line needs it).
+const READ_BUFFER: usize = 1024;
+/// Write buffer per miner: batches replies and a job into one write; a longer line (a job with a
+/// large coinbase) bypasses it.
+const WRITE_BUFFER: usize = 2048;
 /// Unparseable lines tolerated before the connection is closed.
 const MAX_BAD_LINES: u32 = 50;
 /// One share in this many is timed for `hashgate_share_verify_seconds`.
@@ -122,7 +127,7 @@ pub async fn serve_miner(
 
 /// Writes queued lines, batching whatever is queued into one flush.
 async fn write_lines(write: OwnedWriteHalf, mut lines: mpsc::Receiver<Bytes>) {
-    let mut writer = BufWriter::with_capacity(8 * 1024, write);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, write);
     while let Some(line) = lines.recv().await {
         if writer.write_all(&line).await.is_err() {
             return;
@@ -304,7 +309,13 @@ impl Session {
         read: OwnedReadHalf,
         mut commands: mpsc::Receiver<SessionCommand>,
     ) -> Ending {
-        let mut lines = FramedRead::new(read, LineCodec::new(self.context.server.max_line_bytes));
+        // A miner's lines are a few hundred bytes: start the read buffer small (it grows up to
+        // the line limit when needed), since it is paid once per connected miner.
+        let mut lines = FramedRead::with_capacity(
+            read,
+            LineCodec::new(self.context.server.max_line_bytes),
+            READ_BUFFER,
+        );
         let idle_timeout = self.context.server.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);

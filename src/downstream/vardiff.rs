@@ -39,7 +39,7 @@ impl Vardiff {
         Self {
             target_interval: target_interval.as_secs_f64().max(1e-3),
             retarget_interval,
-            shares: VecDeque::with_capacity(WINDOW_SHARES),
+            shares: VecDeque::new(),
             window_start: now,
             last_retarget: now,
         }
