@@ -23,8 +23,10 @@ async fn antminer_pipelined_burst() {
     let configure = miner.response(Id::from(1)).await;
     assert_eq!(configure.result["version-rolling"], true);
     assert_eq!(configure.result["version-rolling.mask"], "1fffe000");
-    assert!(miner.response(Id::from(2)).await.is_ok());
-    assert!(miner.response(Id::from(3)).await.is_ok());
+    let r = miner.response(Id::from(2)).await;
+    assert!(r.is_ok(), "{r:?}");
+    let r = miner.response(Id::from(3)).await;
+    assert!(r.is_ok(), "{r:?}");
     // set_difficulty comes before the first notify.
     let mut order = Vec::new();
     while order.len() < 2 {
@@ -38,7 +40,8 @@ async fn antminer_pipelined_burst() {
     miner
         .send(&RawMiner::submit_line(10, "farm.s19-001", &share))
         .await;
-    assert!(miner.response(Id::from(10)).await.is_ok());
+    let r = miner.response(Id::from(10)).await;
+    assert!(r.is_ok(), "{r:?}");
     proxy.shutdown().await;
 }
 
@@ -59,15 +62,18 @@ async fn bitaxe_order_with_suggest_difficulty() {
     miner
         .send(r#"{"id":2,"method":"mining.subscribe","params":["bitaxe/BM1366/v2.4.0"]}"#)
         .await;
-    assert!(miner.response(Id::from(2)).await.is_ok());
+    let r = miner.response(Id::from(2)).await;
+    assert!(r.is_ok(), "{r:?}");
     miner
         .send(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.0005]}"#)
         .await;
-    assert!(miner.response(Id::from(3)).await.is_ok());
+    let r = miner.response(Id::from(3)).await;
+    assert!(r.is_ok(), "{r:?}");
     miner
         .send(r#"{"id":4,"method":"mining.authorize","params":["farm.bitaxe","x"]}"#)
         .await;
-    assert!(miner.response(Id::from(4)).await.is_ok());
+    let r = miner.response(Id::from(4)).await;
+    assert!(r.is_ok(), "{r:?}");
     let set = miner.notification("mining.set_difficulty").await;
     assert!(
         matches!(set.method, Method::SetDifficulty(d) if d.get() == 0.0005),
@@ -112,7 +118,8 @@ async fn quirks_that_broke_other_proxies() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     miner.write_raw("\n").await;
-    assert!(miner.response(Id::from(99)).await.is_ok());
+    let r = miner.response(Id::from(99)).await;
+    assert!(r.is_ok(), "{r:?}");
     proxy.shutdown().await;
 }
 
@@ -131,7 +138,8 @@ async fn downstream_extranonce2_is_capped_at_8_bytes() {
     miner
         .send(&RawMiner::submit_line(7, "farm.m30", &share))
         .await;
-    assert!(miner.response(Id::from(7)).await.is_ok());
+    let r = miner.response(Id::from(7)).await;
+    assert!(r.is_ok(), "{r:?}");
     proxy.shutdown().await;
 }
 
@@ -189,6 +197,7 @@ async fn hostile_lines_close_one_connection_only() {
     let share = good.find_share(1, true, None);
     good.send(&RawMiner::submit_line(3, "farm.good", &share))
         .await;
-    assert!(good.response(Id::from(3)).await.is_ok());
+    let r = good.response(Id::from(3)).await;
+    assert!(r.is_ok(), "{r:?}");
     proxy.shutdown().await;
 }

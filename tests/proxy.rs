@@ -150,7 +150,8 @@ async fn error_codes_20_to_25_on_the_wire() {
     miner
         .send(r#"{"id":1,"method":"mining.subscribe","params":[]}"#)
         .await;
-    assert!(miner.response(Id::from(1)).await.is_ok());
+    let r = miner.response(Id::from(1)).await;
+    assert!(r.is_ok(), "{r:?}");
     miner
         .send(r#"{"id":2,"method":"mining.submit","params":["w","1","0000000000000000","00000000","00000000"]}"#)
         .await;
@@ -163,7 +164,8 @@ async fn error_codes_20_to_25_on_the_wire() {
     miner
         .send(r#"{"id":3,"method":"mining.authorize","params":["farm.w1","x"]}"#)
         .await;
-    assert!(miner.response(Id::from(3)).await.is_ok());
+    let r = miner.response(Id::from(3)).await;
+    assert!(r.is_ok(), "{r:?}");
     miner.latest_job().await;
 
     // 21: unknown job.
@@ -281,7 +283,8 @@ async fn a_full_prefix_space_opens_another_upstream_connection() {
         miner
             .send(r#"{"id":1,"method":"mining.subscribe","params":[]}"#)
             .await;
-        assert!(miner.response(Id::from(1)).await.is_ok());
+        let r = miner.response(Id::from(1)).await;
+        assert!(r.is_ok(), "{r:?}");
         assert_eq!(miner.extranonce2_size, 2);
         assert!(extranonces.insert(miner.extranonce1.unwrap()));
         miners.push(miner);
@@ -491,8 +494,10 @@ async fn miners_connecting_before_any_pool_are_answered_and_get_work_when_it_com
             r#"{"id":3,"method":"mining.subscribe","params":["cgminer/4.11"]}"#, "\n",
         ))
         .await;
-    assert!(miner.response(Id::from(1)).await.is_ok());
-    assert!(miner.response(Id::from(2)).await.is_ok());
+    let r = miner.response(Id::from(1)).await;
+    assert!(r.is_ok(), "{r:?}");
+    let r = miner.response(Id::from(2)).await;
+    assert!(r.is_ok(), "{r:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pool = common::pool_with(|c| {
         c.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -497,6 +497,15 @@ impl Client {
         out: &mut Vec<bytes::Bytes>,
     ) {
         let clean = force_clean || template.notify.clean_jobs;
+        // The jobs watch can report a template this client already got at subscribe: a real
+        // pool does not send the same job twice.
+        let already_sent = self
+            .jobs
+            .get(template.notify.job_id.as_str())
+            .is_some_and(|sent| Arc::ptr_eq(sent, template));
+        if already_sent && !force_clean {
+            return;
+        }
         if clean {
             self.jobs.clear();
             self.seen.clear();
