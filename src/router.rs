@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, FailoverConfig, UpstreamConfig};
+use crate::config::{Config, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::protocol::notify_line;
 use crate::upstream::{
@@ -348,7 +348,6 @@ struct Pool {
 /// The router task's state.
 pub struct Router {
     config: Arc<Config>,
-    failover: Arc<FailoverConfig>,
     connection_settings: Arc<ConnectionSettings>,
     pools: Vec<Pool>,
     slot_senders: Vec<watch::Sender<Option<Arc<WorkState>>>>,
@@ -395,7 +394,6 @@ impl Router {
             metrics.register_upstream(&upstream.name);
         }
         let router = Router {
-            failover: Arc::new(config.failover.clone()),
             connection_settings: Arc::new(ConnectionSettings {
                 failover: config.failover.clone(),
                 // Leave a margin inside the proxy's own grace period for the counting.
@@ -779,9 +777,9 @@ impl Router {
             Some(current) if self.pools[current].healthy_since.is_some() => match best {
                 Some(better)
                     if better < current
-                        && self.pools[better]
-                            .healthy_since
-                            .is_some_and(|t| t.elapsed() >= self.failover.return_after) =>
+                        && self.pools[better].healthy_since.is_some_and(|t| {
+                            t.elapsed() >= self.connection_settings.failover.return_after
+                        }) =>
                 {
                     Some(better)
                 }

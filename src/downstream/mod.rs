@@ -15,7 +15,6 @@ pub mod stats;
 pub mod vardiff;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,8 +61,6 @@ pub enum SessionCommand {
 /// A live session as others can see it.
 #[derive(Debug, Clone)]
 pub struct SessionEntry {
-    /// The miner's address.
-    pub peer: SocketAddr,
     /// Where commands go.
     pub commands: mpsc::Sender<SessionCommand>,
     /// What the API shows; written only by the session.
@@ -211,7 +208,6 @@ pub async fn listen(listener: TcpListener, context: Arc<DownstreamContext>, trac
                 context.sessions.insert(
                     id,
                     SessionEntry {
-                        peer,
                         commands: commands_tx,
                         stats: Arc::clone(&stats),
                     },

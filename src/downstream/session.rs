@@ -95,7 +95,7 @@ pub async fn serve_miner(
         let mut session = Session::new(id, peer, Arc::clone(&context), out_tx, stats);
         let ending = session.run(read, commands).await;
         session.release_extranonce();
-        if session.counted_as_worker {
+        if !session.authorized.is_empty() {
             session.counters.workers.dec();
             session.counters.power.sub(session.watts);
         }
@@ -212,7 +212,6 @@ struct Session {
     context: Arc<DownstreamContext>,
     out: mpsc::Sender<Bytes>,
     counters: GroupCounters,
-    counted_as_worker: bool,
     authorized: Vec<String>,
     user_agent: Option<String>,
     /// Version rolling: the mask asked for in `mining.configure`, and the one in force.
@@ -278,7 +277,6 @@ impl Session {
             watts: 0.0,
             context,
             out,
-            counted_as_worker: false,
             authorized: Vec::new(),
             user_agent: None,
             requested_mask: None,
@@ -671,7 +669,6 @@ impl Session {
                     });
                 }
                 self.counters.workers.inc();
-                self.counted_as_worker = true;
                 info!(user_agent = ?self.user_agent, "miner authorized");
             }
             self.authorized.push(worker);
