@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::downstream::{DownstreamContext, SessionCommand, WorkerSnapshot};
+use crate::groups::{Claim, ControlError, DrainMode, DrainRequest, GroupStatus, GroupsHandle};
 use crate::metrics::Metrics;
 use crate::router::{RouterHandle, UpstreamView};
 
@@ -34,6 +35,8 @@ pub struct ApiState {
     pub router: RouterHandle,
     /// Live sessions.
     pub downstream: Arc<DownstreamContext>,
+    /// The group controller.
+    pub groups: GroupsHandle,
     /// Bearer token for mutating endpoints, if any.
     pub token: Option<String>,
 }
@@ -48,6 +51,10 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/v1/workers/{name}/disconnect", post(disconnect_worker))
         .route("/api/v1/workers/{name}/reconnect", post(reconnect_worker))
         .route("/api/v1/groups", get(groups))
+        .route("/api/v1/groups/{name}", get(group))
+        .route("/api/v1/groups/{name}/drain", post(drain_group))
+        .route("/api/v1/groups/{name}/resume", post(resume_group))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/upstreams", get(upstreams))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(Arc::new(state))
@@ -190,7 +197,7 @@ async fn send_command(
     command: SessionCommand,
 ) -> Response {
     if !authorized(state, headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        return unauthorized();
     }
     let Some(worker) = find_worker(state, name) else {
         return error(
@@ -249,21 +256,17 @@ async fn reconnect_worker(
     send_command(&state, &headers, &name, command).await
 }
 
-/// One group in `GET /api/v1/groups`.
+/// One group in `GET /api/v1/groups`: its lifecycle and power (from the group controller) and
+/// its hashing (from the sessions).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct GroupView {
-    /// Group name.
-    pub name: String,
-    /// Lifecycle state (the groups issue adds draining/drained/resuming).
-    pub state: String,
+    /// State, drain, power and the drain's witness.
+    #[serde(flatten)]
+    pub status: GroupStatus,
     /// asic or gpu.
     pub kind: String,
     /// Watts one mining worker draws.
     pub watts_per_worker: f64,
-    /// Watts drawn by the group's mining workers now.
-    pub power_watts: f64,
-    /// Connected workers.
-    pub workers: usize,
     /// Sum of the workers' 1-minute hashrates.
     pub hashrate_1m: f64,
     /// Sum of the workers' 15-minute hashrates.
@@ -274,7 +277,7 @@ pub struct GroupView {
     pub rejected: u64,
 }
 
-async fn groups(State(state): State<Arc<ApiState>>) -> Response {
+fn group_views(state: &ApiState) -> Vec<GroupView> {
     // Configured order, `default` last; every configured group is listed, even when empty.
     let mut order = Vec::new();
     let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
@@ -283,8 +286,13 @@ async fn groups(State(state): State<Arc<ApiState>>) -> Response {
         groups.insert(
             group.name.to_string(),
             GroupView {
-                name: group.name.to_string(),
-                state: "active".into(),
+                status: state
+                    .groups
+                    .status(&group.name)
+                    .unwrap_or_else(|| GroupStatus {
+                        name: group.name.to_string(),
+                        ..GroupStatus::default()
+                    }),
                 kind: match group.kind {
                     crate::config::GroupKind::Asic => "asic".into(),
                     crate::config::GroupKind::Gpu => "gpu".into(),
@@ -299,18 +307,154 @@ async fn groups(State(state): State<Arc<ApiState>>) -> Response {
         let Some(group) = groups.get_mut(&w.group).filter(|_| w.name.is_some()) else {
             continue;
         };
-        group.workers += 1;
-        group.power_watts += group.watts_per_worker;
         group.hashrate_1m += w.hashrate_1m;
         group.hashrate_15m += w.hashrate_15m;
         group.accepted += w.accepted;
         group.rejected += w.rejected;
     }
-    let views: Vec<GroupView> = order
+    order
         .into_iter()
         .filter_map(|name| groups.remove(&name))
-        .collect();
-    Json(views).into_response()
+        .collect()
+}
+
+async fn groups(State(state): State<Arc<ApiState>>) -> Response {
+    Json(group_views(&state)).into_response()
+}
+
+async fn group(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
+    match group_views(&state)
+        .into_iter()
+        .find(|g| g.status.name == name)
+    {
+        Some(view) => Json(view).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no group {name:?}")),
+    }
+}
+
+/// Body of `POST /api/v1/groups/{name}/drain`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainBody {
+    /// pause, disconnect or reconnect.
+    pub mode: DrainMode,
+    /// Why (shown to miners and hooks, kept in the audit log).
+    #[serde(default)]
+    pub reason: String,
+    /// `host:port` for reconnect mode.
+    #[serde(default)]
+    pub reconnect_to: Option<String>,
+}
+
+/// Body of `POST /api/v1/groups/{name}/resume`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeBody {
+    /// Resume even if windows or capacity requests still hold the group.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// 401 for a missing or wrong token.
+fn unauthorized() -> Response {
+    error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+}
+
+/// The HTTP answer to a group command: the group's status, or why it was refused.
+fn group_answer(outcome: Result<GroupStatus, ControlError>) -> Response {
+    let refusal = match outcome {
+        Ok(status) => return Json(status).into_response(),
+        Err(refusal) => refusal,
+    };
+    let status = match &refusal {
+        ControlError::UnknownGroup(_) => StatusCode::NOT_FOUND,
+        ControlError::Busy { .. } | ControlError::Held { .. } => StatusCode::CONFLICT,
+        ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ControlError::HookFailed { .. } => StatusCode::BAD_GATEWAY,
+        ControlError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, refusal.to_string())
+}
+
+/// Parses an optional JSON body; the error is serde's message (it names the field).
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))
+}
+
+async fn drain_group(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let body: DrainBody = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    let request = DrainRequest {
+        mode: body.mode,
+        reason: body.reason,
+        reconnect_to: body.reconnect_to,
+        claim: Claim::Manual,
+    };
+    group_answer(state.groups.drain(&name, request).await)
+}
+
+async fn resume_group(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let body: ResumeBody = match optional_json(&body) {
+        Ok(body) => body,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    group_answer(state.groups.resume(&name, Claim::Manual, body.force).await)
+}
+
+/// Query of `GET /api/v1/events`.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    after: Option<u64>,
+    group: Option<String>,
+    limit: Option<usize>,
+    format: Option<String>,
+}
+
+async fn events(State(state): State<Arc<ApiState>>, Query(query): Query<EventsQuery>) -> Response {
+    let limit = query.limit.unwrap_or(1000);
+    if limit > MAX_PAGE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit {limit} is above {MAX_PAGE}"),
+        );
+    }
+    let events = state
+        .groups
+        .events(query.after.unwrap_or(0), query.group.as_deref(), limit);
+    match query.format.as_deref() {
+        None | Some("json") => Json(events).into_response(),
+        Some("csv") => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::groups::events::to_csv(&events),
+        )
+            .into_response(),
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            format!("format {other:?}: use json or csv"),
+        ),
+    }
 }
 
 /// One upstream with its share outcomes.

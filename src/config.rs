@@ -39,6 +39,139 @@ pub struct Config {
     /// Hardware groups, matched in order at authorize (first match wins; others are `default`).
     #[serde(rename = "group", default)]
     pub groups: Vec<GroupConfig>,
+    /// How drains are witnessed and how resumed groups ramp back (defaults for every group).
+    #[serde(default)]
+    pub drain: DrainConfig,
+    /// Programs and webhooks run on group transitions (the farm's power switch and the AI
+    /// scheduler's signal).
+    #[serde(rename = "hook", default)]
+    pub hooks: Vec<HookConfig>,
+}
+
+/// `[drain]`: the defaults a group's drain and resume use unless the group overrides them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    /// A draining group is called drained after this even if miners still hash through it (the
+    /// event then lists them).
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Shortest silence that counts a miner as quiet, however fast it submitted before.
+    #[serde(default = "defaults::quiet_min", with = "humantime_serde")]
+    pub quiet_min: Duration,
+    /// A miner is quiet after this many of its expected share intervals without a submit (6: a
+    /// miner still hashing looks quiet with probability e^-6, 0.25%).
+    #[serde(default = "defaults::quiet_shares")]
+    pub quiet_shares: f64,
+    /// Miners given work again per second while a group resumes.
+    #[serde(default = "defaults::ramp_workers_per_second")]
+    pub ramp_workers_per_second: f64,
+    /// Watts brought back per second while a group resumes (with the group's watts per worker;
+    /// the slower of the two ramps wins).
+    #[serde(default)]
+    pub ramp_watts_per_second: Option<f64>,
+    /// A resuming group is called active after this even if some of its miners did not come back.
+    #[serde(default = "defaults::ramp_timeout", with = "humantime_serde")]
+    pub ramp_timeout: Duration,
+    /// A required `drained` or `active` hook that failed is tried again after this.
+    #[serde(default = "defaults::hook_retry", with = "humantime_serde")]
+    pub hook_retry: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            timeout: defaults::drain_timeout(),
+            quiet_min: defaults::quiet_min(),
+            quiet_shares: defaults::quiet_shares(),
+            ramp_workers_per_second: defaults::ramp_workers_per_second(),
+            ramp_watts_per_second: None,
+            ramp_timeout: defaults::ramp_timeout(),
+            hook_retry: defaults::hook_retry(),
+        }
+    }
+}
+
+/// A group transition a hook can be run on.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum HookEvent {
+    /// Before a group stops mining: put the machines to sleep here.
+    Draining,
+    /// The group's miners are gone or quiet: its power is free.
+    Drained,
+    /// Before a drained group gets work again: wake the machines here.
+    Resuming,
+    /// The group is back to mining.
+    Active,
+}
+
+impl HookEvent {
+    /// Every event, in lifecycle order.
+    pub const ALL: [HookEvent; 4] = [
+        HookEvent::Draining,
+        HookEvent::Drained,
+        HookEvent::Resuming,
+        HookEvent::Active,
+    ];
+
+    /// The name used in config, env, metrics and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::Draining => "draining",
+            HookEvent::Drained => "drained",
+            HookEvent::Resuming => "resuming",
+            HookEvent::Active => "active",
+        }
+    }
+}
+
+/// `[[hook]]`: a program or a webhook run on group transitions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// A name for logs and the API (default: the command or url).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The transitions it runs on.
+    pub events: Vec<HookEvent>,
+    /// Only for these groups (all when empty).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Killed (command) or given up (webhook) after this.
+    #[serde(default = "defaults::hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A failing required hook stops the transition: the group stays where it was.
+    #[serde(default)]
+    pub required: bool,
+    /// Program and arguments, run without a shell.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Webhook URL (`http://host:port/path`), POSTed a JSON body.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// HMAC-SHA256 key for the webhook's `X-Hashgate-Signature` header.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// File holding the secret (read at start).
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl HookConfig {
+    /// The name shown in logs and events.
+    pub fn display_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match (&self.command, &self.url) {
+            (Some(command), _) => command.first().cloned().unwrap_or_default(),
+            (None, Some(url)) => url.clone(),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 /// What a group's machines are.
@@ -79,6 +212,15 @@ pub struct GroupConfig {
     /// Among equally efficient groups, lower drains first.
     #[serde(default)]
     pub drain_priority: Option<i32>,
+    /// Overrides `drain.timeout` for this group.
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+    /// Overrides `drain.ramp_workers_per_second` for this group.
+    #[serde(default)]
+    pub ramp_workers_per_second: Option<f64>,
+    /// Overrides `drain.ramp_watts_per_second` for this group.
+    #[serde(default)]
+    pub ramp_watts_per_second: Option<f64>,
 }
 
 /// `[server]`: the Stratum listener for miners.
@@ -362,6 +504,27 @@ mod defaults {
     pub fn yes() -> bool {
         true
     }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn quiet_min() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn quiet_shares() -> f64 {
+        6.0
+    }
+    pub fn ramp_workers_per_second() -> f64 {
+        10.0
+    }
+    pub fn ramp_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn hook_retry() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn hook_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
 /// A configuration problem, naming the file or key.
@@ -617,7 +780,23 @@ impl Config {
                     ));
                 }
             }
+            let rates = [
+                ("ramp_workers_per_second", group.ramp_workers_per_second),
+                ("ramp_watts_per_second", group.ramp_watts_per_second),
+            ];
+            for (field, rate) in rates {
+                if let Some(rate) = rate {
+                    if !rate.is_finite() || rate <= 0.0 {
+                        return Err(invalid(&key(field), format!("{rate} must be above zero")));
+                    }
+                }
+            }
+            if group.drain_timeout.is_some_and(|t| t.is_zero()) {
+                return Err(invalid(&key("drain_timeout"), "must be above zero".into()));
+            }
         }
+        self.validate_drain()?;
+        self.validate_hooks(&group_names)?;
         if !self.api.listen.ip().is_loopback()
             && self.api.token.is_none()
             && self.api.token_file.is_none()
@@ -633,12 +812,112 @@ impl Config {
         Ok(self)
     }
 
+    fn validate_drain(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            message,
+        };
+        let d = &self.drain;
+        for (key, value) in [
+            ("drain.timeout", d.timeout),
+            ("drain.quiet_min", d.quiet_min),
+            ("drain.ramp_timeout", d.ramp_timeout),
+            ("drain.hook_retry", d.hook_retry),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be above zero".into()));
+            }
+        }
+        for (key, value) in [
+            ("drain.quiet_shares", Some(d.quiet_shares)),
+            (
+                "drain.ramp_workers_per_second",
+                Some(d.ramp_workers_per_second),
+            ),
+            ("drain.ramp_watts_per_second", d.ramp_watts_per_second),
+        ] {
+            if let Some(value) = value {
+                if !value.is_finite() || value <= 0.0 {
+                    return Err(invalid(key, format!("{value} must be above zero")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_hooks(&self, group_names: &HashSet<&str>) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { key, message };
+        for (i, hook) in self.hooks.iter().enumerate() {
+            let key = |field: &str| format!("hook[{i}].{field}");
+            if hook.events.is_empty() {
+                return Err(invalid(
+                    key("events"),
+                    "name at least one of draining, drained, resuming, active".into(),
+                ));
+            }
+            for (j, group) in hook.groups.iter().enumerate() {
+                if group != crate::groups::DEFAULT_GROUP && !group_names.contains(group.as_str()) {
+                    return Err(invalid(
+                        key(&format!("groups[{j}]")),
+                        format!("unknown group {group:?}"),
+                    ));
+                }
+            }
+            if hook.timeout.is_zero() {
+                return Err(invalid(key("timeout"), "must be above zero".into()));
+            }
+            match (&hook.command, &hook.url) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        key("url"),
+                        "a hook is either a command or a url, not both".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        key("command"),
+                        "set command = [\"/path\", \"arg\"] or url = \"http://...\"".into(),
+                    ));
+                }
+                (Some(command), None) => {
+                    if command.first().is_none_or(|program| program.is_empty()) {
+                        return Err(invalid(key("command"), "names no program".into()));
+                    }
+                }
+                (None, Some(url)) => {
+                    if !url.starts_with("http://") {
+                        return Err(invalid(
+                            key("url"),
+                            format!(
+                                "{url:?}: only http:// webhooks are supported (https needs a \
+                                 TLS-terminating proxy in front until TLS is built in)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            if hook.command.is_some() && (hook.secret.is_some() || hook.secret_file.is_some()) {
+                return Err(invalid(
+                    key("secret"),
+                    "only a webhook (url) is signed".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Upstreams in failover order (priority, then file order).
     pub fn upstreams_by_priority(&self) -> Vec<UpstreamConfig> {
         let mut upstreams = self.upstreams.clone();
         upstreams.sort_by_key(|u| u.priority);
         upstreams
     }
+}
+
+/// Reads a secret kept in a file (an API token, a webhook key): the file's text without the
+/// surrounding whitespace an editor leaves.
+pub fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path)?.trim().to_owned())
 }
 
 /// Parses `stratum+tcp://host:port` (the scheme may be omitted).

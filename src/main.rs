@@ -76,6 +76,38 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// List groups: state, power, and who is still hashing in a drained one (read from the API).
+    Groups {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Drain a group: its hooks run, its miners stop mining (through the API).
+    Drain {
+        /// The group.
+        group: String,
+        /// pause (keep connections, no new work), disconnect (close and refuse), or reconnect
+        /// (send the miners to --reconnect-to).
+        #[arg(long, default_value = "pause")]
+        mode: String,
+        /// Why (shown to miners and hooks, kept in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// host:port for --mode reconnect.
+        #[arg(long)]
+        reconnect_to: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Resume a drained group: its resuming hooks run, then its miners get work at the ramp.
+    Resume {
+        /// The group.
+        group: String,
+        /// Resume even if windows or capacity requests still hold the group.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Check one share against its job with hashgate's verifier and print the verdict.
     ///
     /// FILE is a share vector (JSON: a job's notify fields, the miner's extranonce1/size/mask and
@@ -88,6 +120,17 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         difficulty: f64,
     },
+}
+
+/// Where a running hashgate's API is, and its token.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The API's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:9100")]
+    api: String,
+    /// Bearer token for the API's mutating endpoints.
+    #[arg(long, env = "HASHGATE_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +154,27 @@ fn main() -> ExitCode {
                 .and_then(|rt| rt.block_on(demo(miners, seconds, listen, api, hashrate, api_token)))
         }
         Command::Status { api, top } => status(&api, top),
+        Command::Groups { api } => groups(&api.api),
+        Command::Drain {
+            group,
+            mode,
+            reason,
+            reconnect_to,
+            api,
+        } => {
+            let body = serde_json::json!({
+                "mode": mode,
+                "reason": reason,
+                "reconnect_to": reconnect_to,
+            });
+            group_command(&api, &group, "drain", body)
+        }
+        Command::Resume { group, force, api } => group_command(
+            &api,
+            &group,
+            "resume",
+            serde_json::json!({ "force": force }),
+        ),
         Command::VerifyShare { file, difficulty } => verify_share(&file, difficulty),
     };
     match result {
@@ -247,6 +311,9 @@ async fn demo(
     config.api.listen = api;
     config.api.token = api_token;
     config.upstreams[0].url = pool.url();
+    // The demo's drains are its own: state in a fresh directory, not /var/lib/hashgate.
+    let state_dir = std::env::temp_dir().join(format!("hashgate-demo-{}", std::process::id()));
+    config.state.dir = state_dir.clone();
     let config = config.validate()?;
     let proxy = Proxy::start(config).await?;
 
@@ -292,6 +359,7 @@ async fn demo(
     cancel.cancel();
     let metrics = proxy.metrics.clone();
     proxy.shutdown().await;
+    let _ = std::fs::remove_dir_all(&state_dir);
 
     let forwarded_accepted = Metrics::sum_counter(&metrics.upstream_shares, "result", "accepted");
     let forwarded_rejected = Metrics::sum_counter(&metrics.upstream_shares, "result", "rejected");
@@ -437,9 +505,9 @@ fn status(api: &str, top: usize) -> Result<ExitCode> {
     for g in &groups {
         println!(
             "{:<16} {:<10} {:>8} {:>14} {:>14} {:>9} {:>9}",
-            g.name,
-            g.state,
-            g.workers,
+            g.status.name,
+            g.status.state,
+            g.status.workers,
             human_rate(g.hashrate_1m),
             human_rate(g.hashrate_15m),
             g.accepted,
@@ -468,6 +536,101 @@ fn status(api: &str, top: usize) -> Result<ExitCode> {
     }
     if page.total > top {
         println!("... {} workers in all", page.total);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// POSTs a group command and prints the group's state after it.
+fn group_command(
+    api: &ApiArgs,
+    group: &str,
+    action: &str,
+    body: serde_json::Value,
+) -> Result<ExitCode> {
+    let url = format!(
+        "{}/api/v1/groups/{group}/{action}",
+        api.api.trim_end_matches('/')
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.post(&url).header("Content-Type", "application/json");
+    if let Some(token) = &api.token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request
+        .send(body.to_string().as_bytes())
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("POST {url}: reading the body"))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        eprintln!(
+            "hashgate: {action} {group}: {message} (HTTP {})",
+            status.as_u16()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let group: hashgate::groups::GroupStatus =
+        serde_json::from_str(&text).with_context(|| format!("POST {url}: unexpected answer"))?;
+    println!(
+        "{}: {}{}",
+        group.name,
+        group.state,
+        group
+            .pending
+            .as_deref()
+            .map(|p| format!(" ({p})"))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn groups(api: &str) -> Result<ExitCode> {
+    use hashgate::api::GroupView;
+    let groups: Vec<GroupView> = api_get(api, "/api/v1/groups")?;
+    println!(
+        "{:<16} {:<9} {:<10} {:>7} {:>7} {:>11} {:>11}  {:<18} REASON",
+        "GROUP", "STATE", "MODE", "WORKERS", "MINING", "POWER W", "RELEASED W", "CLAIMS"
+    );
+    for g in &groups {
+        let s = &g.status;
+        println!(
+            "{:<16} {:<9} {:<10} {:>7} {:>7} {:>11.0} {:>11.0}  {:<18} {}",
+            s.name,
+            s.state,
+            s.mode.map_or("-", |m| m.as_str()),
+            s.workers,
+            s.mining_workers,
+            s.power_watts,
+            s.released_watts,
+            if s.claims.is_empty() {
+                "-".to_owned()
+            } else {
+                s.claims.join(",")
+            },
+            s.reason.as_deref().unwrap_or("")
+        );
+        if let Some(error) = &s.last_error {
+            println!("    last error: {error}");
+        }
+        for miner in &s.still_hashing {
+            println!(
+                "    still hashing: {} ({}), last submit {}",
+                miner.name,
+                miner.address,
+                miner
+                    .last_submit_seconds_ago
+                    .map_or("never".into(), |a| format!("{a:.0}s ago"))
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -52,6 +52,14 @@ pub struct Metrics {
     pub group_power_watts: GaugeVec,
     /// Hook runs by event and result.
     pub hook_runs: IntCounterVec,
+    /// Hook run time by event.
+    pub hook_seconds: HistogramVec,
+    /// Transitions a required hook stopped, by group and the state it would have entered.
+    pub group_blocked_transitions: IntCounterVec,
+    /// State or audit-log writes that failed (the change was not applied).
+    pub state_save_failures: IntCounter,
+    /// Miners of a closed (drained) group refused at authorize, by group.
+    pub group_refused_miners: IntCounterVec,
     /// Build version.
     pub build_info: IntGaugeVec,
     /// Unix time of the upstream's last job (alerts on a pool that goes silent).
@@ -269,6 +277,46 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            hook_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("hashgate_hook_seconds", "Hook run time by event.").buckets(
+                        vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0],
+                    ),
+                    &["event"],
+                )
+                .expect("valid metric"),
+            ),
+            group_blocked_transitions: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_group_blocked_transitions_total",
+                        "Group transitions stopped by a failing required hook.",
+                    ),
+                    &["group", "to"],
+                )
+                .expect("valid metric"),
+            ),
+            state_save_failures: register(
+                &registry,
+                IntCounter::new(
+                    "hashgate_state_save_failures_total",
+                    "State or audit-log writes that failed (the change was not applied).",
+                )
+                .expect("valid metric"),
+            ),
+            group_refused_miners: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_group_refused_miners_total",
+                        "Miners of a drained group refused when they came back.",
+                    ),
+                    &["group"],
+                )
+                .expect("valid metric"),
+            ),
             build_info: register(
                 &registry,
                 IntGaugeVec::new(
@@ -346,6 +394,7 @@ impl Metrics {
             for result in ["success", "failure", "timeout"] {
                 m.hook_runs.with_label_values(&[event, result]);
             }
+            m.hook_seconds.with_label_values(&[event]);
         }
         #[cfg(target_os = "linux")]
         {
@@ -364,6 +413,11 @@ impl Metrics {
         }
         self.group_power_watts.with_label_values(&[name]);
         self.group_released_watts.with_label_values(&[name]);
+        self.group_refused_miners.with_label_values(&[name]);
+        for to in ["draining", "drained", "resuming", "active"] {
+            self.group_blocked_transitions
+                .with_label_values(&[name, to]);
+        }
         self.workers_connected.with_label_values(&[name]);
         self.accepted_difficulty.with_label_values(&[name]);
         for result in [

@@ -16,6 +16,9 @@ use tracing::info;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::downstream::{self, DownstreamContext};
+use crate::groups::hooks::HookRunner;
+use crate::groups::store::Store;
+use crate::groups::{ControllerParts, GroupController, GroupGates, GroupsHandle};
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterHandle};
 
@@ -37,6 +40,12 @@ pub enum StartError {
     /// A `[[group]]` rule does not compile (validation should have caught it).
     #[error("groups: {0}")]
     Groups(#[from] crate::groups::GroupError),
+    /// The state directory is unusable or holds a corrupt state file.
+    #[error("{0}")]
+    State(#[from] crate::groups::store::StoreError),
+    /// A hook could not be prepared (its secret file).
+    #[error("{0}")]
+    Hooks(#[from] crate::groups::hooks::HookSetupError),
     /// `api.token_file` could not be read.
     #[error("api.token_file {path}: {source}")]
     TokenFile {
@@ -71,6 +80,8 @@ pub struct Proxy {
     pub router: RouterHandle,
     /// Live sessions and their command channels.
     pub downstream: Arc<DownstreamContext>,
+    /// The group controller.
+    pub groups: GroupsHandle,
     cancel: CancellationToken,
     tracker: TaskTracker,
     grace: std::time::Duration,
@@ -81,17 +92,18 @@ impl Proxy {
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let token = match (&config.api.token, &config.api.token_file) {
             (Some(token), _) => Some(token.clone()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| StartError::TokenFile {
+            (None, Some(path)) => {
+                Some(crate::config::read_secret_file(path).map_err(|source| {
+                    StartError::TokenFile {
                         path: path.clone(),
                         source,
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
+                    }
+                })?)
+            }
             (None, None) => None,
         };
+        // The state first: a drained group must be closed to its miners from the first accept.
+        let (store, restored, events) = Store::open(&config.state.dir)?;
         let miners = bind(config.server.listen, "server.listen").await?;
         let api_listener = bind(config.api.listen, "api.listen").await?;
         let miner_addr = miners.local_addr().unwrap_or(config.server.listen);
@@ -128,7 +140,30 @@ impl Proxy {
         for group in context.groups.iter() {
             metrics.register_group(&group.name);
         }
+        let gates = Arc::new(GroupGates::new(GroupController::restored_gates(
+            &context.groups,
+            &restored,
+        )));
+        context.gates = Arc::clone(&gates);
         let context = Arc::new(context);
+        let hooks = HookRunner::new(
+            &config.hooks,
+            metrics.clone(),
+            crate::groups::hooks::workers_dir(store.dir()),
+        )?;
+        let (controller, groups) = GroupController::new(ControllerParts {
+            config: Arc::clone(&config),
+            downstream: Arc::clone(&context),
+            gates,
+            hooks,
+            store,
+            restored,
+            events,
+            metrics: metrics.clone(),
+            cancel: cancel.child_token(),
+            tracker: tracker.clone(),
+        });
+        tracker.spawn(controller.run());
         tracker.spawn(downstream::listen(
             miners,
             Arc::clone(&context),
@@ -140,6 +175,7 @@ impl Proxy {
                 metrics: metrics.clone(),
                 router: handle.clone(),
                 downstream: Arc::clone(&context),
+                groups: groups.clone(),
                 token,
             },
             cancel.child_token(),
@@ -150,6 +186,7 @@ impl Proxy {
             metrics,
             router: handle,
             downstream: context,
+            groups,
             cancel,
             tracker,
             grace: config.server.shutdown_grace,

@@ -5,53 +5,11 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use common::{config_for, eventually, pool, proxy};
+use common::{Http, blocking, config_for, eventually, pool, proxy};
 use hashgate::api::{GroupView, UpstreamReport, WorkersPage};
 use hashgate::downstream::WorkerSnapshot;
 use hashgate::sim::{SimMinerConfig, SimMinerStats, run_sim_miner};
 use tokio_util::sync::CancellationToken;
-
-struct Http {
-    agent: ureq::Agent,
-    base: String,
-}
-
-impl Http {
-    fn new(addr: std::net::SocketAddr) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Http {
-            agent,
-            base: format!("http://{addr}"),
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_string().unwrap())
-    }
-
-    fn post(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        let mut request = self.agent.post(format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let mut response = request.send_empty().unwrap();
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_string().unwrap())
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_endpoints_on_a_proxy_with_traffic() {
@@ -140,7 +98,10 @@ async fn api_endpoints_on_a_proxy_with_traffic() {
     let (_, body) = blocking(move || h.get("/api/v1/groups")).await;
     let groups: Vec<GroupView> = serde_json::from_str(&body).unwrap();
     assert_eq!(groups.len(), 1);
-    assert_eq!((groups[0].name.as_str(), groups[0].workers), ("default", 3));
+    assert_eq!(
+        (groups[0].status.name.as_str(), groups[0].status.workers),
+        ("default", 3)
+    );
 
     let h = Arc::clone(&http);
     let (_, body) = blocking(move || h.get("/api/v1/upstreams")).await;
@@ -309,17 +270,33 @@ watts_per_worker = 10.0
     assert_eq!(group_of("farm.r3-0001"), "gpu-row");
     assert_eq!(group_of("farm.other"), "default");
 
+    // The group controller publishes power on its next tick.
+    eventually("the c07 miners' watts are counted", || {
+        proxy
+            .metrics
+            .group_power_watts
+            .with_label_values(&["c07"])
+            .get()
+            == 6500.0
+    })
+    .await;
     let h = Arc::clone(&http);
     let (_, body) = blocking(move || h.get("/api/v1/groups")).await;
     let groups: Vec<GroupView> = serde_json::from_str(&body).unwrap();
-    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    let names: Vec<&str> = groups.iter().map(|g| g.status.name.as_str()).collect();
     assert_eq!(names, vec!["c07", "gpu-row", "lab", "default"]);
-    assert_eq!((groups[0].workers, groups[0].power_watts), (2, 6500.0));
     assert_eq!(
-        (groups[1].kind.as_str(), groups[1].power_watts),
+        (groups[0].status.workers, groups[0].status.power_watts),
+        (2, 6500.0)
+    );
+    assert_eq!(
+        (groups[1].kind.as_str(), groups[1].status.power_watts),
         ("gpu", 1500.0)
     );
-    assert_eq!(groups[2].workers, 0, "an empty group is still listed");
+    assert_eq!(
+        groups[2].status.workers, 0,
+        "an empty group is still listed"
+    );
 
     let h = Arc::clone(&http);
     let (_, body) = blocking(move || h.get("/metrics")).await;

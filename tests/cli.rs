@@ -197,8 +197,10 @@ fn run_stops_gracefully_on_sigterm() {
     let miners = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let miner_addr = miners.local_addr().unwrap();
     drop(miners);
+    let state = std::env::temp_dir().join(format!("hashgate-cli-state-{}", std::process::id()));
     let text = format!(
-        "[server]\nlisten = \"{miner_addr}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[[upstream]]\nname = \"p\"\nurl = \"{}\"\nuser = \"u\"\n",
+        "[server]\nlisten = \"{miner_addr}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n[[upstream]]\nname = \"p\"\nurl = \"{}\"\nuser = \"u\"\n",
+        state.display(),
         pool.url()
     );
     let path = write_config("run.toml", &text);

@@ -148,6 +148,8 @@ pub struct DownstreamContext {
     pub per_worker_metrics: bool,
     /// The hardware groups miners are assigned to at authorize.
     pub groups: crate::groups::Groups,
+    /// Each group's gate (may it get work), watched by its sessions from authorize on.
+    pub gates: Arc<crate::groups::GroupGates>,
     next_id: AtomicU64,
 }
 
@@ -172,6 +174,7 @@ impl DownstreamContext {
             cancel,
             per_worker_metrics: false,
             groups: crate::groups::Groups::default(),
+            gates: Arc::default(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -11,13 +11,14 @@ use prometheus::{Counter, IntCounter, IntGauge};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use super::stats::WorkerStats;
 use super::vardiff::Vardiff;
 use super::{DownstreamContext, SessionCommand};
+use crate::groups::{Gate, GroupGate};
 use crate::protocol::{
     Authorize, Configure, ConfigureResult, FrameError, Id, LineCodec, Message, Method, ParamError,
     ProtocolError, Reconnect, Request, Response, SetExtranonce, Submit, Subscribe, SubscribeResult,
@@ -57,6 +58,7 @@ enum Ending {
     Reconnect,
     NoExtranonce,
     TooManyBadLines,
+    Drained,
 }
 
 impl Ending {
@@ -72,6 +74,7 @@ impl Ending {
             Ending::Reconnect => "reconnect",
             Ending::NoExtranonce => "extranonce_exhausted",
             Ending::TooManyBadLines => "protocol",
+            Ending::Drained => "drained",
         }
     }
 }
@@ -97,7 +100,6 @@ pub async fn serve_miner(
         session.release_extranonce();
         if !session.authorized.is_empty() {
             session.counters.workers.dec();
-            session.counters.power.sub(session.watts);
         }
         drop(session); // closes the queue: the writer flushes what is left and ends
         let mut writer = writer;
@@ -155,7 +157,7 @@ struct GroupCounters {
     not_subscribed: IntCounter,
     accepted_difficulty: Counter,
     workers: IntGauge,
-    power: prometheus::Gauge,
+    refused: IntCounter,
 }
 
 impl GroupCounters {
@@ -171,7 +173,7 @@ impl GroupCounters {
             not_subscribed: shares("not_subscribed"),
             accepted_difficulty: metrics.accepted_difficulty.with_label_values(&[group]),
             workers: metrics.workers_connected.with_label_values(&[group]),
-            power: metrics.group_power_watts.with_label_values(&[group]),
+            refused: metrics.group_refused_miners.with_label_values(&[group]),
         }
     }
 
@@ -207,8 +209,6 @@ struct SentJob {
 struct Session {
     id: u64,
     peer: SocketAddr,
-    /// Watts this miner's mining adds to its group's `hashgate_group_power_watts`.
-    watts: f64,
     context: Arc<DownstreamContext>,
     out: mpsc::Sender<Bytes>,
     counters: GroupCounters,
@@ -238,6 +238,10 @@ struct Session {
     aliases: u64,
     /// What the API shows about this miner.
     stats: Arc<Mutex<WorkerStats>>,
+    /// The group's gate, watched from authorize on.
+    gate: Option<watch::Receiver<Gate>>,
+    /// Where a refused reconnect is reported.
+    group_gate: Option<Arc<GroupGate>>,
     /// Per-worker series, resolved at authorize when `api.per_worker_metrics` is on.
     worker_metrics: Option<WorkerMetrics>,
 }
@@ -274,7 +278,6 @@ impl Session {
             id,
             counters: GroupCounters::new(&context.metrics, &context.groups.default_group().name),
             peer,
-            watts: 0.0,
             context,
             out,
             authorized: Vec::new(),
@@ -299,6 +302,8 @@ impl Session {
             aliases: 0,
             stats,
             worker_metrics: None,
+            gate: None,
+            group_gate: None,
         }
     }
 
@@ -325,6 +330,12 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
+            let gate_changed = async {
+                match self.gate.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let subscribe_deadline = async {
                 match &self.pending_subscribe {
                     Some((_, deadline)) => {
@@ -337,6 +348,9 @@ impl Session {
                 biased;
                 _ = cancel.cancelled() => Err(Ending::Shutdown),
                 Some(command) = commands.recv() => self.on_command(command),
+                alive = gate_changed => {
+                    if alive { self.on_gate_changed() } else { self.gate = None; Ok(()) }
+                }
                 alive = work_changed => {
                     if alive { self.on_work_changed().await } else { self.work_rx = None; Ok(()) }
                 }
@@ -628,6 +642,7 @@ impl Session {
     }
 
     fn on_authorize(&mut self, id: Id, authorize: Authorize) -> Result<(), Ending> {
+        let mut gate_now = None;
         let worker = authorize.worker.trim().to_owned();
         if worker.is_empty() {
             return self.reply_error(id, code::UNAUTHORIZED, "empty worker name");
@@ -646,10 +661,14 @@ impl Session {
                     self.context
                         .groups
                         .assign(&worker, self.peer.ip(), self.user_agent.as_deref());
-                let (group_name, watts) = (Arc::clone(&group.name), group.watts_per_worker);
+                let group_name = Arc::clone(&group.name);
                 self.counters = GroupCounters::new(&self.context.metrics, &group_name);
-                self.watts = watts;
-                self.counters.power.add(watts);
+                if let Some(gate) = self.context.gates.get(&group_name) {
+                    let rx = gate.subscribe();
+                    gate_now = Some(rx.borrow().clone());
+                    self.gate = Some(rx);
+                    self.group_gate = Some(Arc::clone(gate));
+                }
                 tracing::Span::current().record("group", &*group_name);
                 self.update_stats(|s| s.group = group_name);
                 tracing::Span::current().record("worker", worker.as_str());
@@ -673,8 +692,83 @@ impl Session {
             }
             self.authorized.push(worker);
         }
-        self.reply(id, true.into())?;
+        match gate_now {
+            Some(gate) => self.apply_gate(gate, Some(id))?,
+            None => self.reply(id, true.into())?,
+        }
         self.start_work()
+    }
+
+    /// Obeys the group's gate. At authorize (`authorize` is the request's id) a closed group's
+    /// miner is refused: it is still hashing somewhere, and the drain's witness must know.
+    fn apply_gate(&mut self, gate: Gate, authorize: Option<Id>) -> Result<(), Ending> {
+        match gate {
+            Gate::Open | Gate::Paused => {
+                if let Some(id) = authorize {
+                    self.reply(id, true.into())?;
+                }
+                let pause = gate == Gate::Paused;
+                if pause != self.paused {
+                    self.set_paused(pause);
+                    if !pause && self.work_started {
+                        self.send_job(true)?;
+                    }
+                }
+                Ok(())
+            }
+            Gate::Closed { message } => {
+                self.send(
+                    Request::notification(Method::ShowMessage(message.to_string())).to_line(),
+                )?;
+                if let Some(id) = authorize {
+                    self.refused();
+                    self.reply_error(id, code::UNAUTHORIZED, &message)?;
+                }
+                Err(Ending::Drained)
+            }
+            Gate::Redirect {
+                host,
+                port,
+                message,
+            } => {
+                if let Some(id) = authorize {
+                    self.refused();
+                    self.reply(id, true.into())?;
+                }
+                self.send(
+                    Request::notification(Method::ShowMessage(message.to_string())).to_line(),
+                )?;
+                self.send(
+                    Request::notification(Method::Reconnect(Reconnect {
+                        host: host.map(|h| h.to_string()),
+                        port,
+                        wait_seconds: None,
+                    }))
+                    .to_line(),
+                )?;
+                Err(Ending::Drained)
+            }
+        }
+    }
+
+    fn refused(&self) {
+        info!("miner of a drained group came back: refused");
+        self.counters.refused.inc();
+        if let Some(gate) = &self.group_gate {
+            gate.record_refused();
+        }
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        self.update_stats(|s| s.paused = paused);
+    }
+
+    fn on_gate_changed(&mut self) -> Result<(), Ending> {
+        let Some(gate) = self.gate.as_mut().map(|rx| rx.borrow_and_update().clone()) else {
+            return Ok(());
+        };
+        self.apply_gate(gate, None)
     }
 
     /// Sends the first work once the miner is both subscribed and authorized.
@@ -887,11 +981,11 @@ impl Session {
     fn on_command(&mut self, command: SessionCommand) -> Result<(), Ending> {
         match command {
             SessionCommand::PauseWork => {
-                self.paused = true;
+                self.set_paused(true);
                 Ok(())
             }
             SessionCommand::ResumeWork => {
-                self.paused = false;
+                self.set_paused(false);
                 if self.work_started {
                     self.send_job(true)?;
                 }
@@ -986,7 +1080,7 @@ impl Session {
             }
             Verdict::Rejected(reject) => {
                 self.counters.rejected(&reject).inc();
-                self.update_stats(|s| s.rejected += 1);
+                self.update_stats(|s| s.rejected());
                 if let Some(worker) = &self.worker_metrics {
                     worker.rejected.inc();
                 }

@@ -87,6 +87,12 @@ pub struct WorkerStats {
     pub connected_since: u64,
     /// When the last accepted share arrived (unix seconds).
     pub last_share: Option<u64>,
+    /// When the miner last submitted anything, accepted or not (unix milliseconds): a miner told
+    /// to stop is still hashing as long as it submits.
+    pub last_submit_unix_ms: Option<u64>,
+    /// Whether the miner is held without new work (its group is paused, or waits for the resume
+    /// ramp).
+    pub paused: bool,
     hashrate_1m: RateEstimator,
     hashrate_15m: RateEstimator,
 }
@@ -105,6 +111,8 @@ impl WorkerStats {
             upstream: None,
             connected_since: unix_now(),
             last_share: None,
+            last_submit_unix_ms: None,
+            paused: false,
             hashrate_1m: RateEstimator::new(60.0),
             hashrate_15m: RateEstimator::new(900.0),
         }
@@ -115,8 +123,25 @@ impl WorkerStats {
         let now = Instant::now();
         self.accepted += 1;
         self.last_share = Some(unix_now());
+        self.submitted();
         self.hashrate_1m.add(now, difficulty);
         self.hashrate_15m.add(now, difficulty);
+    }
+
+    /// Records a rejected share.
+    pub fn rejected(&mut self) {
+        self.rejected += 1;
+        self.submitted();
+    }
+
+    fn submitted(&mut self) {
+        self.last_submit_unix_ms = Some(crate::groups::unix_ms());
+    }
+
+    /// Hashes per second over about 15 minutes (what a drain's quiet period is derived from: it
+    /// does not collapse within a minute of the miner going quiet).
+    pub fn hashrate_15m(&self) -> f64 {
+        self.hashrate_15m.at(Instant::now()) * 4_294_967_296.0
     }
 
     /// A copy for the API, with hashrates evaluated now.
@@ -136,6 +161,7 @@ impl WorkerStats {
             last_share: self.last_share,
             connected_since: self.connected_since,
             upstream: self.upstream.as_deref().map(str::to_owned),
+            paused: self.paused,
         }
     }
 }
@@ -169,6 +195,9 @@ pub struct WorkerSnapshot {
     pub connected_since: u64,
     /// Serving upstream.
     pub upstream: Option<String>,
+    /// Held without new work (group paused or waiting for the resume ramp).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 fn unix_now() -> u64 {

@@ -56,7 +56,20 @@ handshake_timeout = "3s"
             "\n[[upstream]]\nname = \"pool{i}\"\nurl = \"{url}\"\nuser = \"farm.proxy\"\npriority = {i}\n"
         ));
     }
-    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
+    let mut config = Config::parse(&text, Path::new("test.toml")).expect("test config is valid");
+    if !extra.contains("[state]") {
+        config.state.dir = state_dir();
+    }
+    config
+}
+
+/// A fresh state directory for one proxy of this test process.
+pub fn state_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hashgate-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// A pool with test-friendly defaults (easy difficulty, slow jobs so shares are not stale).
@@ -157,6 +170,20 @@ impl RawMiner {
         self.observe(&message);
         self.received.push(message.clone());
         message
+    }
+
+    /// Everything that arrives within `window` (stops early if the connection closes).
+    pub async fn collect_for(&mut self, window: Duration) -> Vec<Message> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut messages = Vec::new();
+        while let Ok(Some(Ok(line))) = tokio::time::timeout_at(deadline, self.framed.next()).await {
+            if let Ok(message) = Message::parse(&line) {
+                self.observe(&message);
+                self.received.push(message.clone());
+                messages.push(message);
+            }
+        }
+        messages
     }
 
     /// Whether the proxy closed the connection (within the timeout).
@@ -298,4 +325,62 @@ impl RawMiner {
         line.push_str("]}");
         line
     }
+}
+
+/// A blocking HTTP client for the API (run it through [`blocking`] from async tests).
+pub struct Http {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Http {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Http {
+            agent,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+
+    /// A POST without a body (as `curl -X POST` sends).
+    pub fn post(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut request = self.agent.post(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let mut response = request.send_empty().unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+
+    pub fn post_json(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        let mut response = request.send(body.as_bytes()).unwrap();
+        let status = response.status().as_u16();
+        (status, response.body_mut().read_to_string().unwrap())
+    }
+}
+
+/// Runs blocking work (an HTTP call) off the async test's threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
 }

@@ -1,10 +1,8 @@
-//! Hardware groups: which group a miner belongs to, and what its mining draws.
+//! Which group a miner belongs to.
 //!
-//! A farm groups machines the way they are wired (a container, a row, a PDU) because that is the
-//! unit whose power is handed to AI work. A miner's group is decided once, at authorize, from the
-//! first `[[group]]` whose rules match its worker name (glob), address (CIDR) or user agent
-//! (glob); unmatched miners are in `default`. The drain state machine, windows, capacity
-//! requests and hooks build on this (they are the next part of the groups work).
+//! A miner's group is decided once, at authorize, from the first `[[group]]` whose rules match
+//! its worker name (glob), address (CIDR) or user agent (glob); unmatched miners are in
+//! `default`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -169,6 +167,9 @@ mod tests {
             watts_per_worker: 3250.0,
             efficiency_j_per_th: None,
             drain_priority: None,
+            drain_timeout: None,
+            ramp_workers_per_second: None,
+            ramp_watts_per_second: None,
         }
     }
 

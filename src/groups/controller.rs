@@ -1,0 +1,1263 @@
+//! The group controller: the one task that moves groups through
+//! `active -> draining -> drained -> resuming -> active`.
+//!
+//! It owns every [`GroupRecord`]; the API and (later) windows and capacity requests send it
+//! [`Control`] messages through a [`GroupsHandle`] and get the outcome back. Each tick it looks at
+//! the session registry (who of a group is still submitting, who the ramp may admit next),
+//! publishes power and state metrics and a status snapshot for the API, and makes the automatic
+//! transitions (drained once every miner is quiet or the drain timed out; active once the ramp
+//! is done). Hooks run in their own tasks and report back, so a slow PDU script never stalls
+//! another group's drain or the miners. A transition is committed only after its required hooks
+//! succeeded and its new state is durable (see [`super::store`]); then the group's [`Gate`] is
+//! published and the sessions act on it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::events::{Event, EventLog, now_rfc3339};
+use super::gate::{GroupGates, unix_ms};
+use super::hooks::{HookContext, HookFailure, HookRunner};
+use super::state::{Claim, Drain, DrainMode, GroupRecord, GroupState, RosterEntry};
+use super::store::{PersistedState, Store, StoreError};
+use crate::config::{Config, HookEvent};
+use crate::downstream::{DownstreamContext, SessionCommand};
+use crate::metrics::Metrics;
+
+/// How often the controller looks at the sessions.
+const TICK: Duration = Duration::from_millis(200);
+/// Miners listed as still hashing in a group's status (the API pages the rest by group).
+const MAX_LISTED_HASHING: usize = 100;
+
+/// Why a group command was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No such group.
+    #[error("no group {0:?}")]
+    UnknownGroup(String),
+    /// A transition of the group is under way (its hooks are running).
+    #[error("group {group}: {what} is in progress; retry when it is done")]
+    Busy {
+        /// The group.
+        group: String,
+        /// What is running.
+        what: String,
+    },
+    /// Others still hold the drain.
+    #[error("group {group} is also held by {claims}: end those first (or resume with force)")]
+    Held {
+        /// The group.
+        group: String,
+        /// Who holds it.
+        claims: String,
+    },
+    /// The request itself is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A required hook failed: the group stayed where it was.
+    #[error("group {group} stayed {state}: {failure}")]
+    HookFailed {
+        /// The group.
+        group: String,
+        /// Where it stayed.
+        state: GroupState,
+        /// What failed.
+        failure: HookFailure,
+    },
+    /// The new state could not be saved: the change was not applied.
+    #[error("group {group}: change not applied: {source}")]
+    Store {
+        /// The group.
+        group: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// hashgate is stopping.
+    #[error("hashgate is stopping")]
+    Stopped,
+}
+
+/// A drain as asked for.
+#[derive(Debug, Clone)]
+pub struct DrainRequest {
+    /// How.
+    pub mode: DrainMode,
+    /// Why (shown to miners, hooks, the audit log).
+    pub reason: String,
+    /// `host:port` for `reconnect` mode.
+    pub reconnect_to: Option<String>,
+    /// Who asks.
+    pub claim: Claim,
+}
+
+type Reply = oneshot::Sender<Result<GroupStatus, ControlError>>;
+
+/// What the controller is asked.
+enum Control {
+    Drain {
+        group: String,
+        request: DrainRequest,
+        reply: Reply,
+    },
+    Resume {
+        group: String,
+        claim: Claim,
+        force: bool,
+        reply: Reply,
+    },
+    HooksDone {
+        group: String,
+        token: u64,
+        result: Result<(), HookFailure>,
+    },
+}
+
+/// A miner still hashing through a group that was told to stop.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HashingMiner {
+    /// Worker name.
+    pub name: String,
+    /// Address.
+    pub address: String,
+    /// Seconds since its last submit (null: none since it connected).
+    pub last_submit_seconds_ago: Option<f64>,
+}
+
+/// A group's state as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct GroupStatus {
+    /// Name.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: GroupState,
+    /// Unix seconds of the last transition (0: never drained).
+    pub since: u64,
+    /// The drain's mode.
+    pub mode: Option<DrainMode>,
+    /// The drain's reason.
+    pub reason: Option<String>,
+    /// Where `reconnect` mode sends miners.
+    pub reconnect_to: Option<String>,
+    /// Who holds the drain (`manual`, `window ID`, `capacity ID`).
+    pub claims: Vec<String>,
+    /// Watts drawn by the group's mining now.
+    pub power_watts: f64,
+    /// Watts released to other loads now.
+    pub released_watts: f64,
+    /// Watts the group drew when the drain started.
+    pub watts_before: Option<f64>,
+    /// Authorized miners connected.
+    pub workers: usize,
+    /// Of those, miners mining (given work, or still submitting after being paused).
+    pub mining_workers: usize,
+    /// Miners still submitting although the group is draining or drained.
+    pub still_hashing: Vec<HashingMiner>,
+    /// Reconnects of this group's miners refused since start (disconnect/reconnect modes).
+    pub refused_reconnects: u64,
+    /// Unix seconds at which a draining group is called drained regardless.
+    pub drain_deadline: Option<u64>,
+    /// A transition whose hooks are running.
+    pub pending: Option<String>,
+    /// The last refused or failed transition.
+    pub last_error: Option<String>,
+}
+
+/// How the API and schedulers reach the controller.
+#[derive(Clone)]
+pub struct GroupsHandle {
+    tx: mpsc::Sender<Control>,
+    status: Arc<Mutex<Vec<GroupStatus>>>,
+    events: Arc<Mutex<EventLog>>,
+}
+
+impl GroupsHandle {
+    /// Drains a group (idempotent: draining a draining or drained group again changes nothing
+    /// but the mode, if another is asked for).
+    pub async fn drain(
+        &self,
+        group: &str,
+        request: DrainRequest,
+    ) -> Result<GroupStatus, ControlError> {
+        self.ask(|reply| Control::Drain {
+            group: group.to_owned(),
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// Releases `claim` on a group; the group resumes once no claim is left (or with `force`,
+    /// which drops every claim).
+    pub async fn resume(
+        &self,
+        group: &str,
+        claim: Claim,
+        force: bool,
+    ) -> Result<GroupStatus, ControlError> {
+        self.ask(|reply| Control::Resume {
+            group: group.to_owned(),
+            claim,
+            force,
+            reply,
+        })
+        .await
+    }
+
+    async fn ask(
+        &self,
+        control: impl FnOnce(Reply) -> Control,
+    ) -> Result<GroupStatus, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(control(reply))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
+        answer.await.map_err(|_| ControlError::Stopped)?
+    }
+
+    /// Every group's status, configured order, `default` last.
+    pub fn statuses(&self) -> Vec<GroupStatus> {
+        lock(&self.status).clone()
+    }
+
+    /// One group's status.
+    pub fn status(&self, group: &str) -> Option<GroupStatus> {
+        lock(&self.status).iter().find(|s| s.name == group).cloned()
+    }
+
+    /// Events after `after`, optionally of one group, oldest first.
+    pub fn events(&self, after: u64, group: Option<&str>, limit: usize) -> Vec<Event> {
+        lock(&self.events).query(after, group, limit)
+    }
+}
+
+/// A std mutex: held to copy or replace a snapshot, never across an await.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A group's drain and ramp settings, resolved from `[drain]` and its `[[group]]`.
+#[derive(Debug, Clone)]
+struct Policy {
+    watts_per_worker: f64,
+    drain_timeout: Duration,
+    quiet_min: Duration,
+    quiet_shares: f64,
+    /// Workers per second the resume admits (the slower of the worker and watt ramps).
+    ramp_rate: f64,
+    ramp_timeout: Duration,
+    hook_retry: Duration,
+}
+
+impl Policy {
+    fn new(config: &Config, name: &str, watts_per_worker: f64) -> Self {
+        let d = &config.drain;
+        let group = config.groups.iter().find(|g| g.name == name);
+        let workers_rate = group
+            .and_then(|g| g.ramp_workers_per_second)
+            .unwrap_or(d.ramp_workers_per_second);
+        let watts_rate = group
+            .and_then(|g| g.ramp_watts_per_second)
+            .or(d.ramp_watts_per_second)
+            .filter(|_| watts_per_worker > 0.0)
+            .map(|w| w / watts_per_worker);
+        Self {
+            watts_per_worker,
+            drain_timeout: group.and_then(|g| g.drain_timeout).unwrap_or(d.timeout),
+            quiet_min: d.quiet_min,
+            quiet_shares: d.quiet_shares,
+            ramp_rate: watts_rate.map_or(workers_rate, |w| w.min(workers_rate)),
+            ramp_timeout: d.ramp_timeout,
+            hook_retry: d.hook_retry,
+        }
+    }
+
+    /// How long a miner must be silent to count as no longer hashing: `quiet_shares` of its
+    /// expected share intervals (difficulty x 2^32 / hashrate), at least `quiet_min`, at most the
+    /// drain timeout.
+    fn quiet_period(&self, difficulty: f64, hashrate: f64) -> Duration {
+        let interval = if hashrate > 0.0 && difficulty > 0.0 {
+            difficulty * 4_294_967_296.0 / hashrate
+        } else {
+            0.0
+        };
+        let quiet =
+            Duration::try_from_secs_f64(interval * self.quiet_shares).unwrap_or(self.drain_timeout);
+        quiet.clamp(self.quiet_min, self.drain_timeout.max(self.quiet_min))
+    }
+}
+
+/// A transition waiting for its hooks.
+struct Pending {
+    token: u64,
+    next: GroupRecord,
+    trigger: String,
+    reply: Option<Reply>,
+}
+
+/// The resume ramp of one group.
+struct Ramp {
+    started: Instant,
+    admitted: HashSet<u64>,
+}
+
+/// What the controller keeps per group besides its record.
+struct GroupRuntime {
+    name: Arc<str>,
+    policy: Policy,
+    pending: Option<Pending>,
+    /// A failed automatic transition is tried again from then.
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+    ramp: Option<Ramp>,
+}
+
+/// One authorized miner as the controller sees it on a tick.
+struct MinerView {
+    id: u64,
+    name: String,
+    address: String,
+    paused: bool,
+    last_submit_ms: Option<u64>,
+    difficulty: f64,
+    hashrate: f64,
+    commands: mpsc::Sender<SessionCommand>,
+}
+
+/// A group's miners on a tick, judged against its drain.
+#[derive(Default)]
+struct Observed {
+    miners: Vec<MinerView>,
+    mining: usize,
+    hashing: Vec<usize>,
+}
+
+/// The controller task's state.
+pub struct GroupController {
+    rx: mpsc::Receiver<Control>,
+    tx: mpsc::Sender<Control>,
+    groups: Vec<GroupRuntime>,
+    records: BTreeMap<String, GroupRecord>,
+    /// Records of groups no longer configured: kept in the state file, not acted on.
+    orphans: BTreeMap<String, GroupRecord>,
+    downstream: Arc<DownstreamContext>,
+    gates: Arc<GroupGates>,
+    hooks: Arc<HookRunner>,
+    store: Store,
+    events: Arc<Mutex<EventLog>>,
+    status: Arc<Mutex<Vec<GroupStatus>>>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    /// Hook runs started (their tokens).
+    next_token: u64,
+    /// Transitions committed.
+    commits: u64,
+}
+
+/// What [`GroupController::new`] needs.
+pub struct ControllerParts {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// The sessions (their registry and group assignment).
+    pub downstream: Arc<DownstreamContext>,
+    /// The gates the sessions watch (built from `restored`).
+    pub gates: Arc<GroupGates>,
+    /// The hooks.
+    pub hooks: HookRunner,
+    /// The state directory.
+    pub store: Store,
+    /// What the state directory held.
+    pub restored: PersistedState,
+    /// The audit log so far.
+    pub events: Vec<Event>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Stops the controller.
+    pub cancel: CancellationToken,
+    /// Where hook tasks are tracked.
+    pub tracker: TaskTracker,
+}
+
+impl GroupController {
+    /// The controller and its handle.
+    pub fn new(parts: ControllerParts) -> (GroupController, GroupsHandle) {
+        let (tx, rx) = mpsc::channel(64);
+        let groups: Vec<GroupRuntime> = parts
+            .downstream
+            .groups
+            .iter()
+            .map(|g| GroupRuntime {
+                name: Arc::clone(&g.name),
+                policy: Policy::new(&parts.config, &g.name, g.watts_per_worker),
+                pending: None,
+                retry_at: None,
+                last_error: None,
+                ramp: None,
+            })
+            .collect();
+        let mut records = BTreeMap::new();
+        let mut orphans = BTreeMap::new();
+        for (name, record) in parts.restored.groups {
+            if groups.iter().any(|g| *g.name == *name) {
+                if record.state != GroupState::Active {
+                    info!(group = %name, state = %record.state, "restored group state");
+                }
+                records.insert(name, record);
+            } else {
+                warn!(group = %name, state = %record.state, "state file names a group that is no longer configured; kept, not acted on");
+                orphans.insert(name, record);
+            }
+        }
+        let events = Arc::new(Mutex::new(EventLog::new(parts.events)));
+        let status = Arc::new(Mutex::new(Vec::new()));
+        let handle = GroupsHandle {
+            tx: tx.clone(),
+            status: Arc::clone(&status),
+            events: Arc::clone(&events),
+        };
+        let controller = GroupController {
+            rx,
+            tx,
+            groups,
+            records,
+            orphans,
+            downstream: parts.downstream,
+            gates: parts.gates,
+            hooks: Arc::new(parts.hooks),
+            store: parts.store,
+            events,
+            status,
+            metrics: parts.metrics,
+            cancel: parts.cancel,
+            tracker: parts.tracker,
+            next_token: 1,
+            commits: 0,
+        };
+        controller.publish(&controller.observe_all());
+        (controller, handle)
+    }
+
+    /// The gate each configured group starts with, from what the state directory held.
+    pub fn restored_gates(
+        downstream_groups: &crate::groups::Groups,
+        restored: &PersistedState,
+    ) -> Vec<(Arc<str>, super::state::Gate)> {
+        downstream_groups
+            .iter()
+            .map(|g| {
+                let gate = restored
+                    .groups
+                    .get(&*g.name)
+                    .map(GroupRecord::gate)
+                    .unwrap_or_default();
+                (Arc::clone(&g.name), gate)
+            })
+            .collect()
+    }
+
+    /// Runs until cancelled.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                Some(control) = self.rx.recv() => self.on_control(control),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn record(&self, group: &str) -> GroupRecord {
+        self.records.get(group).cloned().unwrap_or_default()
+    }
+
+    fn index(&self, group: &str) -> Option<usize> {
+        self.groups.iter().position(|g| &*g.name == group)
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Drain {
+                group,
+                request,
+                reply,
+            } => {
+                if let Some(reply) = self.drain(&group, request, reply) {
+                    let _ = reply.send(Ok(self.status_of(&group)));
+                }
+            }
+            Control::Resume {
+                group,
+                claim,
+                force,
+                reply,
+            } => {
+                if let Some(reply) = self.resume(&group, claim, force, reply) {
+                    let _ = reply.send(Ok(self.status_of(&group)));
+                }
+            }
+            Control::HooksDone {
+                group,
+                token,
+                result,
+            } => self.hooks_done(&group, token, result),
+        }
+    }
+
+    /// Handles a drain; returns the reply when it is answered with the group's status now
+    /// (otherwise it was answered or is kept until the hooks finish).
+    fn drain(&mut self, group: &str, request: DrainRequest, reply: Reply) -> Option<Reply> {
+        let (index, reply) = self.ready(group, reply)?;
+        if request.mode == DrainMode::Reconnect
+            && request
+                .reconnect_to
+                .as_deref()
+                .and_then(super::state::split_host_port)
+                .is_none()
+        {
+            let _ = reply.send(Err(ControlError::BadRequest(
+                "mode reconnect needs reconnect_to = \"host:port\"".into(),
+            )));
+            return None;
+        }
+        let current = self.record(group);
+        match current.state {
+            GroupState::Draining | GroupState::Drained => {
+                let mut next = current.clone();
+                let mut kind = None;
+                if next.claims.insert(request.claim.clone()) {
+                    kind = Some("claim_added");
+                }
+                if let Some(drain) = next.drain.as_mut() {
+                    if drain.mode != request.mode || drain.reconnect_to != request.reconnect_to {
+                        drain.mode = request.mode;
+                        drain.reconnect_to = request.reconnect_to.clone();
+                        kind = Some("mode_changed");
+                    }
+                }
+                match kind {
+                    None => Some(reply), // the same drain again: nothing changes
+                    Some(kind) => {
+                        let trigger = request.claim.to_string();
+                        match self.commit(index, next, kind, &trigger, "") {
+                            Ok(()) => Some(reply),
+                            Err(error) => {
+                                let _ = reply.send(Err(error));
+                                None
+                            }
+                        }
+                    }
+                }
+            }
+            GroupState::Active | GroupState::Resuming => {
+                let observed = self.observe(index);
+                let now = unix_ms();
+                let next = GroupRecord {
+                    state: GroupState::Draining,
+                    since: now / 1000,
+                    drain: Some(Drain {
+                        mode: request.mode,
+                        reason: request.reason.clone(),
+                        reconnect_to: request.reconnect_to.clone(),
+                        started_at_ms: now,
+                        watts_before: observed.mining as f64
+                            * self.groups[index].policy.watts_per_worker,
+                        roster: observed
+                            .miners
+                            .iter()
+                            .map(|m| RosterEntry {
+                                name: m.name.clone(),
+                                address: m.address.clone(),
+                            })
+                            .collect(),
+                    }),
+                    claims: [request.claim.clone()].into(),
+                    resume_started_at: None,
+                };
+                self.begin(index, next, request.claim.to_string(), Some(reply))
+            }
+        }
+    }
+
+    fn resume(&mut self, group: &str, claim: Claim, force: bool, reply: Reply) -> Option<Reply> {
+        let (index, reply) = self.ready(group, reply)?;
+        let current = self.record(group);
+        if matches!(current.state, GroupState::Active | GroupState::Resuming) {
+            return Some(reply); // already mining or on its way: nothing to do
+        }
+        let mut claims = current.claims.clone();
+        if force {
+            claims.clear();
+        } else {
+            claims.remove(&claim);
+        }
+        if !claims.is_empty() {
+            let claims: Vec<String> = claims.iter().map(Claim::to_string).collect();
+            let _ = reply.send(Err(ControlError::Held {
+                group: group.to_owned(),
+                claims: claims.join(", "),
+            }));
+            return None;
+        }
+        let next = GroupRecord {
+            state: GroupState::Resuming,
+            since: unix_ms() / 1000,
+            drain: current.drain.clone(),
+            claims,
+            resume_started_at: Some(unix_ms() / 1000),
+        };
+        let trigger = if force {
+            format!("{claim} (force)")
+        } else {
+            claim.to_string()
+        };
+        self.begin(index, next, trigger, Some(reply))
+    }
+
+    /// The group's index if it exists and no transition of it is under way; otherwise the
+    /// reply is answered with why.
+    fn ready(&self, group: &str, reply: Reply) -> Option<(usize, Reply)> {
+        let refusal = match self.index(group) {
+            None => ControlError::UnknownGroup(group.to_owned()),
+            Some(index) => match &self.groups[index].pending {
+                None => return Some((index, reply)),
+                Some(pending) => ControlError::Busy {
+                    group: group.to_owned(),
+                    what: format!(
+                        "the {} transition (its hooks are running)",
+                        pending.next.state
+                    ),
+                },
+            },
+        };
+        let _ = reply.send(Err(refusal));
+        None
+    }
+
+    /// Starts a transition to `next`: runs its event's hooks (in a task) and commits when they
+    /// succeed. Returns the reply if the transition was committed at once (no hooks).
+    fn begin(
+        &mut self,
+        index: usize,
+        next: GroupRecord,
+        trigger: String,
+        reply: Option<Reply>,
+    ) -> Option<Reply> {
+        let event = match next.state {
+            GroupState::Draining => HookEvent::Draining,
+            GroupState::Drained => HookEvent::Drained,
+            GroupState::Resuming => HookEvent::Resuming,
+            GroupState::Active => HookEvent::Active,
+        };
+        let name = Arc::clone(&self.groups[index].name);
+        if !self.hooks.has_hooks(event, &name) {
+            return match self.commit(index, next, "transition", &trigger, "") {
+                Ok(()) => reply,
+                Err(error) => {
+                    self.failed_automatic(index, &error.to_string());
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error));
+                    }
+                    None
+                }
+            };
+        }
+        let context = self.hook_context(index, event, &next, &trigger);
+        let token = self.next_token;
+        self.next_token += 1;
+        self.groups[index].pending = Some(Pending {
+            token,
+            next,
+            trigger,
+            reply,
+        });
+        let hooks = Arc::clone(&self.hooks);
+        let tx = self.tx.clone();
+        self.tracker.spawn(async move {
+            let result = hooks.run(&context).await;
+            let _ = tx
+                .send(Control::HooksDone {
+                    group: context.group,
+                    token,
+                    result,
+                })
+                .await;
+        });
+        self.publish(&self.observe_all());
+        None
+    }
+
+    fn hook_context(
+        &self,
+        index: usize,
+        event: HookEvent,
+        next: &GroupRecord,
+        trigger: &str,
+    ) -> HookContext {
+        let observed = self.observe(index);
+        let runtime = &self.groups[index];
+        let watts_now = observed.mining as f64 * runtime.policy.watts_per_worker;
+        let drain = next.drain.as_ref();
+        let watts_before = drain.map_or(watts_now, |d| d.watts_before);
+        let watts = match event {
+            HookEvent::Draining | HookEvent::Resuming => watts_before,
+            HookEvent::Drained => (watts_before - watts_now).max(0.0),
+            HookEvent::Active => watts_now,
+        };
+        let roster = match event {
+            HookEvent::Draining | HookEvent::Drained | HookEvent::Resuming => {
+                drain.map(|d| d.roster.clone()).unwrap_or_default()
+            }
+            HookEvent::Active => observed
+                .miners
+                .iter()
+                .map(|m| RosterEntry {
+                    name: m.name.clone(),
+                    address: m.address.clone(),
+                })
+                .collect(),
+        };
+        HookContext {
+            event,
+            group: runtime.name.to_string(),
+            reason: drain.map(|d| d.reason.clone()).unwrap_or_default(),
+            mode: drain.map(|d| d.mode),
+            trigger: trigger.to_owned(),
+            watts,
+            roster,
+        }
+    }
+
+    fn hooks_done(&mut self, group: &str, token: u64, result: Result<(), HookFailure>) {
+        let Some(index) = self.index(group) else {
+            return;
+        };
+        let Some(pending) = self.groups[index]
+            .pending
+            .take_if(|pending| pending.token == token)
+        else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                let outcome = self.commit(index, pending.next, "transition", &pending.trigger, "");
+                if let Err(error) = &outcome {
+                    self.failed_automatic(index, &error.to_string());
+                }
+                if let Some(reply) = pending.reply {
+                    let _ = reply.send(outcome.map(|()| self.status_of(group)));
+                }
+            }
+            Err(failure) => {
+                let current = self.record(group).state;
+                let target = pending.next.state;
+                self.metrics
+                    .group_blocked_transitions
+                    .with_label_values(&[group, target.as_str()])
+                    .inc();
+                let error = ControlError::HookFailed {
+                    group: group.to_owned(),
+                    state: current,
+                    failure,
+                };
+                let message = error.to_string();
+                warn!(group, to = %target, %message, "required hook failed: transition not made");
+                self.log_event(
+                    index,
+                    "hook_failed",
+                    current,
+                    target,
+                    &pending.trigger,
+                    &message,
+                );
+                self.failed_automatic(index, &message);
+                if let Some(reply) = pending.reply {
+                    let _ = reply.send(Err(error));
+                }
+            }
+        }
+        self.publish(&self.observe_all());
+    }
+
+    /// Remembers a failure; an automatic transition (drained, active) is tried again later.
+    fn failed_automatic(&mut self, index: usize, message: &str) {
+        let runtime = &mut self.groups[index];
+        runtime.last_error = Some(message.to_owned());
+        runtime.retry_at = Some(Instant::now() + runtime.policy.hook_retry);
+    }
+
+    /// Makes `next` the group's state: durable first, then the gate, metrics and the event.
+    fn commit(
+        &mut self,
+        index: usize,
+        next: GroupRecord,
+        kind: &str,
+        trigger: &str,
+        detail: &str,
+    ) -> Result<(), ControlError> {
+        let name = Arc::clone(&self.groups[index].name);
+        let previous = self.record(&name);
+        let mut state = PersistedState {
+            version: 0,
+            groups: self.records.clone(),
+        };
+        state.groups.extend(self.orphans.clone());
+        state.groups.insert(name.to_string(), next.clone());
+        if let Err(source) = self.store.save(&state) {
+            error!(group = %name, %source, "state not saved: transition not applied");
+            self.metrics.state_save_failures.inc();
+            return Err(ControlError::Store {
+                group: name.to_string(),
+                source,
+            });
+        }
+        let (from, to) = (previous.state, next.state);
+        if let Some(gate) = self.gates.get(&name) {
+            gate.set(next.gate());
+        }
+        self.records.insert(name.to_string(), next);
+        self.commits += 1;
+        let runtime = &mut self.groups[index];
+        runtime.retry_at = None;
+        runtime.last_error = None;
+        match to {
+            GroupState::Resuming if from != GroupState::Resuming => {
+                runtime.ramp = Some(Ramp {
+                    started: Instant::now(),
+                    admitted: HashSet::new(),
+                });
+            }
+            GroupState::Resuming => {}
+            _ => runtime.ramp = None,
+        }
+        info!(group = %name, %from, %to, trigger, kind, "group transition");
+        self.log_event(index, kind, from, to, trigger, detail);
+        self.publish(&self.observe_all());
+        Ok(())
+    }
+
+    /// Appends to the audit log: watts drawn when the transition started (the last published
+    /// status), drawn now, and released now.
+    fn log_event(
+        &mut self,
+        index: usize,
+        kind: &str,
+        from: GroupState,
+        to: GroupState,
+        trigger: &str,
+        detail: &str,
+    ) {
+        let name = self.groups[index].name.to_string();
+        let observed = self.observe(index);
+        let record = self.record(&name);
+        let watts_after = observed.mining as f64 * self.groups[index].policy.watts_per_worker;
+        let watts_before = self.status_of(&name).power_watts;
+        let drain = record.drain.as_ref();
+        let event = Event {
+            seq: 0,
+            time: now_rfc3339(),
+            group: name,
+            kind: kind.to_owned(),
+            from,
+            to,
+            trigger: trigger.to_owned(),
+            mode: drain.map(|d| d.mode.as_str().to_owned()),
+            reason: drain.map(|d| d.reason.clone()).unwrap_or_default(),
+            watts_before,
+            watts_after,
+            released_watts: released_watts(&record, watts_after),
+            workers: observed.miners.len(),
+            detail: detail.to_owned(),
+        };
+        let mut log = lock(&self.events);
+        let event = Event {
+            seq: log.next_seq(),
+            ..event
+        };
+        if let Err(error) = self.store.append_event(&event) {
+            // The transition itself is saved; the audit line is kept in memory and the
+            // failure is loud.
+            error!(%error, "audit event not saved");
+            self.metrics.state_save_failures.inc();
+        }
+        log.push(event);
+    }
+
+    fn on_tick(&mut self) {
+        let observed = self.observe_all();
+        let now_ms = unix_ms();
+        let changes = (self.next_token, self.commits);
+        for (index, observed) in observed.iter().enumerate() {
+            if self.groups[index].pending.is_some()
+                || self.groups[index]
+                    .retry_at
+                    .is_some_and(|at| Instant::now() < at)
+            {
+                continue;
+            }
+            let record = self.record(&self.groups[index].name);
+            match record.state {
+                GroupState::Draining => self.check_drained(index, &record, observed, now_ms),
+                GroupState::Resuming => self.ramp(index, &record, observed),
+                GroupState::Active | GroupState::Drained => {}
+            }
+        }
+        // A transition published its own fresh status; otherwise this tick's view is current.
+        if (self.next_token, self.commits) == changes {
+            self.publish(&observed);
+        }
+    }
+
+    /// Drained once every miner is quiet and none came back for `quiet_min`, or at the timeout.
+    fn check_drained(
+        &mut self,
+        index: usize,
+        record: &GroupRecord,
+        observed: &Observed,
+        now_ms: u64,
+    ) {
+        let Some(drain) = &record.drain else { return };
+        let policy = &self.groups[index].policy;
+        let elapsed = Duration::from_millis(now_ms.saturating_sub(drain.started_at_ms));
+        let quiet_min_ms = policy.quiet_min.as_millis() as u64;
+        let last_refused = self
+            .gates
+            .get(&self.groups[index].name)
+            .map_or(0, |g| g.last_refused_unix_ms());
+        let refused_lately = last_refused > drain.started_at_ms
+            && now_ms.saturating_sub(last_refused) < quiet_min_ms;
+        let quiet = observed.hashing.is_empty() && !refused_lately && elapsed >= policy.quiet_min;
+        let timed_out = elapsed >= policy.drain_timeout;
+        if !quiet && !timed_out {
+            return;
+        }
+        let (trigger, detail) = if quiet {
+            ("quiet".to_owned(), String::new())
+        } else {
+            let names: Vec<&str> = observed
+                .hashing
+                .iter()
+                .map(|&i| observed.miners[i].name.as_str())
+                .collect();
+            let detail = format!(
+                "drain timeout: {} miner(s) still hashing: {}{}",
+                names.len(),
+                names
+                    .iter()
+                    .take(20)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if refused_lately {
+                    "; reconnects still refused"
+                } else {
+                    ""
+                }
+            );
+            warn!(group = %self.groups[index].name, %detail, "drained by timeout");
+            ("timeout".to_owned(), detail)
+        };
+        let next = GroupRecord {
+            state: GroupState::Drained,
+            since: now_ms / 1000,
+            ..record.clone()
+        };
+        if !detail.is_empty() {
+            self.log_event(
+                index,
+                "drain_timeout",
+                GroupState::Draining,
+                GroupState::Draining,
+                &trigger,
+                &detail,
+            );
+        }
+        self.begin(index, next, trigger, None);
+    }
+
+    /// Admits paused miners at the group's rate; active once everyone is back or at the timeout.
+    fn ramp(&mut self, index: usize, record: &GroupRecord, observed: &Observed) {
+        let rate = self.groups[index].policy.ramp_rate;
+        let ramp_timeout = self.groups[index].policy.ramp_timeout;
+        let ramp = self.groups[index].ramp.get_or_insert_with(|| Ramp {
+            started: Instant::now(),
+            admitted: HashSet::new(),
+        });
+        let elapsed = ramp.started.elapsed();
+        // One miner at once, then `rate` per second.
+        let allowed = (elapsed.as_secs_f64() * rate).floor() as usize + 1;
+        ramp.admitted
+            .retain(|id| observed.miners.iter().any(|m| m.id == *id));
+        let mut waiting = 0;
+        for miner in observed.miners.iter().filter(|m| m.paused) {
+            if ramp.admitted.contains(&miner.id) {
+                continue;
+            }
+            if ramp.admitted.len() < allowed
+                && miner.commands.try_send(SessionCommand::ResumeWork).is_ok()
+            {
+                ramp.admitted.insert(miner.id);
+            } else {
+                waiting += 1;
+            }
+        }
+        let roster_back = record.drain.as_ref().is_none_or(|d| {
+            d.roster.iter().all(|entry| {
+                observed
+                    .miners
+                    .iter()
+                    .any(|m| m.name == entry.name && (!m.paused || ramp.admitted.contains(&m.id)))
+            })
+        });
+        let done = roster_back && waiting == 0;
+        let timed_out = elapsed >= ramp_timeout;
+        if !done && !timed_out {
+            return;
+        }
+        let trigger = if done { "ramp" } else { "ramp_timeout" };
+        if !done {
+            let missing: Vec<&str> = record
+                .drain
+                .iter()
+                .flat_map(|d| &d.roster)
+                .filter(|entry| !observed.miners.iter().any(|m| m.name == entry.name))
+                .map(|entry| entry.name.as_str())
+                .take(20)
+                .collect();
+            let detail = format!(
+                "ramp timeout: {waiting} miner(s) still waiting, not back: {}",
+                missing.join(", ")
+            );
+            self.log_event(
+                index,
+                "ramp_timeout",
+                GroupState::Resuming,
+                GroupState::Resuming,
+                trigger,
+                &detail,
+            );
+        }
+        let next = GroupRecord::default_active(unix_ms() / 1000);
+        self.begin(index, next, trigger.to_owned(), None);
+    }
+
+    /// Every group's miners, judged.
+    fn observe_all(&self) -> Vec<Observed> {
+        let mut by_group: HashMap<&str, usize> = HashMap::new();
+        for (i, g) in self.groups.iter().enumerate() {
+            by_group.insert(&g.name, i);
+        }
+        let mut observed: Vec<Observed> = (0..self.groups.len())
+            .map(|_| Observed::default())
+            .collect();
+        for (id, entry) in self.downstream.sessions.snapshot() {
+            let stats = entry
+                .stats
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let Some(name) = &stats.name else { continue };
+            let Some(&index) = by_group.get(&*stats.group) else {
+                continue;
+            };
+            observed[index].miners.push(MinerView {
+                id,
+                name: name.clone(),
+                address: stats.remote.to_string(),
+                paused: stats.paused,
+                last_submit_ms: stats.last_submit_unix_ms,
+                difficulty: stats.difficulty,
+                hashrate: stats.hashrate_15m(),
+                commands: entry.commands.clone(),
+            });
+        }
+        let now_ms = unix_ms();
+        for (index, group) in observed.iter_mut().enumerate() {
+            group.miners.sort_by_key(|m| m.id);
+            let record = self.record(&self.groups[index].name);
+            let policy = &self.groups[index].policy;
+            for (i, miner) in group.miners.iter().enumerate() {
+                let mining = match (&record.state, &record.drain) {
+                    (GroupState::Active, _) | (_, None) => true,
+                    (GroupState::Resuming, _) => !miner.paused,
+                    (GroupState::Draining | GroupState::Drained, Some(drain)) => {
+                        let reference = miner.last_submit_ms.unwrap_or(0).max(drain.started_at_ms);
+                        let quiet = policy.quiet_period(miner.difficulty, miner.hashrate);
+                        let still = now_ms.saturating_sub(reference) < quiet.as_millis() as u64;
+                        if still {
+                            group.hashing.push(i);
+                        }
+                        still
+                    }
+                };
+                if mining {
+                    group.mining += 1;
+                }
+            }
+        }
+        observed
+    }
+
+    fn observe(&self, index: usize) -> Observed {
+        self.observe_all().swap_remove(index)
+    }
+
+    fn status_of(&self, group: &str) -> GroupStatus {
+        lock(&self.status)
+            .iter()
+            .find(|s| s.name == group)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Publishes statuses and metrics.
+    fn publish(&self, observed: &[Observed]) {
+        let now_ms = unix_ms();
+        let statuses: Vec<GroupStatus> = self
+            .groups
+            .iter()
+            .zip(observed)
+            .map(|(runtime, observed)| {
+                let record = self.record(&runtime.name);
+                let power = observed.mining as f64 * runtime.policy.watts_per_worker;
+                let released = released_watts(&record, power);
+                let name: &str = &runtime.name;
+                self.metrics
+                    .group_power_watts
+                    .with_label_values(&[name])
+                    .set(power);
+                self.metrics
+                    .group_released_watts
+                    .with_label_values(&[name])
+                    .set(released);
+                for state in GroupState::ALL {
+                    self.metrics
+                        .group_state
+                        .with_label_values(&[name, state.as_str()])
+                        .set(i64::from(state == record.state));
+                }
+                let drain = record.drain.as_ref();
+                GroupStatus {
+                    name: name.to_owned(),
+                    state: record.state,
+                    since: record.since,
+                    mode: drain.map(|d| d.mode),
+                    reason: drain.map(|d| d.reason.clone()),
+                    reconnect_to: drain.and_then(|d| d.reconnect_to.clone()),
+                    claims: record.claims.iter().map(Claim::to_string).collect(),
+                    power_watts: power,
+                    released_watts: released,
+                    watts_before: drain.map(|d| d.watts_before),
+                    workers: observed.miners.len(),
+                    mining_workers: observed.mining,
+                    still_hashing: observed
+                        .hashing
+                        .iter()
+                        .take(MAX_LISTED_HASHING)
+                        .map(|&i| {
+                            let m = &observed.miners[i];
+                            HashingMiner {
+                                name: m.name.clone(),
+                                address: m.address.clone(),
+                                last_submit_seconds_ago: m
+                                    .last_submit_ms
+                                    .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
+                            }
+                        })
+                        .collect(),
+                    refused_reconnects: self.gates.get(name).map_or(0, |g| g.refused_total()),
+                    drain_deadline: (record.state == GroupState::Draining)
+                        .then(|| {
+                            drain.map(|d| {
+                                (d.started_at_ms / 1000) + runtime.policy.drain_timeout.as_secs()
+                            })
+                        })
+                        .flatten(),
+                    pending: runtime
+                        .pending
+                        .as_ref()
+                        .map(|p| format!("{} hooks running", p.next.state)),
+                    last_error: runtime.last_error.clone(),
+                }
+            })
+            .collect();
+        *lock(&self.status) = statuses;
+    }
+}
+
+/// Watts a non-active group has given back: what it drew before the drain minus what it draws.
+fn released_watts(record: &GroupRecord, power_now: f64) -> f64 {
+    match (&record.state, &record.drain) {
+        (GroupState::Active, _) | (_, None) => 0.0,
+        (_, Some(drain)) => (drain.watts_before - power_now).max(0.0),
+    }
+}
+
+impl GroupRecord {
+    /// An active group with no drain.
+    fn default_active(since: u64) -> GroupRecord {
+        GroupRecord {
+            state: GroupState::Active,
+            since,
+            ..GroupRecord::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_period_scales_with_the_expected_share_interval() {
+        let policy = Policy {
+            watts_per_worker: 3250.0,
+            drain_timeout: Duration::from_secs(600),
+            quiet_min: Duration::from_secs(30),
+            quiet_shares: 6.0,
+            ramp_rate: 10.0,
+            ramp_timeout: Duration::from_secs(300),
+            hook_retry: Duration::from_secs(10),
+        };
+        // An S19 at 100 TH/s on difficulty 230,000 submits every ~9.9 s: quiet after ~59 s.
+        let quiet = policy.quiet_period(230_000.0, 100e12);
+        assert!((quiet.as_secs_f64() - 59.3).abs() < 0.5, "{quiet:?}");
+        // A fast miner is held to quiet_min, a slow one to the drain timeout.
+        assert_eq!(policy.quiet_period(1.0, 100e12), Duration::from_secs(30));
+        assert_eq!(policy.quiet_period(1e9, 1e9), Duration::from_secs(600));
+        // No hashrate known: quiet_min.
+        assert_eq!(policy.quiet_period(65536.0, 0.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn released_watts_only_while_not_active() {
+        let mut record = GroupRecord {
+            state: GroupState::Drained,
+            drain: Some(Drain {
+                mode: DrainMode::Pause,
+                reason: String::new(),
+                reconnect_to: None,
+                started_at_ms: 0,
+                watts_before: 6500.0,
+                roster: Vec::new(),
+            }),
+            ..GroupRecord::default()
+        };
+        assert_eq!(released_watts(&record, 0.0), 6500.0);
+        assert_eq!(released_watts(&record, 3250.0), 3250.0);
+        record.state = GroupState::Active;
+        assert_eq!(released_watts(&record, 0.0), 0.0);
+    }
+}

@@ -1,0 +1,35 @@
+//! Hardware groups and the power handover: drain a group's mining, hand its power to AI work
+//! through hooks, bring it back only when told to, at a safe ramp.
+//!
+//! A farm groups machines the way they are wired (a container, a row, a PDU) because that is the
+//! unit whose power moves between mining and AI. The pieces, one job each:
+//!
+//! - [`assign`]: which group a miner is in (decided at authorize).
+//! - [`state`]: the lifecycle `active -> draining -> drained -> resuming -> active` as data, and
+//!   the [`Gate`] a group's sessions obey.
+//! - [`gate`]: one `watch` per group from the controller to its sessions.
+//! - [`controller`]: the one task that moves groups between states, witnesses drains (who is
+//!   still submitting), ramps resumes, and publishes power and state.
+//! - [`hooks`]: commands and webhooks run on transitions (the actual power switch).
+//! - [`store`], [`events`]: the state that survives a restart or a crash, and the audit log.
+//!
+//! Only a machine's firmware or its PDU can cut its power: a miner without new work keeps hashing
+//! its last job, a disconnected one fails over to its backup pools. So hashgate never calls a
+//! group drained while its miners still hash through it, and never gives a drained group work
+//! again except by an explicit resume.
+
+pub mod assign;
+pub mod controller;
+pub mod events;
+pub mod gate;
+pub mod hooks;
+pub mod state;
+pub mod store;
+
+pub use assign::{DEFAULT_GROUP, Group, GroupError, Groups};
+pub use controller::{
+    ControlError, ControllerParts, DrainRequest, GroupController, GroupStatus, GroupsHandle,
+    HashingMiner,
+};
+pub use gate::{GroupGate, GroupGates, unix_ms};
+pub use state::{Claim, DrainMode, Gate, GroupRecord, GroupState};

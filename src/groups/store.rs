@@ -1,0 +1,348 @@
+//! The state directory: group states (and what holds them) in `state.json`, the audit log in
+//! `events.jsonl`.
+//!
+//! A drained group must stay drained across a restart or a `kill -9`, so a change is
+//! acknowledged only once it is on disk: the new state is written to a fresh temp file in the
+//! same directory, fsynced, renamed over `state.json`, and the directory is fsynced. A failed
+//! fsync is never retried on the same file (after a failed fsync the kernel may have dropped the
+//! dirty pages and a second fsync can report success for data that is gone): the temp file is
+//! removed and the change is refused. A state file that exists but cannot be read or parsed
+//! stops hashgate with an error naming it: starting as if no drain existed would send work to
+//! machines whose power belongs to someone else.
+//!
+//! The writes are synchronous: they happen on operator actions and transitions (a few a minute at
+//! most), in the controller's task, never on a miner's path.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::events::Event;
+use super::state::GroupRecord;
+
+/// The state file's format version.
+const STATE_VERSION: u32 = 1;
+/// Events kept in memory for `GET /api/v1/events` (the file keeps them all).
+pub const EVENTS_IN_MEMORY: usize = 10_000;
+
+/// Why the state directory could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The directory cannot be created or written.
+    #[error("state.dir {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state file exists but cannot be read.
+    #[error(
+        "{path}: cannot read the state file: {source} (fix or move it; hashgate will not start as if no drain existed)"
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state file exists but does not parse.
+    #[error(
+        "{path}: corrupt state file: {message} (fix or move it; hashgate will not start as if no drain existed)"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A write did not reach the disk; the change was not applied.
+    #[error("{path}: cannot save the state: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything that survives a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedState {
+    /// Format version.
+    #[serde(default)]
+    pub version: u32,
+    /// Group states by name (groups never drained may be absent: they are active).
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupRecord>,
+}
+
+/// The state directory.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    state_path: PathBuf,
+    events_path: PathBuf,
+    /// Temp files get a fresh name each time: a file whose fsync failed is never reused.
+    writes: u64,
+}
+
+impl Store {
+    /// Opens (creating) the directory and reads what it holds: the state and the newest events.
+    pub fn open(dir: &Path) -> Result<(Store, PersistedState, Vec<Event>), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let store = Store {
+            dir: dir.to_owned(),
+            state_path: dir.join("state.json"),
+            events_path: dir.join("events.jsonl"),
+            writes: 0,
+        };
+        store.check_writable()?;
+        let state = store.read_state()?;
+        let events = store.read_events()?;
+        Ok((store, state, events))
+    }
+
+    /// The state file's path.
+    pub fn state_path(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// The directory (hooks' workers files go in a subdirectory).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        let probe = self.dir.join(".hashgate-write-test");
+        let result = File::create(&probe).and_then(|mut f| f.write_all(b"ok"));
+        let _ = std::fs::remove_file(&probe);
+        result.map_err(|source| StoreError::Dir {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    fn read_state(&self) -> Result<PersistedState, StoreError> {
+        let text = match std::fs::read_to_string(&self.state_path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(PersistedState {
+                    version: STATE_VERSION,
+                    ..PersistedState::default()
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: self.state_path.clone(),
+                    source,
+                });
+            }
+        };
+        let state: PersistedState =
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                path: self.state_path.clone(),
+                message: e.to_string(),
+            })?;
+        if state.version != STATE_VERSION {
+            return Err(StoreError::Corrupt {
+                path: self.state_path.clone(),
+                message: format!(
+                    "format version {} is not {STATE_VERSION} (written by another hashgate?)",
+                    state.version
+                ),
+            });
+        }
+        Ok(state)
+    }
+
+    /// Writes the whole state atomically; Ok only once it is durable.
+    pub fn save(&mut self, state: &PersistedState) -> Result<(), StoreError> {
+        let state = PersistedState {
+            version: STATE_VERSION,
+            ..state.clone()
+        };
+        let mut text = serde_json::to_vec_pretty(&state).map_err(|e| StoreError::Write {
+            path: self.state_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        text.push(b'\n');
+        self.writes += 1;
+        let temp = self.dir.join(format!(
+            ".state.json.{}.{}",
+            std::process::id(),
+            self.writes
+        ));
+        let result = write_durably(&temp, &text)
+            .and_then(|()| std::fs::rename(&temp, &self.state_path))
+            .and_then(|()| File::open(&self.dir)?.sync_all());
+        if let Err(source) = result {
+            let _ = std::fs::remove_file(&temp);
+            return Err(StoreError::Write {
+                path: self.state_path.clone(),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends one event to the audit log, durably.
+    pub fn append_event(&self, event: &Event) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(event).map_err(|e| StoreError::Write {
+            path: self.events_path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        line.push(b'\n');
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.events_path)
+            .and_then(|mut file| {
+                file.write_all(&line)?;
+                file.sync_data()
+            })
+            .map_err(|source| StoreError::Write {
+                path: self.events_path.clone(),
+                source,
+            })
+    }
+
+    /// The newest events of the log. A torn last line (a crash mid-append) is skipped; a bad line
+    /// before it means the file is corrupt.
+    fn read_events(&self) -> Result<Vec<Event>, StoreError> {
+        let file = match File::open(&self.events_path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: self.events_path.clone(),
+                    source,
+                });
+            }
+        };
+        let mut events = std::collections::VecDeque::new();
+        let mut bad_line: Option<(usize, String)> = None;
+        for (number, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|source| StoreError::Read {
+                path: self.events_path.clone(),
+                source,
+            })?;
+            if let Some((at, message)) = bad_line.take() {
+                return Err(StoreError::Corrupt {
+                    path: self.events_path.clone(),
+                    message: format!("line {}: {message}", at + 1),
+                });
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Event>(&line) {
+                Ok(event) => {
+                    if events.len() == EVENTS_IN_MEMORY {
+                        events.pop_front();
+                    }
+                    events.push_back(event);
+                }
+                Err(error) => bad_line = Some((number, error.to_string())),
+            }
+        }
+        if let Some((at, message)) = bad_line {
+            tracing::warn!(path = %self.events_path.display(), line = at + 1, %message, "skipping a torn last line of the event log");
+        }
+        Ok(events.into())
+    }
+}
+
+/// Creates `path` fresh, writes `bytes`, fsyncs.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::state::{GroupRecord, GroupState};
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("hashgate-store-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn state_survives_a_reopen_and_no_temp_file_is_left() {
+        let dir = temp_dir("roundtrip");
+        let (mut store, state, events) = Store::open(&dir).unwrap();
+        assert!(state.groups.is_empty() && events.is_empty());
+        let mut state = state;
+        state.groups.insert(
+            "c07".into(),
+            GroupRecord {
+                state: GroupState::Drained,
+                since: 7,
+                ..GroupRecord::default()
+            },
+        );
+        store.save(&state).unwrap();
+        store.save(&state).unwrap();
+        let (_, again, _) = Store::open(&dir).unwrap();
+        assert_eq!(again.groups["c07"].state, GroupState::Drained);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_naming_it() {
+        let dir = temp_dir("corrupt");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("state.json"),
+            "{\"version\":1,\"groups\":{\"c07\":",
+        )
+        .unwrap();
+        let error = Store::open(&dir).unwrap_err().to_string();
+        assert!(error.contains("state.json"), "{error}");
+        assert!(error.contains("corrupt"), "{error}");
+    }
+
+    #[test]
+    fn a_torn_last_event_line_is_skipped_but_a_bad_middle_line_is_not() {
+        let dir = temp_dir("events");
+        let (store, _, _) = Store::open(&dir).unwrap();
+        let event = Event::example(1);
+        store.append_event(&event).unwrap();
+        let path = dir.join("events.jsonl");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"seq\":2,\"ti");
+        std::fs::write(&path, &text).unwrap();
+        let (_, _, events) = Store::open(&dir).unwrap();
+        assert_eq!(events, vec![event.clone()]);
+        text.push('\n');
+        text.push_str(&serde_json::to_string(&event).unwrap());
+        text.push('\n');
+        std::fs::write(&path, &text).unwrap();
+        let error = Store::open(&dir).unwrap_err().to_string();
+        assert!(
+            error.contains("events.jsonl") && error.contains("line 2"),
+            "{error}"
+        );
+    }
+}
