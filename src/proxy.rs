@@ -82,6 +82,8 @@ pub struct Proxy {
     pub downstream: Arc<DownstreamContext>,
     /// The group controller.
     pub groups: GroupsHandle,
+    /// `state.dir`: group states, the audit log, hooks' workers files.
+    pub state_dir: std::path::PathBuf,
     cancel: CancellationToken,
     tracker: TaskTracker,
     grace: std::time::Duration,
@@ -187,6 +189,7 @@ impl Proxy {
             router: handle,
             downstream: context,
             groups,
+            state_dir: config.state.dir.clone(),
             cancel,
             tracker,
             grace: config.server.shutdown_grace,

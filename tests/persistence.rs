@@ -1,0 +1,259 @@
+//! A drained group stays drained across a graceful restart and a `kill -9`, and a corrupt state
+//! file stops hashgate instead of starting as if no drain existed. The `kill -9` case runs the
+//! real binary and drives it with its own `drain`, `groups` and `resume` commands.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Http, RawMiner, blocking, config_for, pool_with, proxy, state_dir};
+use hashgate::protocol::{Message, Method, Request};
+use serde_json::Value;
+
+const GROUPS: &str = r#"
+[drain]
+quiet_min = "300ms"
+quiet_shares = 0.05
+[[group]]
+name = "c07"
+workers = ["farm.c07-*"]
+watts_per_worker = 3250.0
+[[group]]
+name = "gpu"
+workers = ["farm.gpu-*"]
+watts_per_worker = 1500.0
+"#;
+
+async fn state_of(proxy: &hashgate::proxy::Proxy, group: &str) -> String {
+    let http = Arc::new(Http::new(proxy.api_addr));
+    let path = format!("/api/v1/groups/{group}");
+    let (_, text) = blocking(move || http.get(&path)).await;
+    let view: Value = serde_json::from_str(&text).unwrap();
+    view["state"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_group_stays_drained_across_a_restart() {
+    let pool = pool_with(|c| {
+        c.difficulty = 1.0;
+        c.job_interval = Duration::from_millis(500);
+    })
+    .await;
+    let dir = state_dir();
+    let config = || {
+        let mut config = config_for(&[&pool], GROUPS);
+        config.state.dir = dir.clone();
+        config
+    };
+    let first = proxy(config()).await;
+    let http = Arc::new(Http::new(first.api_addr));
+    let (status, body) = blocking(move || {
+        http.post_json(
+            "/api/v1/groups/c07/drain",
+            None,
+            r#"{"mode":"pause","reason":"row maintenance"}"#,
+        )
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state_of(&first, "c07").await != "drained" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.shutdown().await;
+
+    let second = proxy(config()).await;
+    assert_eq!(state_of(&second, "c07").await, "drained");
+    // A c07 miner that reconnects after the restart gets no work; a gpu miner does.
+    let mut c07 = RawMiner::connect(&second).await;
+    c07.send(r#"{"id":1,"method":"mining.subscribe","params":["bmminer/2.0"]}"#)
+        .await;
+    c07.send(r#"{"id":2,"method":"mining.authorize","params":["farm.c07-0001","x"]}"#)
+        .await;
+    let mut gpu = RawMiner::connect(&second).await;
+    gpu.handshake("farm.gpu-0001").await;
+    let seen = c07.collect_for(Duration::from_millis(1500)).await;
+    assert!(
+        !seen.iter().any(|m| matches!(
+            m,
+            Message::Request(Request {
+                method: Method::Notify(_),
+                ..
+            })
+        )),
+        "a drained group got work after a restart: {seen:?}"
+    );
+    // The audit log survived too.
+    let events = second.groups.events(0, Some("c07"), 100);
+    assert_eq!(events.len(), 2, "{events:?}");
+    second.shutdown().await;
+
+    // A corrupt state file stops hashgate with an error naming it.
+    std::fs::write(
+        dir.join("state.json"),
+        "{\"version\": 1, \"groups\": {\"c07\": ",
+    )
+    .unwrap();
+    let error = match hashgate::proxy::Proxy::start(config()).await {
+        Ok(_) => panic!("started on a corrupt state file"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("state.json") && error.contains("corrupt"),
+        "{error}"
+    );
+}
+
+fn hashgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hashgate"))
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn start(config: &std::path::Path, api: std::net::SocketAddr) -> Child {
+    let child = hashgate()
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(api).is_err() {
+        assert!(Instant::now() < deadline, "hashgate run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn cli(args: &[&str], api: std::net::SocketAddr) -> (bool, String) {
+    let out = hashgate()
+        .args(args)
+        .args(["--api", &format!("http://{api}")])
+        .env("HASHGATE_API_TOKEN", "t0ken")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Authorizes a c07 worker over a plain socket and returns the authorize answer line.
+fn authorize_answer(miners: std::net::SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(miners).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"farm.c07-0001\",\"x\"]}\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return String::new();
+        }
+        if line.contains("\"id\":2") {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn a_drain_survives_kill_9_and_the_cli_drives_it() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = runtime
+        .block_on(hashgate::sim::SimPool::start(
+            hashgate::sim::SimPoolConfig::default(),
+        ))
+        .unwrap();
+    let (miners, api) = (free_port(), free_port());
+    let dir = state_dir();
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{miners}\"\n[api]\nlisten = \"{api}\"\ntoken = \"t0ken\"\n[state]\ndir = \"{}\"\n{GROUPS}\n[[upstream]]\nname = \"p\"\nurl = \"{}\"\nuser = \"u\"\n",
+            dir.display(),
+            pool.url()
+        ),
+    )
+    .unwrap();
+    let mut child = start(&config, api);
+
+    let (ok, text) = cli(
+        &[
+            "drain",
+            "c07",
+            "--mode",
+            "disconnect",
+            "--reason",
+            "AI lease 12",
+        ],
+        api,
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("c07: draining"), "{text}");
+    let (ok, text) = cli(&["drain", "nope", "--mode", "pause"], api);
+    assert!(
+        !ok && text.contains("no group") && text.contains("404"),
+        "{text}"
+    );
+
+    // kill -9: no chance to write anything more.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = start(&config, api);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, text) = cli(&["groups"], api);
+        assert!(ok, "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("c07"))
+            .unwrap_or("")
+            .to_owned();
+        if line.contains("drained") {
+            assert!(
+                line.contains("disconnect") && line.contains("AI lease 12"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(line.contains("draining"), "c07 lost its drain: {text}");
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = authorize_answer(miners);
+    assert!(refused.contains("24"), "drained after kill -9: {refused}");
+
+    let (ok, text) = cli(&["resume", "c07"], api);
+    assert!(ok, "{text}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = cli(&["groups"], api);
+        if text
+            .lines()
+            .any(|l| l.starts_with("c07") && l.contains("active"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer = authorize_answer(miners);
+    assert!(answer.contains("\"result\":true"), "{answer}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(pool);
+}
