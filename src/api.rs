@@ -22,6 +22,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::downstream::{DownstreamContext, SessionCommand, WorkerSnapshot};
+use crate::groups::capacity::CapacityRequest;
+use crate::groups::controller::Answer;
+use crate::groups::windows::WindowSpec;
 use crate::groups::{Claim, ControlError, DrainMode, DrainRequest, GroupStatus, GroupsHandle};
 use crate::metrics::Metrics;
 use crate::router::{RouterHandle, UpstreamView};
@@ -55,6 +58,14 @@ pub fn routes(state: ApiState) -> Router {
         .route("/api/v1/groups/{name}/drain", post(drain_group))
         .route("/api/v1/groups/{name}/resume", post(resume_group))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/windows", get(windows).post(create_window))
+        .route("/api/v1/windows/{name}", get(window).delete(delete_window))
+        .route("/api/v1/capacity", get(capacity_list).post(create_capacity))
+        .route(
+            "/api/v1/capacity/{id}",
+            get(capacity_one).delete(end_capacity),
+        )
+        .route("/api/v1/capacity/{id}/heartbeat", post(capacity_heartbeat))
         .route("/api/v1/upstreams", get(upstreams))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(Arc::new(state))
@@ -421,6 +432,127 @@ async fn resume_group(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     group_answer(state.groups.resume(&name, Claim::Manual, body.force).await)
+}
+
+/// Sends a controller answer as it is.
+fn answer(answer: Answer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(answer.body)).into_response()
+}
+
+/// The `Idempotency-Key` header, if any.
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| k.chars().take(200).collect())
+}
+
+async fn windows(State(state): State<Arc<ApiState>>) -> Response {
+    Json(state.groups.windows()).into_response()
+}
+
+async fn window(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
+    match state
+        .groups
+        .windows()
+        .into_iter()
+        .find(|w| w.spec.name == name)
+    {
+        Some(view) => Json(view).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no window {name:?}")),
+    }
+}
+
+async fn create_window(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let spec: WindowSpec = match serde_json::from_slice(&body) {
+        Ok(spec) => spec,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    answer(
+        state
+            .groups
+            .create_window(spec, idempotency_key(&headers))
+            .await,
+    )
+}
+
+async fn delete_window(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    answer(state.groups.delete_window(&name).await)
+}
+
+async fn capacity_list(State(state): State<Arc<ApiState>>) -> Response {
+    Json(state.groups.capacity()).into_response()
+}
+
+async fn capacity_one(State(state): State<Arc<ApiState>>, Path(id): Path<String>) -> Response {
+    match state
+        .groups
+        .capacity()
+        .into_iter()
+        .find(|c| c.capacity.id == id)
+    {
+        Some(view) => Json(view).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no capacity request {id:?}")),
+    }
+}
+
+async fn create_capacity(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let request: CapacityRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    answer(
+        state
+            .groups
+            .create_capacity(request, idempotency_key(&headers))
+            .await,
+    )
+}
+
+async fn end_capacity(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    answer(state.groups.end_capacity(&id).await)
+}
+
+async fn capacity_heartbeat(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    answer(state.groups.heartbeat(&id).await)
 }
 
 /// Query of `GET /api/v1/events`.

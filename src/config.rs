@@ -46,6 +46,34 @@ pub struct Config {
     /// scheduler's signal).
     #[serde(rename = "hook", default)]
     pub hooks: Vec<HookConfig>,
+    /// Scheduled maintenance windows (more can be added through the API).
+    #[serde(rename = "window", default)]
+    pub windows: Vec<crate::groups::windows::WindowSpec>,
+    /// How capacity requests are planned.
+    #[serde(default)]
+    pub capacity: CapacityConfig,
+}
+
+/// `[capacity]`: planning capacity requests from an AI scheduler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityConfig {
+    /// Accepted shortfall of a plan, as a fraction of the watts asked for.
+    #[serde(default = "defaults::tolerance")]
+    pub tolerance: f64,
+    /// A group's efficiency is measured over this much of its share history (its declared
+    /// `efficiency_j_per_th` is used until a twelfth of it has been seen).
+    #[serde(default = "defaults::efficiency_window", with = "humantime_serde")]
+    pub efficiency_window: Duration,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            tolerance: defaults::tolerance(),
+            efficiency_window: defaults::efficiency_window(),
+        }
+    }
 }
 
 /// `[drain]`: the defaults a group's drain and resume use unless the group overrides them.
@@ -525,6 +553,12 @@ mod defaults {
     pub fn hook_timeout() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn tolerance() -> f64 {
+        0.05
+    }
+    pub fn efficiency_window() -> Duration {
+        Duration::from_secs(3600)
+    }
 }
 
 /// A configuration problem, naming the file or key.
@@ -797,6 +831,20 @@ impl Config {
         }
         self.validate_drain()?;
         self.validate_hooks(&group_names)?;
+        self.validate_windows(&group_names)?;
+        let c = &self.capacity;
+        if !(0.0..1.0).contains(&c.tolerance) {
+            return Err(invalid(
+                "capacity.tolerance",
+                format!("{} is not a fraction in [0, 1)", c.tolerance),
+            ));
+        }
+        if c.efficiency_window.is_zero() {
+            return Err(invalid(
+                "capacity.efficiency_window",
+                "must be above zero".into(),
+            ));
+        }
         if !self.api.listen.ip().is_loopback()
             && self.api.token.is_none()
             && self.api.token_file.is_none()
@@ -902,6 +950,27 @@ impl Config {
                     "only a webhook (url) is signed".into(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_windows(&self, group_names: &HashSet<&str>) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, spec) in self.windows.iter().enumerate() {
+            let key = |field: &str| format!("window[{i}].{field}");
+            if spec.name.is_empty() || !names.insert(spec.name.as_str()) {
+                return Err(ConfigError::Invalid {
+                    key: key("name"),
+                    message: format!("{:?} must be a unique, non-empty name", spec.name),
+                });
+            }
+            crate::groups::windows::Window::new(spec.clone(), true, |g| {
+                g == crate::groups::DEFAULT_GROUP || group_names.contains(g)
+            })
+            .map_err(|e| ConfigError::Invalid {
+                key: key(e.field),
+                message: e.message,
+            })?;
         }
         Ok(())
     }
@@ -1020,6 +1089,52 @@ user = "farm.proxy"
             ("name = \"default\"\nworkers = [\"*\"]", "group[0].workers"),
         ] {
             let err = parse(&with(text)).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn drains_hooks_and_windows_are_validated_by_key() {
+        let group = "[[group]]\nname = \"c07\"\nworkers = [\"farm.c07-*\"]\n";
+        let ok = parse(&format!(
+            "{MINIMAL}{group}[[window]]\nname = \"nightly\"\ngroups = [\"c07\"]\ncron = \"0 2 * * *\"\nduration = \"4h\"\nlead_time = \"15m\"\n[[hook]]\nevents = [\"drained\"]\nurl = \"http://scheduler.local/hook\"\nsecret = \"k\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.windows[0].duration, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(ok.hooks[0].events, vec![HookEvent::Drained]);
+        for (text, key) in [
+            ("[drain]\nquiet_shares = 0.0\n", "drain.quiet_shares"),
+            ("[drain]\ntimeout = \"0s\"\n", "drain.timeout"),
+            ("[capacity]\ntolerance = 1.5\n", "capacity.tolerance"),
+            (
+                "[[hook]]\nevents = []\ncommand = [\"/bin/true\"]\n",
+                "hook[0].events",
+            ),
+            ("[[hook]]\nevents = [\"active\"]\n", "hook[0].command"),
+            (
+                "[[hook]]\nevents = [\"active\"]\nurl = \"https://x\"\n",
+                "hook[0].url",
+            ),
+            (
+                "[[hook]]\nevents = [\"active\"]\ngroups = [\"nope\"]\ncommand = [\"/bin/true\"]\n",
+                "hook[0].groups[0]",
+            ),
+            (
+                "[[window]]\nname = \"w\"\ngroups = [\"c07\"]\nstart = \"2026-12-01T20:00:00Z\"\nend = \"2026-12-01T19:00:00Z\"\n",
+                "window[0].end",
+            ),
+            (
+                "[[window]]\nname = \"w\"\ngroups = [\"c07\"]\ncron = \"every night\"\nduration = \"1h\"\n",
+                "window[0].cron",
+            ),
+            (
+                "[[window]]\ngroups = [\"c07\"]\ncron = \"0 2 * * *\"\nduration = \"1h\"\n",
+                "window[0].name",
+            ),
+        ] {
+            let err = parse(&format!("{MINIMAL}{group}{text}"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{err} should name {key}");
         }
     }

@@ -60,6 +60,16 @@ pub struct Metrics {
     pub state_save_failures: IntCounter,
     /// Miners of a closed (drained) group refused at authorize, by group.
     pub group_refused_miners: IntCounterVec,
+    /// Active capacity requests.
+    pub capacity_requests: IntGauge,
+    /// Watts active capacity requests asked for.
+    pub capacity_watts_requested: Gauge,
+    /// Watts their groups have released.
+    pub capacity_watts_released: Gauge,
+    /// Active capacity requests whose heartbeat lease lapsed.
+    pub capacity_heartbeat_lapsed: IntGauge,
+    /// Maintenance windows whose span is open.
+    pub windows_open: IntGauge,
     /// Build version.
     pub build_info: IntGaugeVec,
     /// Unix time of the upstream's last job (alerts on a pool that goes silent).
@@ -303,6 +313,46 @@ impl Metrics {
                 IntCounter::new(
                     "hashgate_state_save_failures_total",
                     "State or audit-log writes that failed (the change was not applied).",
+                )
+                .expect("valid metric"),
+            ),
+            capacity_requests: register(
+                &registry,
+                IntGauge::new(
+                    "hashgate_capacity_requests",
+                    "Active capacity requests from AI schedulers.",
+                )
+                .expect("valid metric"),
+            ),
+            capacity_watts_requested: register(
+                &registry,
+                Gauge::new(
+                    "hashgate_capacity_requested_watts",
+                    "Watts the active capacity requests asked for.",
+                )
+                .expect("valid metric"),
+            ),
+            capacity_watts_released: register(
+                &registry,
+                Gauge::new(
+                    "hashgate_capacity_released_watts",
+                    "Watts the active capacity requests' groups have released.",
+                )
+                .expect("valid metric"),
+            ),
+            capacity_heartbeat_lapsed: register(
+                &registry,
+                IntGauge::new(
+                    "hashgate_capacity_heartbeat_lapsed",
+                    "Active capacity requests whose scheduler stopped renewing its lease.",
+                )
+                .expect("valid metric"),
+            ),
+            windows_open: register(
+                &registry,
+                IntGauge::new(
+                    "hashgate_windows_open",
+                    "Maintenance windows whose span is open (their groups are held).",
                 )
                 .expect("valid metric"),
             ),

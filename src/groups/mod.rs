@@ -11,6 +11,8 @@
 //! - [`controller`]: the one task that moves groups between states, witnesses drains (who is
 //!   still submitting), ramps resumes, and publishes power and state.
 //! - [`hooks`]: commands and webhooks run on transitions (the actual power switch).
+//! - [`windows`], [`capacity`]: scheduled maintenance windows, and capacity requests from an AI
+//!   scheduler (least efficient groups first); both hold groups through claims.
 //! - [`store`], [`events`]: the state that survives a restart or a crash, and the audit log.
 //!
 //! Only a machine's firmware or its PDU can cut its power: a miner without new work keeps hashing
@@ -19,12 +21,14 @@
 //! again except by an explicit resume.
 
 pub mod assign;
+pub mod capacity;
 pub mod controller;
 pub mod events;
 pub mod gate;
 pub mod hooks;
 pub mod state;
 pub mod store;
+pub mod windows;
 
 pub use assign::{DEFAULT_GROUP, Group, GroupError, Groups};
 pub use controller::{

@@ -82,6 +82,34 @@ pub struct PersistedState {
     /// Group states by name (groups never drained may be absent: they are active).
     #[serde(default)]
     pub groups: BTreeMap<String, GroupRecord>,
+    /// Windows added through the API (config windows live in the config).
+    #[serde(default)]
+    pub windows: Vec<super::windows::WindowSpec>,
+    /// Per `window/group`: the span (its start, unix ms) whose drain was made, so a group an
+    /// operator resumed by force is not drained again by the same span.
+    #[serde(default)]
+    pub window_acted: BTreeMap<String, u64>,
+    /// Capacity requests, active and recently ended.
+    #[serde(default)]
+    pub capacity: Vec<super::capacity::Capacity>,
+    /// First answers to POSTs with an `Idempotency-Key`.
+    #[serde(default)]
+    pub idempotency: BTreeMap<String, StoredAnswer>,
+    /// Counter for window and capacity ids.
+    #[serde(default)]
+    pub next_id: u64,
+}
+
+/// The first answer to a POST with an `Idempotency-Key`: a scheduler's retry gets it again
+/// instead of a second drain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAnswer {
+    /// Order of arrival (the oldest are forgotten first).
+    pub seq: u64,
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: serde_json::Value,
 }
 
 /// The state directory.

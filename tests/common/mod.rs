@@ -367,14 +367,46 @@ impl Http {
     }
 
     pub fn post_json(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-        let mut request = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json");
-        if let Some(token) = token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let mut response = request.send(body.as_bytes()).unwrap();
+        self.request("POST", path, token, Some(body), None)
+    }
+
+    /// GET, DELETE or POST (with a JSON body and an optional `Idempotency-Key`).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut response = match method {
+            "GET" | "DELETE" => {
+                let mut request = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                request.call().unwrap()
+            }
+            _ => {
+                let mut request = self
+                    .agent
+                    .post(&url)
+                    .header("Content-Type", "application/json");
+                if let Some(auth) = &auth {
+                    request = request.header("Authorization", auth);
+                }
+                if let Some(key) = idempotency_key {
+                    request = request.header("Idempotency-Key", key);
+                }
+                request.send(body.unwrap_or("").as_bytes()).unwrap()
+            }
+        };
         let status = response.status().as_u16();
         (status, response.body_mut().read_to_string().unwrap())
     }

@@ -21,11 +21,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+mod schedule;
+
+pub use schedule::{Answer, ScheduleViews};
+
+use super::capacity::{CapacityRequest, CapacityView, EfficiencySource, HashrateWindow};
 use super::events::{Event, EventLog, now_rfc3339};
 use super::gate::{GroupGates, unix_ms};
 use super::hooks::{HookContext, HookFailure, HookRunner};
 use super::state::{Claim, Drain, DrainMode, GroupRecord, GroupState, RosterEntry};
 use super::store::{PersistedState, Store, StoreError};
+use super::windows::{WindowSpec, WindowView};
 use crate::config::{Config, HookEvent};
 use crate::downstream::{DownstreamContext, SessionCommand};
 use crate::metrics::Metrics;
@@ -100,6 +106,14 @@ pub struct DrainRequest {
 
 type Reply = oneshot::Sender<Result<GroupStatus, ControlError>>;
 
+/// Where a group command stands once the controller has taken it.
+enum Step {
+    /// Made (or nothing to do).
+    Done,
+    /// Its hooks are running; the transition is committed when they succeed.
+    Pending,
+}
+
 /// What the controller is asked.
 enum Control {
     Drain {
@@ -118,6 +132,7 @@ enum Control {
         token: u64,
         result: Result<(), HookFailure>,
     },
+    Schedule(schedule::ScheduleCommand),
 }
 
 /// A miner still hashing through a group that was told to stop.
@@ -168,6 +183,10 @@ pub struct GroupStatus {
     pub pending: Option<String>,
     /// The last refused or failed transition.
     pub last_error: Option<String>,
+    /// J/TH used to plan capacity requests.
+    pub efficiency_j_per_th: Option<f64>,
+    /// Whether that figure is measured, declared or unknown.
+    pub efficiency_source: Option<EfficiencySource>,
 }
 
 /// How the API and schedulers reach the controller.
@@ -176,6 +195,7 @@ pub struct GroupsHandle {
     tx: mpsc::Sender<Control>,
     status: Arc<Mutex<Vec<GroupStatus>>>,
     events: Arc<Mutex<EventLog>>,
+    schedules: Arc<Mutex<ScheduleViews>>,
 }
 
 impl GroupsHandle {
@@ -231,6 +251,73 @@ impl GroupsHandle {
     /// One group's status.
     pub fn status(&self, group: &str) -> Option<GroupStatus> {
         lock(&self.status).iter().find(|s| s.name == group).cloned()
+    }
+
+    async fn schedule(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Answer>) -> schedule::ScheduleCommand,
+    ) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || Answer {
+            status: 503,
+            body: serde_json::json!({"error": "hashgate is stopping"}),
+        };
+        if self
+            .tx
+            .send(Control::Schedule(command(reply)))
+            .await
+            .is_err()
+        {
+            return stopped();
+        }
+        answer.await.unwrap_or_else(|_| stopped())
+    }
+
+    /// Adds a maintenance window (`key`: an `Idempotency-Key`).
+    pub async fn create_window(&self, spec: WindowSpec, key: Option<String>) -> Answer {
+        self.schedule(|reply| schedule::ScheduleCommand::CreateWindow { spec, key, reply })
+            .await
+    }
+
+    /// Deletes an API window; groups it holds resume.
+    pub async fn delete_window(&self, name: &str) -> Answer {
+        let name = name.to_owned();
+        self.schedule(|reply| schedule::ScheduleCommand::DeleteWindow { name, reply })
+            .await
+    }
+
+    /// Plans (and unless a dry run, executes) a capacity request.
+    pub async fn create_capacity(&self, request: CapacityRequest, key: Option<String>) -> Answer {
+        self.schedule(|reply| schedule::ScheduleCommand::CreateCapacity {
+            request,
+            key,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends a capacity request: its groups resume (unless something else holds them).
+    pub async fn end_capacity(&self, id: &str) -> Answer {
+        let id = id.to_owned();
+        self.schedule(|reply| schedule::ScheduleCommand::EndCapacity { id, reply })
+            .await
+    }
+
+    /// Renews a capacity request's heartbeat lease.
+    pub async fn heartbeat(&self, id: &str) -> Answer {
+        let id = id.to_owned();
+        self.schedule(|reply| schedule::ScheduleCommand::Heartbeat { id, reply })
+            .await
+    }
+
+    /// Every window.
+    pub fn windows(&self) -> Vec<WindowView> {
+        lock(&self.schedules).windows.clone()
+    }
+
+    /// Every capacity request (active and recently ended).
+    pub fn capacity(&self) -> Vec<CapacityView> {
+        lock(&self.schedules).capacity.clone()
     }
 
     /// Events after `after`, optionally of one group, oldest first.
@@ -320,6 +407,12 @@ struct GroupRuntime {
     retry_at: Option<Instant>,
     last_error: Option<String>,
     ramp: Option<Ramp>,
+    /// `efficiency_j_per_th` from the config.
+    declared_efficiency: Option<f64>,
+    /// `drain_priority` from the config.
+    drain_priority: Option<i32>,
+    /// Accepted difficulty over `capacity.efficiency_window`: the measured hashrate.
+    hashrate: HashrateWindow,
 }
 
 /// One authorized miner as the controller sees it on a tick.
@@ -363,6 +456,8 @@ pub struct GroupController {
     next_token: u64,
     /// Transitions committed.
     commits: u64,
+    /// Windows and capacity requests.
+    sched: schedule::Schedules,
 }
 
 /// What [`GroupController::new`] needs.
@@ -404,8 +499,14 @@ impl GroupController {
                 retry_at: None,
                 last_error: None,
                 ramp: None,
+                declared_efficiency: g.efficiency_j_per_th,
+                drain_priority: g.drain_priority,
+                hashrate: HashrateWindow::new(parts.config.capacity.efficiency_window),
             })
             .collect();
+        let sched = schedule::Schedules::new(&parts.config, &parts.restored, |g| {
+            groups.iter().any(|runtime| &*runtime.name == g)
+        });
         let mut records = BTreeMap::new();
         let mut orphans = BTreeMap::new();
         for (name, record) in parts.restored.groups {
@@ -425,6 +526,7 @@ impl GroupController {
             tx: tx.clone(),
             status: Arc::clone(&status),
             events: Arc::clone(&events),
+            schedules: Arc::clone(&sched.views),
         };
         let controller = GroupController {
             rx,
@@ -443,6 +545,7 @@ impl GroupController {
             tracker: parts.tracker,
             next_token: 1,
             commits: 0,
+            sched,
         };
         controller.publish(&controller.observe_all());
         (controller, handle)
@@ -495,9 +598,8 @@ impl GroupController {
                 request,
                 reply,
             } => {
-                if let Some(reply) = self.drain(&group, request, reply) {
-                    let _ = reply.send(Ok(self.status_of(&group)));
-                }
+                let step = self.drain(&group, request);
+                self.reply_to(&group, reply, step);
             }
             Control::Resume {
                 group,
@@ -505,22 +607,44 @@ impl GroupController {
                 force,
                 reply,
             } => {
-                if let Some(reply) = self.resume(&group, claim, force, reply) {
-                    let _ = reply.send(Ok(self.status_of(&group)));
-                }
+                let step = self.resume(&group, claim, force);
+                self.reply_to(&group, reply, step);
             }
             Control::HooksDone {
                 group,
                 token,
                 result,
             } => self.hooks_done(&group, token, result),
+            Control::Schedule(command) => self.on_schedule(command),
         }
     }
 
-    /// Handles a drain; returns the reply when it is answered with the group's status now
-    /// (otherwise it was answered or is kept until the hooks finish).
-    fn drain(&mut self, group: &str, request: DrainRequest, reply: Reply) -> Option<Reply> {
-        let (index, reply) = self.ready(group, reply)?;
+    /// Answers a group command now, or when its hooks are done.
+    fn reply_to(&mut self, group: &str, reply: Reply, step: Result<Step, ControlError>) {
+        match step {
+            Ok(Step::Pending) => {
+                if let Some(pending) = self
+                    .index(group)
+                    .and_then(|i| self.groups[i].pending.as_mut())
+                {
+                    pending.reply = Some(reply);
+                    return;
+                }
+                let _ = reply.send(Ok(self.status_of(group)));
+            }
+            Ok(Step::Done) => {
+                let _ = reply.send(Ok(self.status_of(group)));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// Drains a group for `request.claim`. Draining a draining or drained group again only adds
+    /// the claim (and changes the mode, if another is asked for).
+    fn drain(&mut self, group: &str, request: DrainRequest) -> Result<Step, ControlError> {
+        let index = self.ready(group)?;
         if request.mode == DrainMode::Reconnect
             && request
                 .reconnect_to
@@ -528,89 +652,90 @@ impl GroupController {
                 .and_then(super::state::split_host_port)
                 .is_none()
         {
-            let _ = reply.send(Err(ControlError::BadRequest(
+            return Err(ControlError::BadRequest(
                 "mode reconnect needs reconnect_to = \"host:port\"".into(),
-            )));
-            return None;
+            ));
         }
         let current = self.record(group);
-        match current.state {
-            GroupState::Draining | GroupState::Drained => {
-                let mut next = current.clone();
-                let mut kind = None;
-                if next.claims.insert(request.claim.clone()) {
-                    kind = Some("claim_added");
-                }
-                if let Some(drain) = next.drain.as_mut() {
-                    if drain.mode != request.mode || drain.reconnect_to != request.reconnect_to {
-                        drain.mode = request.mode;
-                        drain.reconnect_to = request.reconnect_to.clone();
-                        kind = Some("mode_changed");
-                    }
-                }
-                match kind {
-                    None => Some(reply), // the same drain again: nothing changes
-                    Some(kind) => {
-                        let trigger = request.claim.to_string();
-                        match self.commit(index, next, kind, &trigger, "") {
-                            Ok(()) => Some(reply),
-                            Err(error) => {
-                                let _ = reply.send(Err(error));
-                                None
-                            }
-                        }
-                    }
+        let trigger = request.claim.to_string();
+        if matches!(current.state, GroupState::Draining | GroupState::Drained) {
+            let mut next = current.clone();
+            let mut kind = None;
+            if next.claims.insert(request.claim.clone()) {
+                kind = Some("claim_added");
+            }
+            if let Some(drain) = next.drain.as_mut() {
+                if drain.mode != request.mode || drain.reconnect_to != request.reconnect_to {
+                    drain.mode = request.mode;
+                    drain.reconnect_to = request.reconnect_to.clone();
+                    kind = Some("mode_changed");
                 }
             }
-            GroupState::Active | GroupState::Resuming => {
-                let observed = self.observe(index);
-                let now = unix_ms();
-                let next = GroupRecord {
-                    state: GroupState::Draining,
-                    since: now / 1000,
-                    drain: Some(Drain {
-                        mode: request.mode,
-                        reason: request.reason.clone(),
-                        reconnect_to: request.reconnect_to.clone(),
-                        started_at_ms: now,
-                        watts_before: observed.mining as f64
-                            * self.groups[index].policy.watts_per_worker,
-                        roster: observed
-                            .miners
-                            .iter()
-                            .map(|m| RosterEntry {
-                                name: m.name.clone(),
-                                address: m.address.clone(),
-                            })
-                            .collect(),
-                    }),
-                    claims: [request.claim.clone()].into(),
-                    resume_started_at: None,
-                };
-                self.begin(index, next, request.claim.to_string(), Some(reply))
+            if let Some(kind) = kind {
+                self.commit(index, next, kind, &trigger, "")?;
             }
+            return Ok(Step::Done);
         }
+        // Active, or resuming (a new drain stops the ramp).
+        let observed = self.observe(index);
+        let now = unix_ms();
+        let next = GroupRecord {
+            state: GroupState::Draining,
+            since: now / 1000,
+            drain: Some(Drain {
+                mode: request.mode,
+                reason: request.reason.clone(),
+                reconnect_to: request.reconnect_to.clone(),
+                started_at_ms: now,
+                watts_before: observed.mining as f64 * self.groups[index].policy.watts_per_worker,
+                roster: observed
+                    .miners
+                    .iter()
+                    .map(|m| RosterEntry {
+                        name: m.name.clone(),
+                        address: m.address.clone(),
+                    })
+                    .collect(),
+            }),
+            claims: [request.claim].into(),
+            resume_started_at: None,
+        };
+        self.begin(index, next, trigger)
     }
 
-    fn resume(&mut self, group: &str, claim: Claim, force: bool, reply: Reply) -> Option<Reply> {
-        let (index, reply) = self.ready(group, reply)?;
+    /// Releases `claim` (every claim with `force`); the group resumes once none is left.
+    fn resume(&mut self, group: &str, claim: Claim, force: bool) -> Result<Step, ControlError> {
+        let index = self.ready(group)?;
         let current = self.record(group);
         if matches!(current.state, GroupState::Active | GroupState::Resuming) {
-            return Some(reply); // already mining or on its way: nothing to do
+            return Ok(Step::Done); // already mining or on its way: nothing to do
         }
         let mut claims = current.claims.clone();
-        if force {
+        let released = if force {
+            let any = !claims.is_empty();
             claims.clear();
+            any
         } else {
-            claims.remove(&claim);
-        }
+            claims.remove(&claim)
+        };
+        let trigger = if force {
+            format!("{claim} (force)")
+        } else {
+            claim.to_string()
+        };
         if !claims.is_empty() {
+            if released {
+                let next = GroupRecord {
+                    claims: claims.clone(),
+                    ..current
+                };
+                self.commit(index, next, "claim_released", &trigger, "")?;
+            }
             let claims: Vec<String> = claims.iter().map(Claim::to_string).collect();
-            let _ = reply.send(Err(ControlError::Held {
+            return Err(ControlError::Held {
                 group: group.to_owned(),
                 claims: claims.join(", "),
-            }));
-            return None;
+            });
         }
         let next = GroupRecord {
             state: GroupState::Resuming,
@@ -619,43 +744,34 @@ impl GroupController {
             claims,
             resume_started_at: Some(unix_ms() / 1000),
         };
-        let trigger = if force {
-            format!("{claim} (force)")
-        } else {
-            claim.to_string()
-        };
-        self.begin(index, next, trigger, Some(reply))
+        self.begin(index, next, trigger)
     }
 
-    /// The group's index if it exists and no transition of it is under way; otherwise the
-    /// reply is answered with why.
-    fn ready(&self, group: &str, reply: Reply) -> Option<(usize, Reply)> {
-        let refusal = match self.index(group) {
-            None => ControlError::UnknownGroup(group.to_owned()),
-            Some(index) => match &self.groups[index].pending {
-                None => return Some((index, reply)),
-                Some(pending) => ControlError::Busy {
-                    group: group.to_owned(),
-                    what: format!(
-                        "the {} transition (its hooks are running)",
-                        pending.next.state
-                    ),
-                },
-            },
-        };
-        let _ = reply.send(Err(refusal));
-        None
+    /// The group's index if it exists and no transition of it is under way.
+    fn ready(&self, group: &str) -> Result<usize, ControlError> {
+        let index = self
+            .index(group)
+            .ok_or_else(|| ControlError::UnknownGroup(group.to_owned()))?;
+        match &self.groups[index].pending {
+            None => Ok(index),
+            Some(pending) => Err(ControlError::Busy {
+                group: group.to_owned(),
+                what: format!(
+                    "the {} transition (its hooks are running)",
+                    pending.next.state
+                ),
+            }),
+        }
     }
 
     /// Starts a transition to `next`: runs its event's hooks (in a task) and commits when they
-    /// succeed. Returns the reply if the transition was committed at once (no hooks).
+    /// succeed, or at once when no hook runs for it.
     fn begin(
         &mut self,
         index: usize,
         next: GroupRecord,
         trigger: String,
-        reply: Option<Reply>,
-    ) -> Option<Reply> {
+    ) -> Result<Step, ControlError> {
         let event = match next.state {
             GroupState::Draining => HookEvent::Draining,
             GroupState::Drained => HookEvent::Drained,
@@ -665,13 +781,10 @@ impl GroupController {
         let name = Arc::clone(&self.groups[index].name);
         if !self.hooks.has_hooks(event, &name) {
             return match self.commit(index, next, "transition", &trigger, "") {
-                Ok(()) => reply,
+                Ok(()) => Ok(Step::Done),
                 Err(error) => {
                     self.failed_automatic(index, &error.to_string());
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error));
-                    }
-                    None
+                    Err(error)
                 }
             };
         }
@@ -682,7 +795,7 @@ impl GroupController {
             token,
             next,
             trigger,
-            reply,
+            reply: None,
         });
         let hooks = Arc::clone(&self.hooks);
         let tx = self.tx.clone();
@@ -697,7 +810,7 @@ impl GroupController {
                 .await;
         });
         self.publish(&self.observe_all());
-        None
+        Ok(Step::Pending)
     }
 
     fn hook_context(
@@ -799,6 +912,26 @@ impl GroupController {
         runtime.retry_at = Some(Instant::now() + runtime.policy.hook_retry);
     }
 
+    /// Everything the state file holds, as it is now.
+    fn persisted(&self) -> PersistedState {
+        let mut state = PersistedState {
+            groups: self.records.clone(),
+            ..PersistedState::default()
+        };
+        state.groups.extend(self.orphans.clone());
+        self.sched.persist_into(&mut state);
+        state
+    }
+
+    /// Saves the state as it is now (windows and capacity changes; group transitions save in
+    /// [`Self::commit`]).
+    fn save(&mut self) -> Result<(), super::store::StoreError> {
+        let state = self.persisted();
+        self.store.save(&state).inspect_err(|_| {
+            self.metrics.state_save_failures.inc();
+        })
+    }
+
     /// Makes `next` the group's state: durable first, then the gate, metrics and the event.
     fn commit(
         &mut self,
@@ -810,11 +943,7 @@ impl GroupController {
     ) -> Result<(), ControlError> {
         let name = Arc::clone(&self.groups[index].name);
         let previous = self.record(&name);
-        let mut state = PersistedState {
-            version: 0,
-            groups: self.records.clone(),
-        };
-        state.groups.extend(self.orphans.clone());
+        let mut state = self.persisted();
         state.groups.insert(name.to_string(), next.clone());
         if let Err(source) = self.store.save(&state) {
             error!(group = %name, %source, "state not saved: transition not applied");
@@ -897,8 +1026,18 @@ impl GroupController {
     }
 
     fn on_tick(&mut self) {
-        let observed = self.observe_all();
         let now_ms = unix_ms();
+        let now = Instant::now();
+        for runtime in &mut self.groups {
+            let accepted = self
+                .metrics
+                .accepted_difficulty
+                .with_label_values(&[&*runtime.name])
+                .get();
+            runtime.hashrate.sample(now, accepted);
+        }
+        self.reconcile_schedules(now_ms);
+        let observed = self.observe_all();
         let changes = (self.next_token, self.commits);
         for (index, observed) in observed.iter().enumerate() {
             if self.groups[index].pending.is_some()
@@ -985,7 +1124,7 @@ impl GroupController {
                 &detail,
             );
         }
-        self.begin(index, next, trigger, None);
+        let _ = self.begin(index, next, trigger);
     }
 
     /// Admits paused miners at the group's rate; active once everyone is back or at the timeout.
@@ -1051,7 +1190,7 @@ impl GroupController {
             );
         }
         let next = GroupRecord::default_active(unix_ms() / 1000);
-        self.begin(index, next, trigger.to_owned(), None);
+        let _ = self.begin(index, next, trigger.to_owned());
     }
 
     /// Every group's miners, judged.
@@ -1149,6 +1288,7 @@ impl GroupController {
                         .set(i64::from(state == record.state));
                 }
                 let drain = record.drain.as_ref();
+                let efficiency = self.efficiency(runtime, power);
                 GroupStatus {
                     name: name.to_owned(),
                     state: record.state,
@@ -1190,10 +1330,13 @@ impl GroupController {
                         .as_ref()
                         .map(|p| format!("{} hooks running", p.next.state)),
                     last_error: runtime.last_error.clone(),
+                    efficiency_j_per_th: efficiency.0,
+                    efficiency_source: Some(efficiency.1),
                 }
             })
             .collect();
         *lock(&self.status) = statuses;
+        self.publish_schedules();
     }
 }
 

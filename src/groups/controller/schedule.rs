@@ -1,0 +1,662 @@
+//! The controller's side of windows and capacity requests: creating and ending them, and the
+//! per-tick reconciliation that makes each group's claims match them.
+//!
+//! Reconciliation is level-based, not edge-based: every tick, a window whose span is open wants
+//! a claim on each of its groups and a closed or deleted one wants none; an active capacity
+//! request wants its planned groups held, an ended one wants them released. A step that cannot
+//! be taken now (the group's hooks are running, a required hook failed and waits for its retry)
+//! is simply taken on a later tick. The answers to POSTs are HTTP-shaped (status and JSON body)
+//! because that is what an `Idempotency-Key` must replay.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::super::capacity::{
+    Candidate, Capacity, CapacityRequest, CapacityView, EfficiencySource, plan,
+};
+use super::super::events::now_rfc3339;
+use super::super::state::{Claim, DrainMode, GroupState};
+use super::super::store::{PersistedState, StoredAnswer};
+use super::super::windows::{Window, WindowSpec, WindowView, parse_time};
+use super::{ControlError, DrainRequest, GroupController, lock};
+use crate::groups::gate::unix_ms;
+
+/// Idempotency keys remembered (the oldest are forgotten first).
+const MAX_IDEMPOTENCY_KEYS: usize = 1000;
+/// Ended capacity requests kept for the API.
+const MAX_ENDED_CAPACITY: usize = 100;
+
+/// An HTTP-shaped answer: what the API sends, and what an idempotent retry gets again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl Answer {
+    fn new(status: u16, body: impl Serialize) -> Answer {
+        Answer {
+            status,
+            body: serde_json::to_value(body).unwrap_or(Value::Null),
+        }
+    }
+
+    fn error(status: u16, message: impl std::fmt::Display) -> Answer {
+        Answer {
+            status,
+            body: json!({ "error": message.to_string() }),
+        }
+    }
+}
+
+/// Window and capacity commands.
+pub(super) enum ScheduleCommand {
+    CreateWindow {
+        spec: WindowSpec,
+        key: Option<String>,
+        reply: oneshot::Sender<Answer>,
+    },
+    DeleteWindow {
+        name: String,
+        reply: oneshot::Sender<Answer>,
+    },
+    CreateCapacity {
+        request: CapacityRequest,
+        key: Option<String>,
+        reply: oneshot::Sender<Answer>,
+    },
+    EndCapacity {
+        id: String,
+        reply: oneshot::Sender<Answer>,
+    },
+    Heartbeat {
+        id: String,
+        reply: oneshot::Sender<Answer>,
+    },
+}
+
+/// What the API reads about windows and capacity requests.
+#[derive(Debug, Default, Clone)]
+pub struct ScheduleViews {
+    /// Every window.
+    pub windows: Vec<WindowView>,
+    /// Every capacity request (active and recently ended).
+    pub capacity: Vec<CapacityView>,
+}
+
+/// Windows, capacity requests and their bookkeeping, owned by the controller.
+pub(super) struct Schedules {
+    pub(super) windows: Vec<Window>,
+    pub(super) window_acted: BTreeMap<String, u64>,
+    pub(super) capacity: Vec<Capacity>,
+    pub(super) idempotency: BTreeMap<String, StoredAnswer>,
+    pub(super) next_id: u64,
+    /// Capacity requests whose lapsed lease was already logged.
+    lapsed: HashSet<String>,
+    pub(super) tolerance: f64,
+    pub(super) views: Arc<Mutex<ScheduleViews>>,
+}
+
+impl Schedules {
+    /// From the config's windows and what the state file held.
+    pub(super) fn new(
+        config: &crate::config::Config,
+        restored: &PersistedState,
+        known_group: impl Fn(&str) -> bool + Copy,
+    ) -> Schedules {
+        let mut windows = Vec::new();
+        for spec in &config.windows {
+            // Validated with the config: an error here cannot happen.
+            match Window::new(spec.clone(), true, known_group) {
+                Ok(window) => windows.push(window),
+                Err(error) => warn!(window = %spec.name, %error, "window skipped"),
+            }
+        }
+        for spec in &restored.windows {
+            match Window::new(spec.clone(), false, known_group) {
+                Ok(window) => windows.push(window),
+                Err(error) => {
+                    warn!(window = %spec.name, %error, "saved window no longer valid; skipped")
+                }
+            }
+        }
+        Schedules {
+            windows,
+            window_acted: restored.window_acted.clone(),
+            capacity: restored.capacity.clone(),
+            idempotency: restored.idempotency.clone(),
+            next_id: restored.next_id,
+            lapsed: HashSet::new(),
+            tolerance: config.capacity.tolerance,
+            views: Arc::default(),
+        }
+    }
+
+    /// What goes into the state file.
+    pub(super) fn persist_into(&self, state: &mut PersistedState) {
+        state.windows = self
+            .windows
+            .iter()
+            .filter(|w| !w.from_config)
+            .map(|w| w.spec.clone())
+            .collect();
+        state.window_acted = self.window_acted.clone();
+        state.capacity = self.capacity.clone();
+        state.idempotency = self.idempotency.clone();
+        state.next_id = self.next_id;
+    }
+}
+
+impl GroupController {
+    pub(super) fn on_schedule(&mut self, command: ScheduleCommand) {
+        match command {
+            ScheduleCommand::CreateWindow { spec, key, reply } => {
+                let answer = self.idempotent(key, |c| c.create_window(spec));
+                let _ = reply.send(answer);
+            }
+            ScheduleCommand::DeleteWindow { name, reply } => {
+                let _ = reply.send(self.delete_window(&name));
+            }
+            ScheduleCommand::CreateCapacity {
+                request,
+                key,
+                reply,
+            } => {
+                let answer = self.idempotent(key, |c| c.create_capacity(request));
+                let _ = reply.send(answer);
+            }
+            ScheduleCommand::EndCapacity { id, reply } => {
+                let _ = reply.send(self.end_capacity(&id, "deleted"));
+            }
+            ScheduleCommand::Heartbeat { id, reply } => {
+                let answer = match self.sched.capacity.iter_mut().find(|c| c.id == id) {
+                    Some(capacity) if capacity.state == "active" => {
+                        capacity.last_heartbeat_ms = unix_ms();
+                        self.sched.lapsed.remove(&id);
+                        Answer::new(200, json!({"id": id, "heartbeat": now_rfc3339()}))
+                    }
+                    Some(_) => Answer::error(409, format!("capacity request {id} has ended")),
+                    None => Answer::error(404, format!("no capacity request {id:?}")),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+        self.publish(&self.observe_all());
+    }
+
+    /// Runs `make` unless `key` was seen: then its first answer is returned again.
+    fn idempotent(
+        &mut self,
+        key: Option<String>,
+        make: impl FnOnce(&mut GroupController) -> Answer,
+    ) -> Answer {
+        if let Some(stored) = key.as_ref().and_then(|k| self.sched.idempotency.get(k)) {
+            return Answer {
+                status: stored.status,
+                body: stored.body.clone(),
+            };
+        }
+        let answer = make(self);
+        if let Some(key) = key {
+            // Only answers that changed or decided something are replayed; a refusal for a
+            // busy group may well succeed on the retry.
+            if answer.status < 500 && answer.status != 409 {
+                let seq = self
+                    .sched
+                    .idempotency
+                    .values()
+                    .map(|a| a.seq)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                self.sched.idempotency.insert(
+                    key,
+                    StoredAnswer {
+                        seq,
+                        status: answer.status,
+                        body: answer.body.clone(),
+                    },
+                );
+                if self.sched.idempotency.len() > MAX_IDEMPOTENCY_KEYS {
+                    if let Some(oldest) = self
+                        .sched
+                        .idempotency
+                        .iter()
+                        .min_by_key(|(_, a)| a.seq)
+                        .map(|(k, _)| k.clone())
+                    {
+                        self.sched.idempotency.remove(&oldest);
+                    }
+                }
+                if let Err(error) = self.save() {
+                    warn!(%error, "idempotency key not saved");
+                }
+            }
+        }
+        answer
+    }
+
+    fn next_id(&mut self, prefix: &str) -> String {
+        self.sched.next_id += 1;
+        format!("{prefix}-{}", self.sched.next_id)
+    }
+
+    fn create_window(&mut self, mut spec: WindowSpec) -> Answer {
+        if spec.name.is_empty() {
+            spec.name = self.next_id("win");
+        }
+        if self.sched.windows.iter().any(|w| w.spec.name == spec.name) {
+            return Answer::error(409, format!("a window {:?} exists", spec.name));
+        }
+        let window = match Window::new(spec, false, |g| self.index(g).is_some()) {
+            Ok(window) => window,
+            Err(error) => return Answer::error(400, error),
+        };
+        let view = window.view(unix_ms());
+        self.sched.windows.push(window);
+        if let Err(error) = self.save() {
+            self.sched.windows.pop();
+            return Answer::error(500, error);
+        }
+        info!(window = %view.spec.name, start = ?view.next_start, "window added");
+        Answer::new(201, view)
+    }
+
+    fn delete_window(&mut self, name: &str) -> Answer {
+        let Some(position) = self.sched.windows.iter().position(|w| w.spec.name == name) else {
+            return Answer::error(404, format!("no window {name:?}"));
+        };
+        if self.sched.windows[position].from_config {
+            return Answer::error(
+                409,
+                format!("window {name:?} is in the config file: remove it there"),
+            );
+        }
+        let window = self.sched.windows.remove(position);
+        if let Err(error) = self.save() {
+            self.sched.windows.insert(position, window);
+            return Answer::error(500, error);
+        }
+        // Its claims are released by the next reconciliation; do the first step now.
+        self.release_claims(&Claim::Window(name.to_owned()));
+        info!(window = name, "window deleted");
+        Answer::new(200, json!({"name": name, "state": "deleted"}))
+    }
+
+    fn create_capacity(&mut self, request: CapacityRequest) -> Answer {
+        if !request.watts.is_finite() || request.watts <= 0.0 {
+            return Answer::error(400, "watts: must be a number of watts above zero");
+        }
+        let tolerance = request.tolerance.unwrap_or(self.sched.tolerance);
+        if !(0.0..1.0).contains(&tolerance) {
+            return Answer::error(400, "tolerance: must be a fraction in [0, 1)");
+        }
+        if let Some(until) = &request.until {
+            match parse_time("until", until) {
+                Ok(ms) if ms <= unix_ms() => {
+                    return Answer::error(400, "until: must be in the future");
+                }
+                Ok(_) => {}
+                Err(error) => return Answer::error(400, error),
+            }
+        } else if request.resume_at_until {
+            return Answer::error(400, "resume_at_until: needs until");
+        }
+        if request.heartbeat.is_some_and(|h| h.is_zero()) {
+            return Answer::error(400, "heartbeat: must be above zero");
+        }
+        let plan = plan(request.watts, tolerance, self.candidates());
+        if request.dry_run {
+            return Answer::new(200, json!({ "dry_run": true, "plan": plan }));
+        }
+        if !plan.feasible {
+            return Answer::new(
+                409,
+                json!({
+                    "error": format!(
+                        "not enough mining capacity to free {} W: {} W can be drained now",
+                        request.watts, plan.watts_planned
+                    ),
+                    "plan": plan,
+                }),
+            );
+        }
+        let id = self.next_id("cap");
+        let now = unix_ms();
+        let capacity = Capacity {
+            id: id.clone(),
+            request,
+            plan,
+            created: now_rfc3339(),
+            state: "active".into(),
+            ended: None,
+            last_heartbeat_ms: now,
+        };
+        self.sched.capacity.push(capacity.clone());
+        // Durable before any group is touched: after a crash the claims have an owner.
+        if let Err(error) = self.save() {
+            self.sched.capacity.pop();
+            return Answer::error(500, error);
+        }
+        info!(id = %id, watts = capacity.request.watts, groups = ?capacity.plan.groups.iter().map(|g| &g.group).collect::<Vec<_>>(), "capacity request accepted");
+        self.claim_capacity_groups(&capacity);
+        Answer::new(201, self.capacity_view(&capacity))
+    }
+
+    /// Drains the planned groups of an active request that do not hold its claim yet.
+    fn claim_capacity_groups(&mut self, capacity: &Capacity) {
+        let claim = Claim::Capacity(capacity.id.clone());
+        for planned in &capacity.plan.groups {
+            if self.record(&planned.group).claims.contains(&claim) || self.waiting(&planned.group) {
+                continue;
+            }
+            let request = DrainRequest {
+                mode: capacity.request.mode.unwrap_or(DrainMode::Pause),
+                reason: if capacity.request.reason.is_empty() {
+                    format!("capacity request {}", capacity.id)
+                } else {
+                    capacity.request.reason.clone()
+                },
+                reconnect_to: None,
+                claim: claim.clone(),
+            };
+            if let Err(error) = self.drain(&planned.group, request) {
+                warn!(id = %capacity.id, group = %planned.group, %error, "capacity drain not made yet");
+            }
+        }
+    }
+
+    fn end_capacity(&mut self, id: &str, why: &str) -> Answer {
+        let Some(capacity) = self.sched.capacity.iter_mut().find(|c| c.id == id) else {
+            return Answer::error(404, format!("no capacity request {id:?}"));
+        };
+        if capacity.state != "active" {
+            let view = capacity.clone();
+            return Answer::new(200, self.capacity_view(&view));
+        }
+        capacity.state = "ended".into();
+        capacity.ended = Some(now_rfc3339());
+        let ended = capacity.clone();
+        if let Err(error) = self.save() {
+            if let Some(capacity) = self.sched.capacity.iter_mut().find(|c| c.id == id) {
+                capacity.state = "active".into();
+                capacity.ended = None;
+            }
+            return Answer::error(500, error);
+        }
+        info!(id, why, "capacity request ended");
+        self.release_claims(&Claim::Capacity(id.to_owned()));
+        let ended_count = self
+            .sched
+            .capacity
+            .iter()
+            .filter(|c| c.state != "active")
+            .count();
+        if ended_count > MAX_ENDED_CAPACITY {
+            if let Some(position) = self.sched.capacity.iter().position(|c| c.state != "active") {
+                self.sched.capacity.remove(position);
+            }
+        }
+        Answer::new(200, self.capacity_view(&ended))
+    }
+
+    /// Releases `claim` on every group holding it (those busy now are retried next tick).
+    fn release_claims(&mut self, claim: &Claim) {
+        let holders: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.claims.contains(claim))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for group in holders {
+            if self.waiting(&group) {
+                continue;
+            }
+            match self.resume(&group, claim.clone(), false) {
+                Ok(_) | Err(ControlError::Held { .. }) => {}
+                Err(error) => warn!(%group, %claim, %error, "claim not released yet"),
+            }
+        }
+    }
+
+    /// A group whose hooks are running or whose failed transition waits for its retry.
+    fn waiting(&self, group: &str) -> bool {
+        self.index(group).is_none_or(|i| {
+            self.groups[i].pending.is_some()
+                || self.groups[i]
+                    .retry_at
+                    .is_some_and(|at| Instant::now() < at)
+        })
+    }
+
+    /// Groups a capacity request may drain: mining, held by nothing, drawing power.
+    fn candidates(&self) -> Vec<Candidate> {
+        let observed = self.observe_all();
+        self.groups
+            .iter()
+            .zip(&observed)
+            .filter(|(g, _)| {
+                let record = self.record(&g.name);
+                record.state == GroupState::Active
+                    && record.claims.is_empty()
+                    && g.pending.is_none()
+            })
+            .map(|(g, o)| {
+                let watts = o.mining as f64 * g.policy.watts_per_worker;
+                let (efficiency, source) = self.efficiency(g, watts);
+                let expected = o
+                    .miners
+                    .iter()
+                    .map(|m| {
+                        g.policy
+                            .quiet_period(m.difficulty, m.hashrate)
+                            .as_secs_f64()
+                    })
+                    .fold(g.policy.quiet_min.as_secs_f64(), f64::max);
+                Candidate {
+                    group: g.name.to_string(),
+                    watts,
+                    efficiency_j_per_th: efficiency,
+                    source,
+                    drain_priority: g.drain_priority,
+                    expected_drained_seconds: expected,
+                }
+            })
+            .collect()
+    }
+
+    /// J/TH: measured from verified shares where there is enough history, else declared.
+    pub(super) fn efficiency(
+        &self,
+        group: &super::GroupRuntime,
+        watts: f64,
+    ) -> (Option<f64>, EfficiencySource) {
+        match group.hashrate.hashrate() {
+            Some(hashrate) if hashrate > 0.0 && watts > 0.0 => {
+                (Some(watts / (hashrate / 1e12)), EfficiencySource::Measured)
+            }
+            _ => match group.declared_efficiency {
+                Some(declared) => (Some(declared), EfficiencySource::Declared),
+                None => (None, EfficiencySource::Unknown),
+            },
+        }
+    }
+
+    /// Each tick: windows open and close, capacity requests reach `until` or lapse.
+    pub(super) fn reconcile_schedules(&mut self, now_ms: u64) {
+        for w in 0..self.sched.windows.len() {
+            let window = self.sched.windows[w].clone();
+            let claim = Claim::Window(window.spec.name.clone());
+            let open = window.open_at(now_ms);
+            for group in &window.spec.groups {
+                let key = format!("{}/{group}", window.spec.name);
+                let holds = self.record(group).claims.contains(&claim);
+                match open {
+                    Some(span) => {
+                        if holds {
+                            if self.sched.window_acted.get(&key) != Some(&span.start_ms) {
+                                self.sched.window_acted.insert(key, span.start_ms);
+                                let _ = self.save();
+                            }
+                        } else if self.sched.window_acted.get(&key) != Some(&span.start_ms)
+                            && !self.waiting(group)
+                        {
+                            let request = DrainRequest {
+                                mode: window.spec.mode,
+                                reason: if window.spec.reason.is_empty() {
+                                    format!("maintenance window {}", window.spec.name)
+                                } else {
+                                    window.spec.reason.clone()
+                                },
+                                reconnect_to: window.spec.reconnect_to.clone(),
+                                claim: claim.clone(),
+                            };
+                            if let Err(error) = self.drain(group, request) {
+                                warn!(window = %window.spec.name, %group, %error, "window drain not made yet");
+                            }
+                        }
+                    }
+                    None if holds && !self.waiting(group) => {
+                        let _ = self.resume(group, claim.clone(), false);
+                    }
+                    None => {}
+                }
+            }
+        }
+        // Claims of deleted windows.
+        let orphaned: Vec<Claim> = self
+            .records
+            .values()
+            .flat_map(|r| r.claims.iter())
+            .filter(|c| match c {
+                Claim::Window(name) => !self.sched.windows.iter().any(|w| &w.spec.name == name),
+                Claim::Capacity(id) => !self
+                    .sched
+                    .capacity
+                    .iter()
+                    .any(|c| &c.id == id && c.state == "active"),
+                Claim::Manual => false,
+            })
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for claim in orphaned {
+            self.release_claims(&claim);
+        }
+        let mut lapsed = 0;
+        for c in 0..self.sched.capacity.len() {
+            let capacity = self.sched.capacity[c].clone();
+            if capacity.state != "active" {
+                continue;
+            }
+            let until = capacity
+                .request
+                .until
+                .as_deref()
+                .and_then(|u| parse_time("until", u).ok());
+            if capacity.request.resume_at_until && until.is_some_and(|u| now_ms >= u) {
+                self.end_capacity(&capacity.id, "until reached");
+                continue;
+            }
+            self.claim_capacity_groups(&capacity);
+            if let Some(lease) = capacity.request.heartbeat {
+                if now_ms.saturating_sub(capacity.last_heartbeat_ms) > lease.as_millis() as u64 {
+                    lapsed += 1;
+                    if self.sched.lapsed.insert(capacity.id.clone()) {
+                        warn!(id = %capacity.id, "capacity request heartbeat lapsed: its groups stay drained");
+                        for planned in &capacity.plan.groups {
+                            if let Some(index) = self.index(&planned.group) {
+                                let state = self.record(&planned.group).state;
+                                self.log_event(
+                                    index,
+                                    "heartbeat_lapsed",
+                                    state,
+                                    state,
+                                    &Claim::Capacity(capacity.id.clone()).to_string(),
+                                    "the scheduler stopped renewing its lease; the group stays drained",
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics.capacity_heartbeat_lapsed.set(lapsed);
+    }
+
+    /// A capacity request with its groups' states now.
+    pub(super) fn capacity_view(&self, capacity: &Capacity) -> CapacityView {
+        let now_ms = unix_ms();
+        let statuses = lock(&self.status);
+        let mut group_states = Vec::new();
+        let mut released = 0.0;
+        let mut satisfied = capacity.state == "active";
+        for planned in &capacity.plan.groups {
+            let status = statuses.iter().find(|s| s.name == planned.group);
+            let state = status.map_or(GroupState::Active, |s| s.state);
+            let holds = status.is_some_and(|s| {
+                s.claims
+                    .contains(&Claim::Capacity(capacity.id.clone()).to_string())
+            });
+            if holds {
+                released += status.map_or(0.0, |s| s.released_watts);
+            }
+            satisfied &= holds && state == GroupState::Drained;
+            group_states.push((planned.group.clone(), state.as_str().to_owned()));
+        }
+        let until = capacity
+            .request
+            .until
+            .as_deref()
+            .and_then(|u| parse_time("until", u).ok());
+        CapacityView {
+            capacity: capacity.clone(),
+            group_states,
+            released_watts: released,
+            satisfied,
+            overdue: capacity.state == "active"
+                && !capacity.request.resume_at_until
+                && until.is_some_and(|u| now_ms >= u),
+            heartbeat_lapsed: capacity.state == "active"
+                && capacity.request.heartbeat.is_some_and(|lease| {
+                    now_ms.saturating_sub(capacity.last_heartbeat_ms) > lease.as_millis() as u64
+                }),
+        }
+    }
+
+    /// Publishes the windows' and capacity requests' views and their metrics.
+    pub(super) fn publish_schedules(&self) {
+        let now_ms = unix_ms();
+        let windows: Vec<WindowView> = self.sched.windows.iter().map(|w| w.view(now_ms)).collect();
+        let capacity: Vec<CapacityView> = self
+            .sched
+            .capacity
+            .iter()
+            .map(|c| self.capacity_view(c))
+            .collect();
+        let active: Vec<&CapacityView> = capacity
+            .iter()
+            .filter(|c| c.capacity.state == "active")
+            .collect();
+        self.metrics.capacity_requests.set(active.len() as i64);
+        self.metrics
+            .capacity_watts_requested
+            .set(active.iter().map(|c| c.capacity.request.watts).sum());
+        self.metrics
+            .capacity_watts_released
+            .set(active.iter().map(|c| c.released_watts).sum());
+        self.metrics
+            .windows_open
+            .set(windows.iter().filter(|w| w.state == "open").count() as i64);
+        *lock(&self.sched.views) = ScheduleViews { windows, capacity };
+    }
+}
