@@ -257,3 +257,39 @@ fn a_drain_survives_kill_9_and_the_cli_drives_it() {
     child.wait().unwrap();
     drop(pool);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_saved_is_not_applied() {
+    let pool = pool_with(|c| c.difficulty = 1.0).await;
+    let mut config = config_for(&[&pool], GROUPS);
+    let dir = state_dir();
+    config.state.dir = dir.clone();
+    let proxy = proxy(config).await;
+    let mut c07 = RawMiner::connect(&proxy).await;
+    c07.handshake("farm.c07-0001").await;
+    // The state directory goes away (a full or failed disk, an unmounted volume).
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    let http = Arc::new(Http::new(proxy.api_addr));
+    let h = Arc::clone(&http);
+    let (status, body) =
+        blocking(move || h.post_json("/api/v1/groups/c07/drain", None, r#"{"mode":"pause"}"#))
+            .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("not applied"), "{body}");
+    assert_eq!(state_of(&proxy, "c07").await, "active");
+    assert!(proxy.metrics.state_save_failures.get() >= 1);
+    // The miner still mines: the drain was not applied.
+    let share = c07.find_share(1, true, None);
+    c07.send(&RawMiner::submit_line(5, "farm.c07-0001", &share))
+        .await;
+    assert!(c07.response(hashgate::protocol::Id::from(5)).await.is_ok());
+    // With the directory back, the drain goes through.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let (status, body) =
+        blocking(move || http.post_json("/api/v1/groups/c07/drain", None, r#"{"mode":"pause"}"#))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    proxy.shutdown().await;
+}
