@@ -346,3 +346,66 @@ async fn webhooks_are_signed_and_retried_until_accepted() {
     assert_eq!(body["miners"][0]["name"], "farm.c07-0001");
     proxy.shutdown().await;
 }
+
+/// The example hook in deploy/hooks (the one the README tells operators to adapt) runs as shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_hook_script_runs_through_a_drain_and_resume() {
+    let dir = temp("example");
+    let log = dir.join("hooks.log");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/hooks/hashgate-hook.sh");
+    let pool = pool_with(|c| c.difficulty = 1.0).await;
+    let extra = format!(
+        "{GROUPS}[[hook]]\nevents = [\"draining\", \"drained\", \"resuming\", \"active\"]\nrequired = true\ncommand = [\"/usr/bin/env\", \"HASHGATE_HOOK_LOG={}\", \"/bin/sh\", \"{script}\"]\n",
+        log.display()
+    );
+    let mut config = config_for(&[&pool], &extra);
+    config.api.token = Some(TOKEN.into());
+    let proxy = proxy(config).await;
+    let http = Arc::new(Http::new(proxy.api_addr));
+    let mut miners = Vec::new();
+    for worker in ["farm.c07-0001", "farm.c07-0002"] {
+        let mut miner = RawMiner::connect(&proxy).await;
+        miner.handshake(worker).await;
+        miners.push(miner);
+    }
+    wait_for("the miners' watts", || {
+        proxy
+            .metrics
+            .group_power_watts
+            .with_label_values(&["c07"])
+            .get()
+            == 6500.0
+    })
+    .await;
+    let (status, body) = post(
+        &http,
+        "/api/v1/groups/c07/drain",
+        r#"{"mode":"pause","reason":"inference"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the drained line", || {
+        read().contains("released for AI work")
+    })
+    .await;
+    let (status, _) = post(&http, "/api/v1/groups/c07/resume", "").await;
+    assert_eq!(status, 200);
+    wait_for("the active line", || read().contains("mining again")).await;
+    let text = read();
+    assert_eq!(
+        text.matches("would sleep 127.0.0.1").count(),
+        2,
+        "one sleep per miner: {text}"
+    );
+    assert!(
+        text.contains("draining c07: 2 miner(s), 6500 W: inference"),
+        "{text}"
+    );
+    assert!(
+        text.contains("drained c07: 6500 W released for AI work"),
+        "{text}"
+    );
+    assert_eq!(text.matches("would wake 127.0.0.1").count(), 2, "{text}");
+    proxy.shutdown().await;
+}

@@ -48,7 +48,7 @@ impl GroupState {
 
 impl fmt::Display for GroupState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str()) // honours widths: the CLI prints states in columns
     }
 }
 
