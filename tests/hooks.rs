@@ -165,10 +165,11 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
         1
     );
     // The workers file is removed after the hook.
-    let left: Vec<_> = std::fs::read_dir(proxy_state_dir(&proxy))
-        .map(|d| d.filter_map(|e| e.ok()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
+    let workers_dir = proxy_state_dir(&proxy);
+    wait_for("the workers files removed", || {
+        std::fs::read_dir(&workers_dir).map_or(true, |mut d| d.next().is_none())
+    })
+    .await;
     proxy.shutdown().await;
 }
 

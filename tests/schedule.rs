@@ -417,6 +417,27 @@ async fn capacity_heartbeats_alert_only_and_until_resumes_when_asked() {
         "drained",
         "the other request still holds c07"
     );
+
+    // An operator overrides the scheduler: a forced resume sticks (the request does not drain
+    // the group again), and the request shows it is no longer satisfied.
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/groups/c07/resume",
+            Some(json!({"force": true})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    api.wait_state("c07", "active").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        api.state("c07").await,
+        "active",
+        "re-drained after a forced resume"
+    );
+    let view = api.get(&format!("/api/v1/capacity/{id}")).await;
+    assert_eq!(view["satisfied"], false, "{view}");
     proxy.shutdown().await;
 }
 

@@ -113,6 +113,14 @@ impl SessionRegistry {
             .collect()
     }
 
+    /// Visits every live session under the registry's lock (no copy of the map: the group
+    /// controller looks at every session several times a second). `visit` must not block.
+    pub fn for_each(&self, mut visit: impl FnMut(u64, &SessionEntry)) {
+        for (id, entry) in self.lock().iter() {
+            visit(*id, entry);
+        }
+    }
+
     /// Live sessions.
     pub fn len(&self) -> usize {
         self.lock().len()

@@ -189,6 +189,10 @@ pub struct Capacity {
     /// Unix ms of the last heartbeat (or of creation).
     #[serde(default)]
     pub last_heartbeat_ms: u64,
+    /// Planned groups that have held this request's claim: one an operator then resumed by
+    /// force is not drained again by it.
+    #[serde(default)]
+    pub claimed: Vec<String>,
 }
 
 /// A capacity request with what its groups are doing now.

@@ -430,6 +430,9 @@ struct MinerView {
 /// A group's miners on a tick, judged against its drain.
 #[derive(Default)]
 struct Observed {
+    /// Authorized miners connected.
+    workers: usize,
+    /// Their details (groups in a drain, or when asked for).
     miners: Vec<MinerView>,
     mining: usize,
     hashing: Vec<usize>,
@@ -1008,7 +1011,7 @@ impl GroupController {
             watts_before,
             watts_after,
             released_watts: released_watts(&record, watts_after),
-            workers: observed.miners.len(),
+            workers: observed.workers,
             detail: detail.to_owned(),
         };
         let mut log = lock(&self.events);
@@ -1193,53 +1196,73 @@ impl GroupController {
         let _ = self.begin(index, next, trigger.to_owned());
     }
 
-    /// Every group's miners, judged.
-    fn observe_all(&self) -> Vec<Observed> {
-        let mut by_group: HashMap<&str, usize> = HashMap::new();
-        for (i, g) in self.groups.iter().enumerate() {
-            by_group.insert(&g.name, i);
-        }
+    /// Every group's miners, judged. Active groups are only counted (a farm of 20,000 miners is
+    /// looked at five times a second); groups in a drain, and those `detailed` names, list
+    /// their miners.
+    fn observe_with(&self, detailed: impl Fn(usize) -> bool) -> Vec<Observed> {
+        let by_group: HashMap<&str, usize> = self
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (&*g.name, i))
+            .collect();
+        let records: Vec<GroupRecord> = self.groups.iter().map(|g| self.record(&g.name)).collect();
+        let detail: Vec<bool> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.state != GroupState::Active || detailed(i))
+            .collect();
         let mut observed: Vec<Observed> = (0..self.groups.len())
             .map(|_| Observed::default())
             .collect();
-        for (id, entry) in self.downstream.sessions.snapshot() {
+        self.downstream.sessions.for_each(|id, entry| {
             let stats = entry
                 .stats
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let Some(name) = &stats.name else { continue };
+            let Some(name) = &stats.name else { return };
             let Some(&index) = by_group.get(&*stats.group) else {
-                continue;
+                return;
             };
-            observed[index].miners.push(MinerView {
-                id,
-                name: name.clone(),
-                address: stats.remote.to_string(),
-                paused: stats.paused,
-                last_submit_ms: stats.last_submit_unix_ms,
-                difficulty: stats.difficulty,
-                hashrate: stats.hashrate_15m(),
-                commands: entry.commands.clone(),
-            });
-        }
+            let group = &mut observed[index];
+            group.workers += 1;
+            if detail[index] {
+                group.miners.push(MinerView {
+                    id,
+                    name: name.clone(),
+                    address: stats.remote.to_string(),
+                    paused: stats.paused,
+                    last_submit_ms: stats.last_submit_unix_ms,
+                    difficulty: stats.difficulty,
+                    hashrate: stats.hashrate_15m(),
+                    commands: entry.commands.clone(),
+                });
+            }
+        });
         let now_ms = unix_ms();
         for (index, group) in observed.iter_mut().enumerate() {
-            group.miners.sort_by_key(|m| m.id);
-            let record = self.record(&self.groups[index].name);
+            let record = &records[index];
             let policy = &self.groups[index].policy;
+            let Some(drain) = record
+                .drain
+                .as_ref()
+                .filter(|_| record.state != GroupState::Active)
+            else {
+                group.mining = group.workers;
+                continue;
+            };
+            group.miners.sort_by_key(|m| m.id);
             for (i, miner) in group.miners.iter().enumerate() {
-                let mining = match (&record.state, &record.drain) {
-                    (GroupState::Active, _) | (_, None) => true,
-                    (GroupState::Resuming, _) => !miner.paused,
-                    (GroupState::Draining | GroupState::Drained, Some(drain)) => {
-                        let reference = miner.last_submit_ms.unwrap_or(0).max(drain.started_at_ms);
-                        let quiet = policy.quiet_period(miner.difficulty, miner.hashrate);
-                        let still = now_ms.saturating_sub(reference) < quiet.as_millis() as u64;
-                        if still {
-                            group.hashing.push(i);
-                        }
-                        still
+                let mining = if record.state == GroupState::Resuming {
+                    !miner.paused
+                } else {
+                    let reference = miner.last_submit_ms.unwrap_or(0).max(drain.started_at_ms);
+                    let quiet = policy.quiet_period(miner.difficulty, miner.hashrate);
+                    let still = now_ms.saturating_sub(reference) < quiet.as_millis() as u64;
+                    if still {
+                        group.hashing.push(i);
                     }
+                    still
                 };
                 if mining {
                     group.mining += 1;
@@ -1249,8 +1272,13 @@ impl GroupController {
         observed
     }
 
+    fn observe_all(&self) -> Vec<Observed> {
+        self.observe_with(|_| false)
+    }
+
+    /// One group, with its miners listed.
     fn observe(&self, index: usize) -> Observed {
-        self.observe_all().swap_remove(index)
+        self.observe_with(|i| i == index).swap_remove(index)
     }
 
     fn status_of(&self, group: &str) -> GroupStatus {
@@ -1300,7 +1328,7 @@ impl GroupController {
                     power_watts: power,
                     released_watts: released,
                     watts_before: drain.map(|d| d.watts_before),
-                    workers: observed.miners.len(),
+                    workers: observed.workers,
                     mining_workers: observed.mining,
                     still_hashing: observed
                         .hashing

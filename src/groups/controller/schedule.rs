@@ -339,6 +339,7 @@ impl GroupController {
             state: "active".into(),
             ended: None,
             last_heartbeat_ms: now,
+            claimed: Vec::new(),
         };
         self.sched.capacity.push(capacity.clone());
         // Durable before any group is touched: after a crash the claims have an owner.
@@ -351,11 +352,23 @@ impl GroupController {
         Answer::new(201, self.capacity_view(&capacity))
     }
 
-    /// Drains the planned groups of an active request that do not hold its claim yet.
+    /// Drains the planned groups of an active request that have not held its claim yet (a
+    /// drain that could not be made, busy or refused by a hook, is tried again on a later tick).
     fn claim_capacity_groups(&mut self, capacity: &Capacity) {
         let claim = Claim::Capacity(capacity.id.clone());
         for planned in &capacity.plan.groups {
-            if self.record(&planned.group).claims.contains(&claim) || self.waiting(&planned.group) {
+            if self.record(&planned.group).claims.contains(&claim) {
+                if !capacity.claimed.contains(&planned.group) {
+                    if let Some(c) = self.sched.capacity.iter_mut().find(|c| c.id == capacity.id) {
+                        c.claimed.push(planned.group.clone());
+                    }
+                    if let Err(error) = self.save() {
+                        warn!(id = %capacity.id, %error, "capacity bookkeeping not saved");
+                    }
+                }
+                continue;
+            }
+            if capacity.claimed.contains(&planned.group) || self.waiting(&planned.group) {
                 continue;
             }
             let request = DrainRequest {
@@ -439,7 +452,7 @@ impl GroupController {
 
     /// Groups a capacity request may drain: mining, held by nothing, drawing power.
     fn candidates(&self) -> Vec<Candidate> {
-        let observed = self.observe_all();
+        let observed = self.observe_with(|_| true);
         self.groups
             .iter()
             .zip(&observed)
@@ -504,7 +517,9 @@ impl GroupController {
                         if holds {
                             if self.sched.window_acted.get(&key) != Some(&span.start_ms) {
                                 self.sched.window_acted.insert(key, span.start_ms);
-                                let _ = self.save();
+                                if let Err(error) = self.save() {
+                                    warn!(window = %window.spec.name, %error, "window bookkeeping not saved");
+                                }
                             }
                         } else if self.sched.window_acted.get(&key) != Some(&span.start_ms)
                             && !self.waiting(group)
