@@ -313,11 +313,17 @@ fn group_views(state: &ApiState) -> Vec<GroupView> {
             },
         );
     }
+    // Workers and their totals are counted live; state and power are the controller's (at most
+    // one tick, 200 ms, old).
+    for group in groups.values_mut() {
+        group.status.workers = 0;
+    }
     for w in state.downstream.sessions.workers() {
         // Only authorized miners mine (and are in a group for good).
         let Some(group) = groups.get_mut(&w.group).filter(|_| w.name.is_some()) else {
             continue;
         };
+        group.status.workers += 1;
         group.hashrate_1m += w.hashrate_1m;
         group.hashrate_15m += w.hashrate_15m;
         group.accepted += w.accepted;

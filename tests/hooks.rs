@@ -180,10 +180,13 @@ fn proxy_state_dir(proxy: &hashgate::proxy::Proxy) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_hanging_required_hook_blocks_the_transition() {
+    let dir = temp("blocking");
+    let after = dir.join("after-pdu-ran").display().to_string();
     let pool = pool_with(|c| c.difficulty = 1.0).await;
     let extra = format!(
         "{GROUPS}\
          [[hook]]\nname = \"pdu-off\"\nevents = [\"draining\"]\ngroups = [\"gpu\"]\nrequired = true\ncommand = [\"/bin/sh\", \"-c\", \"echo PDU unreachable >&2; exit 3\"]\n\
+         [[hook]]\nname = \"after-pdu\"\nevents = [\"draining\"]\ngroups = [\"gpu\"]\ncommand = [\"/usr/bin/touch\", \"{after}\"]\n\
          [[hook]]\nname = \"slow\"\nevents = [\"draining\"]\ngroups = [\"row9\"]\nrequired = true\ntimeout = \"500ms\"\ncommand = [\"/bin/sleep\", \"30\"]\n\
          [[hook]]\nname = \"optional\"\nevents = [\"draining\"]\ngroups = [\"c07\"]\ncommand = [\"/bin/false\"]\n"
     );
@@ -203,6 +206,10 @@ async fn a_failing_or_hanging_required_hook_blocks_the_transition() {
     );
     let view = group(&http, "gpu").await;
     assert_eq!(view["state"], "active", "{view}");
+    assert!(
+        !std::path::Path::new(&after).exists(),
+        "a hook after the failed required one must not run"
+    );
     assert!(
         view["last_error"].as_str().unwrap().contains("pdu-off"),
         "{view}"

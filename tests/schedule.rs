@@ -175,6 +175,15 @@ async fn a_window_drains_its_group_at_start_minus_lead_and_resumes_at_its_end() 
         .await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("groups"), "{body}");
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/windows",
+            Some(json!({"groups": ["c07"], "cron": "0 2 * * *", "duration": "8000years"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "a hostile duration is refused: {body}");
 
     // Active until start - lead time (2 s from now), then drained.
     tokio::time::sleep(until(start_at).saturating_sub(Duration::from_millis(1300))).await;
@@ -292,6 +301,15 @@ async fn capacity_drains_the_least_efficient_first_and_its_dry_run_changes_nothi
         .call("POST", "/api/v1/capacity", Some(request), Some("job-881"))
         .await;
     assert_eq!((status, &again), (201, &first));
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/capacity",
+            Some(json!({"watts": 1.0})),
+            Some("job-881"),
+        )
+        .await;
+    assert_eq!(status, 422, "a key reused for another request: {body}");
     assert_eq!(
         api.get("/api/v1/capacity").await.as_array().unwrap().len(),
         1
@@ -466,7 +484,7 @@ efficiency_j_per_th = 10.0
     let api = Api(Arc::new(Http::new(proxy.api_addr)));
     let cancel = CancellationToken::new();
     let mut stats = Vec::new();
-    for (worker, hashrate) in [("farm.fast-1", 400_000.0), ("farm.slow-1", 100_000.0)] {
+    for (worker, hashrate) in [("farm.fast-1", 100_000.0), ("farm.slow-1", 25_000.0)] {
         let s = Arc::new(SimMinerStats::default());
         tokio::spawn(run_sim_miner(
             SimMinerConfig::new(proxy.miner_addr, worker, hashrate),
@@ -475,22 +493,25 @@ efficiency_j_per_th = 10.0
         ));
         stats.push(s);
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // The miners really hash, so early figures are noisy: wait for the measurement to settle
+    // near the true 4x (at least 2x).
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let fast = api.get("/api/v1/groups/fast").await;
         let slow = api.get("/api/v1/groups/slow").await;
-        if fast["efficiency_source"] == "measured" && slow["efficiency_source"] == "measured" {
-            let (f, s) = (
-                fast["efficiency_j_per_th"].as_f64().unwrap(),
-                slow["efficiency_j_per_th"].as_f64().unwrap(),
-            );
-            assert!(
-                s > 2.0 * f,
-                "slow {s} J/TH should be well above fast {f} J/TH"
-            );
+        let measured =
+            fast["efficiency_source"] == "measured" && slow["efficiency_source"] == "measured";
+        let (f, s) = (
+            fast["efficiency_j_per_th"].as_f64().unwrap_or(0.0),
+            slow["efficiency_j_per_th"].as_f64().unwrap_or(0.0),
+        );
+        if measured && s > 2.0 * f {
             break;
         }
-        assert!(Instant::now() < deadline, "never measured: {fast} {slow}");
+        assert!(
+            Instant::now() < deadline,
+            "slow should measure well above fast: {fast} {slow}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(stats.iter().all(|s| s.accepted.load(Ordering::Relaxed) > 0));

@@ -670,9 +670,17 @@ impl Session {
                     self.group_gate = Some(Arc::clone(gate));
                 }
                 tracing::Span::current().record("group", &*group_name);
-                self.update_stats(|s| s.group = group_name);
                 tracing::Span::current().record("worker", worker.as_str());
-                self.update_stats(|s| s.name = Some(worker.clone()));
+                // Held in the same update that makes the miner visible: the group controller
+                // must never see a miner of a drained or resuming group as mining.
+                let held = gate_now.as_ref().is_some_and(|gate| *gate != Gate::Open);
+                self.paused |= held;
+                let paused = self.paused;
+                self.update_stats(|s| {
+                    s.group = group_name;
+                    s.name = Some(worker.clone());
+                    s.paused = paused;
+                });
                 if self.context.per_worker_metrics {
                     let metrics = &self.context.metrics;
                     self.worker_metrics = Some(WorkerMetrics {

@@ -174,8 +174,8 @@ impl HookRunner {
         self.hooks.iter().any(|h| h.applies(event, group))
     }
 
-    /// Runs every hook for this event and group, in order. Err: a required hook failed (the
-    /// others still ran; optional failures are logged and counted only).
+    /// Runs every hook for this event and group, in order. Err: a required hook failed (the hooks
+    /// after it did not run; optional failures are logged and counted only).
     pub async fn run(&self, context: &HookContext) -> Result<(), HookFailure> {
         let mut failure = None;
         for hook in self
@@ -211,12 +211,15 @@ impl HookRunner {
                 Err(error) => {
                     let message = error.to_string();
                     warn!(hook = %hook.name, event, group = %context.group, required = hook.required, %message, "hook failed");
-                    if hook.required && failure.is_none() {
+                    if hook.required {
+                        // The hooks after it must not act on a transition that will not happen
+                        // ("PDU off" failed: do not tell the scheduler the power is free).
                         failure = Some(HookFailure {
                             hook: hook.name.clone(),
                             event,
                             message,
                         });
+                        break;
                     }
                 }
             }

@@ -140,16 +140,19 @@ pub struct GroupRecord {
     /// Who holds the drain.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub claims: BTreeSet<Claim>,
-    /// Unix seconds the resume started (ramp accounting, survives a restart).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resume_started_at: Option<u64>,
 }
 
 impl GroupRecord {
     /// The gate sessions of this group obey in this state.
     pub fn gate(&self) -> Gate {
         let Some(drain) = &self.drain else {
-            return Gate::Open;
+            // Not reachable through the controller; a hand-edited state file could say so.
+            // Not active means no work: the safe side for the breakers.
+            return if self.state == GroupState::Active {
+                Gate::Open
+            } else {
+                Gate::Paused
+            };
         };
         match (self.state, drain.mode) {
             (GroupState::Active, _) => Gate::Open,
@@ -233,7 +236,6 @@ mod tests {
                 roster: Vec::new(),
             }),
             claims: [Claim::Manual].into(),
-            resume_started_at: None,
         }
     }
 

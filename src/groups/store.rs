@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,9 @@ pub struct PersistedState {
 pub struct StoredAnswer {
     /// Order of arrival (the oldest are forgotten first).
     pub seq: u64,
+    /// What was asked (endpoint and body): a key reused for another request is refused.
+    #[serde(default)]
+    pub fingerprint: String,
     /// HTTP status.
     pub status: u16,
     /// JSON body.
@@ -245,11 +248,14 @@ impl Store {
             })
     }
 
-    /// The newest events of the log. A torn last line (a crash mid-append) is skipped; a bad line
-    /// before it means the file is corrupt.
+    /// The newest events of the log. A torn tail (a crash mid-append, or the zeros a power loss
+    /// can leave) is cut off the file, so the next append starts on a line of its own. A bad
+    /// line before the tail means the file was damaged otherwise: it is moved aside (kept as
+    /// evidence, named in the log) and a new log starts; the drains themselves are in the state
+    /// file, so mining safety does not depend on it.
     fn read_events(&self) -> Result<Vec<Event>, StoreError> {
-        let file = match File::open(&self.events_path) {
-            Ok(file) => file,
+        let bytes = match std::fs::read(&self.events_path) {
+            Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => {
                 return Err(StoreError::Read {
@@ -259,35 +265,59 @@ impl Store {
             }
         };
         let mut events = std::collections::VecDeque::new();
-        let mut bad_line: Option<(usize, String)> = None;
-        for (number, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|source| StoreError::Read {
-                path: self.events_path.clone(),
-                source,
-            })?;
-            if let Some((at, message)) = bad_line.take() {
-                return Err(StoreError::Corrupt {
-                    path: self.events_path.clone(),
-                    message: format!("line {}: {message}", at + 1),
-                });
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<Event>(&line) {
-                Ok(event) => {
+        let mut offset = 0;
+        let mut lines = bytes.split_inclusive(|b| *b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            let last = lines.peek().is_none();
+            let parsed = std::str::from_utf8(line)
+                .ok()
+                .map(str::trim)
+                .filter(|text| !text.is_empty())
+                .map(serde_json::from_str::<Event>);
+            match parsed {
+                None if line.iter().all(|b| b.is_ascii_whitespace()) => {}
+                Some(Ok(event)) if line.ends_with(b"\n") => {
                     if events.len() == EVENTS_IN_MEMORY {
                         events.pop_front();
                     }
                     events.push_back(event);
                 }
-                Err(error) => bad_line = Some((number, error.to_string())),
+                _ if last => {
+                    tracing::warn!(path = %self.events_path.display(), bytes = line.len(), "cutting a torn last line off the event log");
+                    self.truncate_events(offset)?;
+                    break;
+                }
+                _ => {
+                    let aside = self
+                        .events_path
+                        .with_extension(format!("jsonl.corrupt-{}", super::gate::unix_ms() / 1000));
+                    tracing::error!(path = %self.events_path.display(), moved_to = %aside.display(), "event log damaged before its last line: moved aside, starting a new one");
+                    std::fs::rename(&self.events_path, &aside).map_err(|source| {
+                        StoreError::Write {
+                            path: self.events_path.clone(),
+                            source,
+                        }
+                    })?;
+                    return Ok(Vec::new());
+                }
             }
-        }
-        if let Some((at, message)) = bad_line {
-            tracing::warn!(path = %self.events_path.display(), line = at + 1, %message, "skipping a torn last line of the event log");
+            offset += line.len();
         }
         Ok(events.into())
+    }
+
+    fn truncate_events(&self, length: usize) -> Result<(), StoreError> {
+        OpenOptions::new()
+            .write(true)
+            .open(&self.events_path)
+            .and_then(|file| {
+                file.set_len(length as u64)?;
+                file.sync_all()
+            })
+            .map_err(|source| StoreError::Write {
+                path: self.events_path.clone(),
+                source,
+            })
     }
 }
 
@@ -352,25 +382,34 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_event_line_is_skipped_but_a_bad_middle_line_is_not() {
+    fn a_torn_tail_is_cut_off_and_a_damaged_log_is_moved_aside() {
         let dir = temp_dir("events");
         let (store, _, _) = Store::open(&dir).unwrap();
         let event = Event::example(1);
         store.append_event(&event).unwrap();
         let path = dir.join("events.jsonl");
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str("{\"seq\":2,\"ti");
-        std::fs::write(&path, &text).unwrap();
-        let (_, _, events) = Store::open(&dir).unwrap();
+        let good = std::fs::read_to_string(&path).unwrap();
+        // A crash mid-append, then power loss zeros.
+        std::fs::write(&path, format!("{good}{{\"seq\":2,\"ti\0\0\0")).unwrap();
+        let (store, _, events) = Store::open(&dir).unwrap();
         assert_eq!(events, vec![event.clone()]);
-        text.push('\n');
-        text.push_str(&serde_json::to_string(&event).unwrap());
-        text.push('\n');
-        std::fs::write(&path, &text).unwrap();
-        let error = Store::open(&dir).unwrap_err().to_string();
-        assert!(
-            error.contains("events.jsonl") && error.contains("line 2"),
-            "{error}"
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            good,
+            "the tail is cut off"
         );
+        // The next append starts on its own line and reads back.
+        store.append_event(&Event::example(2)).unwrap();
+        let (_, _, events) = Store::open(&dir).unwrap();
+        assert_eq!(events.len(), 2);
+        // Damage before the last line: the file is moved aside, hashgate starts.
+        std::fs::write(&path, format!("garbage\n{good}")).unwrap();
+        let (_, _, events) = Store::open(&dir).unwrap();
+        assert!(events.is_empty());
+        let aside = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+        assert!(aside, "the damaged log is kept");
     }
 }

@@ -62,6 +62,32 @@ fn default_mode() -> DrainMode {
     DrainMode::Pause
 }
 
+/// Longest span a window may have (a year: a longer "maintenance" is a decommissioning).
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest lead time.
+const MAX_LEAD_TIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest reason (it is shown to miners and put in hooks' environment).
+pub const MAX_REASON: usize = 256;
+
+/// A reason fit to show a miner and pass to a hook: at most [`MAX_REASON`] characters, no
+/// control characters.
+pub fn check_reason(field: &'static str, reason: &str) -> Result<(), WindowError> {
+    if reason.chars().count() > MAX_REASON {
+        return Err(invalid(
+            field,
+            format!("longer than {MAX_REASON} characters"),
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// When a window holds its groups.
 #[derive(Debug, Clone)]
 enum Schedule {
@@ -124,10 +150,20 @@ pub fn parse_time(field: &'static str, text: &str) -> Result<u64, WindowError> {
         .map_err(|_| invalid(field, format!("{text:?} is before 1970")))
 }
 
-/// Unix ms as RFC 3339 (UTC).
+/// Unix ms as RFC 3339 (UTC); times past year 9999 are written as that limit.
 pub fn format_time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    let time = std::time::UNIX_EPOCH + Duration::from_millis(ms.min(LAST_RFC3339_MS));
+    let mut text = String::new();
+    // Within the limit humantime cannot fail; an error leaves the text empty, never a panic.
+    let _ = std::fmt::write(
+        &mut text,
+        format_args!("{}", humantime::format_rfc3339_seconds(time)),
+    );
+    text
 }
+
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59Z), in unix ms.
+const LAST_RFC3339_MS: u64 = 253_402_300_799_000;
 
 impl Window {
     /// Validates a spec; `known_group` says whether a group name exists.
@@ -138,6 +174,16 @@ impl Window {
     ) -> Result<Window, WindowError> {
         if spec.groups.is_empty() {
             return Err(invalid("groups", "name at least one group"));
+        }
+        check_reason("reason", &spec.reason)?;
+        if spec.name.chars().count() > 64 || spec.name.chars().any(char::is_control) {
+            return Err(invalid(
+                "name",
+                "at most 64 characters, no control characters",
+            ));
+        }
+        if spec.lead_time.is_some_and(|lead| lead > MAX_LEAD_TIME) {
+            return Err(invalid("lead_time", "at most 30 days"));
         }
         if let Some(unknown) = spec.groups.iter().find(|g| !known_group(g)) {
             return Err(invalid("groups", format!("unknown group {unknown:?}")));
@@ -161,11 +207,14 @@ impl Window {
                 if end_ms <= start_ms {
                     return Err(invalid("end", "must be after start"));
                 }
+                if end_ms > LAST_RFC3339_MS {
+                    return Err(invalid("end", "must be before year 10000"));
+                }
                 Schedule::Once { start_ms, end_ms }
             }
             (None, None, Some(expression), Some(duration)) => {
-                if duration.is_zero() {
-                    return Err(invalid("duration", "must be above zero"));
+                if duration.is_zero() || duration > MAX_DURATION {
+                    return Err(invalid("duration", "must be above zero and at most a year"));
                 }
                 // Operators write 5-field cron; the cron crate wants seconds first.
                 let fields = expression.split_whitespace().count();
@@ -178,7 +227,7 @@ impl Window {
                     .map_err(|e| invalid("cron", format!("{expression:?}: {e}")))?;
                 Schedule::Cron {
                     schedule: Box::new(schedule),
-                    duration_ms: duration.as_millis() as u64,
+                    duration_ms: millis(duration),
                 }
             }
             _ => {
@@ -189,7 +238,7 @@ impl Window {
             }
         };
         Ok(Window {
-            lead_ms: spec.lead_time.map_or(0, |d| d.as_millis() as u64),
+            lead_ms: spec.lead_time.map_or(0, millis),
             spec,
             from_config,
             schedule,
@@ -230,7 +279,7 @@ impl Window {
                 Some(Occurrence {
                     drain_at_ms: start_ms.saturating_sub(self.lead_ms),
                     start_ms,
-                    end_ms: start_ms + duration_ms,
+                    end_ms: start_ms.saturating_add(*duration_ms),
                 })
             }
         }
@@ -326,6 +375,7 @@ mod tests {
         assert!(window.open_at(start + 2 * HOUR).is_none(), "closed at end");
         assert!(window.ended(start + 2 * HOUR));
         assert_eq!(format_time(start), "2026-12-01T20:00:00Z");
+        assert_eq!(format_time(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]
@@ -397,6 +447,23 @@ mod tests {
                 "cron",
             ),
             (spec(), "start"),
+            (
+                WindowSpec {
+                    cron: Some("0 2 * * *".into()),
+                    duration: Some(Duration::from_secs(8000 * 366 * 24 * 3600)),
+                    ..spec()
+                },
+                "duration",
+            ),
+            (
+                WindowSpec {
+                    start: Some("2026-12-01T20:00:00Z".into()),
+                    end: Some("2026-12-01T21:00:00Z".into()),
+                    reason: "x".repeat(300),
+                    ..spec()
+                },
+                "reason",
+            ),
         ];
         for (spec, field) in cases {
             let error = Window::new(spec, false, |g| g == "c07").unwrap_err();

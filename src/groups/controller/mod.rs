@@ -56,11 +56,13 @@ pub enum ControlError {
         /// What is running.
         what: String,
     },
-    /// Others still hold the drain.
-    #[error("group {group} is also held by {claims}: end those first (or resume with force)")]
+    /// Others still hold the drain (the caller's own hold, if it had one, was released).
+    #[error("group {group} stays drained: {}held by {claims}: end those first (or resume with force)", released.as_ref().map(|r| format!("{r} released; still ")).unwrap_or_default())]
     Held {
         /// The group.
         group: String,
+        /// The hold that was released, if the caller had one.
+        released: Option<String>,
         /// Who holds it.
         claims: String,
     },
@@ -392,10 +394,33 @@ struct Pending {
     reply: Option<Reply>,
 }
 
-/// The resume ramp of one group.
+/// The resume ramp of one group: a token bucket that fills at the group's rate and holds at most
+/// one second of it, so miners that come back late are not admitted all at once.
 struct Ramp {
     started: Instant,
     admitted: HashSet<u64>,
+    tokens: f64,
+    filled: Instant,
+}
+
+impl Ramp {
+    fn new() -> Ramp {
+        let now = Instant::now();
+        Ramp {
+            started: now,
+            admitted: HashSet::new(),
+            // The first miner at once.
+            tokens: 1.0,
+            filled: now,
+        }
+    }
+
+    fn fill(&mut self, rate: f64) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.filled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
+        self.filled = now;
+    }
 }
 
 /// What the controller keeps per group besides its record.
@@ -648,6 +673,8 @@ impl GroupController {
     /// the claim (and changes the mode, if another is asked for).
     fn drain(&mut self, group: &str, request: DrainRequest) -> Result<Step, ControlError> {
         let index = self.ready(group)?;
+        super::windows::check_reason("reason", &request.reason)
+            .map_err(|e| ControlError::BadRequest(e.to_string()))?;
         if request.mode == DrainMode::Reconnect
             && request
                 .reconnect_to
@@ -667,7 +694,13 @@ impl GroupController {
             if next.claims.insert(request.claim.clone()) {
                 kind = Some("claim_added");
             }
-            if let Some(drain) = next.drain.as_mut() {
+            // A window or capacity request joining a drain keeps its mode; an operator may change
+            // it (pause -> disconnect when machines do not sleep).
+            if let Some(drain) = next
+                .drain
+                .as_mut()
+                .filter(|_| request.claim == Claim::Manual)
+            {
                 if drain.mode != request.mode || drain.reconnect_to != request.reconnect_to {
                     drain.mode = request.mode;
                     drain.reconnect_to = request.reconnect_to.clone();
@@ -701,7 +734,6 @@ impl GroupController {
                     .collect(),
             }),
             claims: [request.claim].into(),
-            resume_started_at: None,
         };
         self.begin(index, next, trigger)
     }
@@ -737,6 +769,7 @@ impl GroupController {
             let claims: Vec<String> = claims.iter().map(Claim::to_string).collect();
             return Err(ControlError::Held {
                 group: group.to_owned(),
+                released: released.then(|| trigger.clone()),
                 claims: claims.join(", "),
             });
         }
@@ -745,7 +778,6 @@ impl GroupController {
             since: unix_ms() / 1000,
             drain: current.drain.clone(),
             claims,
-            resume_started_at: Some(unix_ms() / 1000),
         };
         self.begin(index, next, trigger)
     }
@@ -900,6 +932,10 @@ impl GroupController {
                     &message,
                 );
                 self.failed_automatic(index, &message);
+                let current_claims = self.record(group).claims;
+                for claim in pending.next.claims.difference(&current_claims) {
+                    self.forget_attempt(group, claim);
+                }
                 if let Some(reply) = pending.reply {
                     let _ = reply.send(Err(error));
                 }
@@ -912,7 +948,7 @@ impl GroupController {
     fn failed_automatic(&mut self, index: usize, message: &str) {
         let runtime = &mut self.groups[index];
         runtime.last_error = Some(message.to_owned());
-        runtime.retry_at = Some(Instant::now() + runtime.policy.hook_retry);
+        runtime.retry_at = Instant::now().checked_add(runtime.policy.hook_retry);
     }
 
     /// Everything the state file holds, as it is now.
@@ -967,10 +1003,7 @@ impl GroupController {
         runtime.last_error = None;
         match to {
             GroupState::Resuming if from != GroupState::Resuming => {
-                runtime.ramp = Some(Ramp {
-                    started: Instant::now(),
-                    admitted: HashSet::new(),
-                });
+                runtime.ramp = Some(Ramp::new());
             }
             GroupState::Resuming => {}
             _ => runtime.ramp = None,
@@ -1014,9 +1047,10 @@ impl GroupController {
             workers: observed.workers,
             detail: detail.to_owned(),
         };
-        let mut log = lock(&self.events);
+        // Only this task adds events, so the sequence number cannot change between the two
+        // locks; the API's readers are not held up by the fsync.
         let event = Event {
-            seq: log.next_seq(),
+            seq: lock(&self.events).next_seq(),
             ..event
         };
         if let Err(error) = self.store.append_event(&event) {
@@ -1025,7 +1059,7 @@ impl GroupController {
             error!(%error, "audit event not saved");
             self.metrics.state_save_failures.inc();
         }
-        log.push(event);
+        lock(&self.events).push(event);
     }
 
     fn on_tick(&mut self) {
@@ -1130,17 +1164,14 @@ impl GroupController {
         let _ = self.begin(index, next, trigger);
     }
 
-    /// Admits paused miners at the group's rate; active once everyone is back or at the timeout.
+    /// Admits paused miners at the group's rate; active once everyone is back. The ramp timeout
+    /// only gives up on miners that did not come back: miners waiting for admission are always
+    /// admitted at the rate, never all at once.
     fn ramp(&mut self, index: usize, record: &GroupRecord, observed: &Observed) {
         let rate = self.groups[index].policy.ramp_rate;
         let ramp_timeout = self.groups[index].policy.ramp_timeout;
-        let ramp = self.groups[index].ramp.get_or_insert_with(|| Ramp {
-            started: Instant::now(),
-            admitted: HashSet::new(),
-        });
-        let elapsed = ramp.started.elapsed();
-        // One miner at once, then `rate` per second.
-        let allowed = (elapsed.as_secs_f64() * rate).floor() as usize + 1;
+        let ramp = self.groups[index].ramp.get_or_insert_with(Ramp::new);
+        ramp.fill(rate);
         ramp.admitted
             .retain(|id| observed.miners.iter().any(|m| m.id == *id));
         let mut waiting = 0;
@@ -1148,40 +1179,47 @@ impl GroupController {
             if ramp.admitted.contains(&miner.id) {
                 continue;
             }
-            if ramp.admitted.len() < allowed
-                && miner.commands.try_send(SessionCommand::ResumeWork).is_ok()
-            {
+            if ramp.tokens >= 1.0 && miner.commands.try_send(SessionCommand::ResumeWork).is_ok() {
+                ramp.tokens -= 1.0;
                 ramp.admitted.insert(miner.id);
             } else {
                 waiting += 1;
             }
         }
-        let roster_back = record.drain.as_ref().is_none_or(|d| {
-            d.roster.iter().all(|entry| {
-                observed
+        let missing: Vec<&str> = record
+            .drain
+            .iter()
+            .flat_map(|d| &d.roster)
+            .filter(|entry| {
+                !observed
                     .miners
                     .iter()
                     .any(|m| m.name == entry.name && (!m.paused || ramp.admitted.contains(&m.id)))
             })
-        });
-        let done = roster_back && waiting == 0;
-        let timed_out = elapsed >= ramp_timeout;
-        if !done && !timed_out {
+            .map(|entry| entry.name.as_str())
+            .collect();
+        if waiting > 0 {
             return;
         }
-        let trigger = if done { "ramp" } else { "ramp_timeout" };
-        if !done {
-            let missing: Vec<&str> = record
-                .drain
-                .iter()
-                .flat_map(|d| &d.roster)
-                .filter(|entry| !observed.miners.iter().any(|m| m.name == entry.name))
-                .map(|entry| entry.name.as_str())
-                .take(20)
-                .collect();
+        let timed_out = ramp.started.elapsed() >= ramp_timeout;
+        if !missing.is_empty() && !timed_out {
+            return;
+        }
+        let trigger = if missing.is_empty() {
+            "ramp"
+        } else {
+            "ramp_timeout"
+        };
+        if !missing.is_empty() {
             let detail = format!(
-                "ramp timeout: {waiting} miner(s) still waiting, not back: {}",
-                missing.join(", ")
+                "ramp timeout: {} miner(s) did not come back: {}",
+                missing.len(),
+                missing
+                    .iter()
+                    .take(20)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             self.log_event(
                 index,

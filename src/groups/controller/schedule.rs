@@ -31,6 +31,10 @@ use crate::groups::gate::unix_ms;
 const MAX_IDEMPOTENCY_KEYS: usize = 1000;
 /// Ended capacity requests kept for the API.
 const MAX_ENDED_CAPACITY: usize = 100;
+/// Windows the API may hold (config windows are not counted).
+const MAX_API_WINDOWS: usize = 1000;
+/// Ended one-off API windows are forgotten this long after their end.
+const ENDED_WINDOW_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// An HTTP-shaped answer: what the API sends, and what an idempotent retry gets again.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,6 +99,9 @@ pub struct ScheduleViews {
 /// Windows, capacity requests and their bookkeeping, owned by the controller.
 pub(super) struct Schedules {
     pub(super) windows: Vec<Window>,
+    /// Saved windows that no longer validate (a group renamed, say): kept with their claims so a
+    /// restart does not resume their groups early; shown in the API and ended by DELETE.
+    pub(super) broken: Vec<(WindowSpec, String)>,
     pub(super) window_acted: BTreeMap<String, u64>,
     pub(super) capacity: Vec<Capacity>,
     pub(super) idempotency: BTreeMap<String, StoredAnswer>,
@@ -120,16 +127,19 @@ impl Schedules {
                 Err(error) => warn!(window = %spec.name, %error, "window skipped"),
             }
         }
+        let mut broken = Vec::new();
         for spec in &restored.windows {
             match Window::new(spec.clone(), false, known_group) {
                 Ok(window) => windows.push(window),
                 Err(error) => {
-                    warn!(window = %spec.name, %error, "saved window no longer valid; skipped")
+                    warn!(window = %spec.name, %error, "saved window no longer valid: its groups stay held until it is deleted");
+                    broken.push((spec.clone(), error.to_string()));
                 }
             }
         }
         Schedules {
             windows,
+            broken,
             window_acted: restored.window_acted.clone(),
             capacity: restored.capacity.clone(),
             idempotency: restored.idempotency.clone(),
@@ -147,6 +157,7 @@ impl Schedules {
             .iter()
             .filter(|w| !w.from_config)
             .map(|w| w.spec.clone())
+            .chain(self.broken.iter().map(|(spec, _)| spec.clone()))
             .collect();
         state.window_acted = self.window_acted.clone();
         state.capacity = self.capacity.clone();
@@ -159,7 +170,11 @@ impl GroupController {
     pub(super) fn on_schedule(&mut self, command: ScheduleCommand) {
         match command {
             ScheduleCommand::CreateWindow { spec, key, reply } => {
-                let answer = self.idempotent(key, |c| c.create_window(spec));
+                let fingerprint = format!(
+                    "window {}",
+                    serde_json::to_string(&spec).unwrap_or_default()
+                );
+                let answer = self.idempotent(key, fingerprint, |c, key| c.create_window(spec, key));
                 let _ = reply.send(answer);
             }
             ScheduleCommand::DeleteWindow { name, reply } => {
@@ -170,7 +185,12 @@ impl GroupController {
                 key,
                 reply,
             } => {
-                let answer = self.idempotent(key, |c| c.create_capacity(request));
+                let fingerprint = format!(
+                    "capacity {}",
+                    serde_json::to_string(&request).unwrap_or_default()
+                );
+                let answer =
+                    self.idempotent(key, fingerprint, |c, key| c.create_capacity(request, key));
                 let _ = reply.send(answer);
             }
             ScheduleCommand::EndCapacity { id, reply } => {
@@ -192,50 +212,34 @@ impl GroupController {
         self.publish(&self.observe_all());
     }
 
-    /// Runs `make` unless `key` was seen: then its first answer is returned again.
+    /// Runs `make` unless `key` was seen: then its first answer is returned again (422 if the
+    /// key was used for another request). `make` gets the key to remember its answer in the
+    /// same write that makes its change durable, so a crash between the two cannot let a retry
+    /// drain twice.
     fn idempotent(
         &mut self,
         key: Option<String>,
-        make: impl FnOnce(&mut GroupController) -> Answer,
+        fingerprint: String,
+        make: impl FnOnce(&mut GroupController, Option<(&str, &str)>) -> Answer,
     ) -> Answer {
         if let Some(stored) = key.as_ref().and_then(|k| self.sched.idempotency.get(k)) {
+            if stored.fingerprint != fingerprint {
+                return Answer::error(422, "this Idempotency-Key was used for a different request");
+            }
             return Answer {
                 status: stored.status,
                 body: stored.body.clone(),
             };
         }
-        let answer = make(self);
+        let answer = make(self, key.as_deref().map(|k| (k, fingerprint.as_str())));
+        // Answers that decided something are replayed; a refusal that may succeed on a retry
+        // (busy, not enough capacity yet, state not saved) is not.
         if let Some(key) = key {
-            // Only answers that changed or decided something are replayed; a refusal for a
-            // busy group may well succeed on the retry.
-            if answer.status < 500 && answer.status != 409 {
-                let seq = self
-                    .sched
-                    .idempotency
-                    .values()
-                    .map(|a| a.seq)
-                    .max()
-                    .unwrap_or(0)
-                    + 1;
-                self.sched.idempotency.insert(
-                    key,
-                    StoredAnswer {
-                        seq,
-                        status: answer.status,
-                        body: answer.body.clone(),
-                    },
-                );
-                if self.sched.idempotency.len() > MAX_IDEMPOTENCY_KEYS {
-                    if let Some(oldest) = self
-                        .sched
-                        .idempotency
-                        .iter()
-                        .min_by_key(|(_, a)| a.seq)
-                        .map(|(k, _)| k.clone())
-                    {
-                        self.sched.idempotency.remove(&oldest);
-                    }
-                }
+            if !self.sched.idempotency.contains_key(&key)
+                && answer.status < 500
+                && answer.status != 409
+            {
+                self.remember(&key, &fingerprint, &answer);
                 if let Err(error) = self.save() {
                     warn!(%error, "idempotency key not saved");
                 }
@@ -244,12 +248,45 @@ impl GroupController {
         answer
     }
 
+    /// Keeps an answer for its idempotency key (the oldest keys are forgotten first). Saved with
+    /// the next write.
+    fn remember(&mut self, key: &str, fingerprint: &str, answer: &Answer) {
+        let idempotency = &mut self.sched.idempotency;
+        let seq = idempotency.values().map(|a| a.seq).max().unwrap_or(0) + 1;
+        idempotency.insert(
+            key.to_owned(),
+            StoredAnswer {
+                seq,
+                fingerprint: fingerprint.to_owned(),
+                status: answer.status,
+                body: answer.body.clone(),
+            },
+        );
+        while idempotency.len() > MAX_IDEMPOTENCY_KEYS {
+            let Some(oldest) = idempotency
+                .iter()
+                .min_by_key(|(_, a)| a.seq)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            idempotency.remove(&oldest);
+        }
+    }
+
     fn next_id(&mut self, prefix: &str) -> String {
         self.sched.next_id += 1;
         format!("{prefix}-{}", self.sched.next_id)
     }
 
-    fn create_window(&mut self, mut spec: WindowSpec) -> Answer {
+    fn create_window(&mut self, mut spec: WindowSpec, key: Option<(&str, &str)>) -> Answer {
+        let api_windows = self.sched.windows.iter().filter(|w| !w.from_config).count();
+        if api_windows >= MAX_API_WINDOWS {
+            return Answer::error(
+                409,
+                format!("{MAX_API_WINDOWS} windows exist: delete ended ones first"),
+            );
+        }
         if spec.name.is_empty() {
             spec.name = self.next_id("win");
         }
@@ -261,16 +298,37 @@ impl GroupController {
             Err(error) => return Answer::error(400, error),
         };
         let view = window.view(unix_ms());
+        let answer = Answer::new(201, &view);
         self.sched.windows.push(window);
+        if let Some((key, fingerprint)) = key {
+            self.remember(key, fingerprint, &answer);
+        }
         if let Err(error) = self.save() {
             self.sched.windows.pop();
+            if let Some((key, _)) = key {
+                self.sched.idempotency.remove(key);
+            }
             return Answer::error(500, error);
         }
         info!(window = %view.spec.name, start = ?view.next_start, "window added");
-        Answer::new(201, view)
+        answer
     }
 
     fn delete_window(&mut self, name: &str) -> Answer {
+        if let Some(position) = self
+            .sched
+            .broken
+            .iter()
+            .position(|(spec, _)| spec.name == name)
+        {
+            let broken = self.sched.broken.remove(position);
+            if let Err(error) = self.save() {
+                self.sched.broken.insert(position, broken);
+                return Answer::error(500, error);
+            }
+            self.release_claims(&Claim::Window(name.to_owned()));
+            return Answer::new(200, json!({"name": name, "state": "deleted"}));
+        }
         let Some(position) = self.sched.windows.iter().position(|w| w.spec.name == name) else {
             return Answer::error(404, format!("no window {name:?}"));
         };
@@ -281,8 +339,14 @@ impl GroupController {
             );
         }
         let window = self.sched.windows.remove(position);
+        let prefix = format!("{name}/");
+        let acted = self.sched.window_acted.clone();
+        self.sched
+            .window_acted
+            .retain(|key, _| !key.starts_with(&prefix));
         if let Err(error) = self.save() {
             self.sched.windows.insert(position, window);
+            self.sched.window_acted = acted;
             return Answer::error(500, error);
         }
         // Its claims are released by the next reconciliation; do the first step now.
@@ -291,9 +355,18 @@ impl GroupController {
         Answer::new(200, json!({"name": name, "state": "deleted"}))
     }
 
-    fn create_capacity(&mut self, request: CapacityRequest) -> Answer {
+    fn create_capacity(&mut self, request: CapacityRequest, key: Option<(&str, &str)>) -> Answer {
         if !request.watts.is_finite() || request.watts <= 0.0 {
             return Answer::error(400, "watts: must be a number of watts above zero");
+        }
+        if request.mode == Some(DrainMode::Reconnect) {
+            return Answer::error(
+                400,
+                "mode: reconnect needs a target per group; use pause or disconnect",
+            );
+        }
+        if let Err(error) = super::super::windows::check_reason("reason", &request.reason) {
+            return Answer::error(400, error);
         }
         let tolerance = request.tolerance.unwrap_or(self.sched.tolerance);
         if !(0.0..1.0).contains(&tolerance) {
@@ -341,15 +414,23 @@ impl GroupController {
             last_heartbeat_ms: now,
             claimed: Vec::new(),
         };
+        let answer = Answer::new(201, self.capacity_view(&capacity));
         self.sched.capacity.push(capacity.clone());
-        // Durable before any group is touched: after a crash the claims have an owner.
+        if let Some((key, fingerprint)) = key {
+            self.remember(key, fingerprint, &answer);
+        }
+        // Durable (with its idempotency key) before any group is touched: after a crash the
+        // claims have an owner and a retry gets this answer.
         if let Err(error) = self.save() {
             self.sched.capacity.pop();
+            if let Some((key, _)) = key {
+                self.sched.idempotency.remove(key);
+            }
             return Answer::error(500, error);
         }
         info!(id = %id, watts = capacity.request.watts, groups = ?capacity.plan.groups.iter().map(|g| &g.group).collect::<Vec<_>>(), "capacity request accepted");
         self.claim_capacity_groups(&capacity);
-        Answer::new(201, self.capacity_view(&capacity))
+        answer
     }
 
     /// Drains the planned groups of an active request that have not held its claim yet (a
@@ -371,6 +452,11 @@ impl GroupController {
             if capacity.claimed.contains(&planned.group) || self.waiting(&planned.group) {
                 continue;
             }
+            // Recorded before the drain, so the drain's own save keeps it; forgotten again if
+            // the drain is refused.
+            if let Some(c) = self.sched.capacity.iter_mut().find(|c| c.id == capacity.id) {
+                c.claimed.push(planned.group.clone());
+            }
             let request = DrainRequest {
                 mode: capacity.request.mode.unwrap_or(DrainMode::Pause),
                 reason: if capacity.request.reason.is_empty() {
@@ -383,6 +469,7 @@ impl GroupController {
             };
             if let Err(error) = self.drain(&planned.group, request) {
                 warn!(id = %capacity.id, group = %planned.group, %error, "capacity drain not made yet");
+                self.forget_attempt(&planned.group, &claim);
             }
         }
     }
@@ -406,6 +493,7 @@ impl GroupController {
             return Answer::error(500, error);
         }
         info!(id, why, "capacity request ended");
+        self.sched.lapsed.remove(id);
         self.release_claims(&Claim::Capacity(id.to_owned()));
         let ended_count = self
             .sched
@@ -419,6 +507,25 @@ impl GroupController {
             }
         }
         Answer::new(200, self.capacity_view(&ended))
+    }
+
+    /// A drain for `claim` was not made (refused, or a required hook failed): its window or
+    /// capacity request tries again later.
+    pub(super) fn forget_attempt(&mut self, group: &str, claim: &Claim) {
+        match claim {
+            Claim::Window(name) => {
+                self.sched.window_acted.remove(&format!("{name}/{group}"));
+            }
+            Claim::Capacity(id) => {
+                if let Some(c) = self.sched.capacity.iter_mut().find(|c| &c.id == id) {
+                    c.claimed.retain(|g| g != group);
+                }
+            }
+            Claim::Manual => return,
+        }
+        if let Err(error) = self.save() {
+            warn!(%group, %claim, %error, "drain attempt bookkeeping not saved");
+        }
     }
 
     /// Releases `claim` on every group holding it (those busy now are retried next tick).
@@ -453,6 +560,14 @@ impl GroupController {
     /// Groups a capacity request may drain: mining, held by nothing, drawing power.
     fn candidates(&self) -> Vec<Candidate> {
         let observed = self.observe_with(|_| true);
+        // A group planned by an active request is its, even before (or after a failed) drain.
+        let planned: HashSet<&str> = self
+            .sched
+            .capacity
+            .iter()
+            .filter(|c| c.state == "active")
+            .flat_map(|c| c.plan.groups.iter().map(|g| g.group.as_str()))
+            .collect();
         self.groups
             .iter()
             .zip(&observed)
@@ -461,6 +576,7 @@ impl GroupController {
                 record.state == GroupState::Active
                     && record.claims.is_empty()
                     && g.pending.is_none()
+                    && !planned.contains(&*g.name)
             })
             .map(|(g, o)| {
                 let watts = o.mining as f64 * g.policy.watts_per_worker;
@@ -505,6 +621,15 @@ impl GroupController {
 
     /// Each tick: windows open and close, capacity requests reach `until` or lapse.
     pub(super) fn reconcile_schedules(&mut self, now_ms: u64) {
+        let before = self.sched.windows.len();
+        self.sched
+            .windows
+            .retain(|w| w.from_config || !w.ended(now_ms.saturating_sub(ENDED_WINDOW_KEPT_MS)));
+        if self.sched.windows.len() != before {
+            if let Err(error) = self.save() {
+                warn!(%error, "pruned windows not saved");
+            }
+        }
         for w in 0..self.sched.windows.len() {
             let window = self.sched.windows[w].clone();
             let claim = Claim::Window(window.spec.name.clone());
@@ -524,6 +649,10 @@ impl GroupController {
                         } else if self.sched.window_acted.get(&key) != Some(&span.start_ms)
                             && !self.waiting(group)
                         {
+                            // Recorded before the drain, so the drain's own save keeps it: a
+                            // forced resume during the span is not undone. Forgotten if the
+                            // drain is refused, so it is tried again.
+                            self.sched.window_acted.insert(key.clone(), span.start_ms);
                             let request = DrainRequest {
                                 mode: window.spec.mode,
                                 reason: if window.spec.reason.is_empty() {
@@ -536,6 +665,7 @@ impl GroupController {
                             };
                             if let Err(error) = self.drain(group, request) {
                                 warn!(window = %window.spec.name, %group, %error, "window drain not made yet");
+                                self.forget_attempt(group, &claim);
                             }
                         }
                     }
@@ -552,7 +682,10 @@ impl GroupController {
             .values()
             .flat_map(|r| r.claims.iter())
             .filter(|c| match c {
-                Claim::Window(name) => !self.sched.windows.iter().any(|w| &w.spec.name == name),
+                Claim::Window(name) => {
+                    !self.sched.windows.iter().any(|w| &w.spec.name == name)
+                        && !self.sched.broken.iter().any(|(spec, _)| &spec.name == name)
+                }
                 Claim::Capacity(id) => !self
                     .sched
                     .capacity
@@ -651,7 +784,20 @@ impl GroupController {
     /// Publishes the windows' and capacity requests' views and their metrics.
     pub(super) fn publish_schedules(&self) {
         let now_ms = unix_ms();
-        let windows: Vec<WindowView> = self.sched.windows.iter().map(|w| w.view(now_ms)).collect();
+        let windows: Vec<WindowView> = self
+            .sched
+            .windows
+            .iter()
+            .map(|w| w.view(now_ms))
+            .chain(self.sched.broken.iter().map(|(spec, error)| WindowView {
+                spec: spec.clone(),
+                from_config: false,
+                state: format!("invalid: {error}"),
+                next_drain_at: None,
+                next_start: None,
+                next_end: None,
+            }))
+            .collect();
         let capacity: Vec<CapacityView> = self
             .sched
             .capacity
