@@ -74,7 +74,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// Unix time of the upstream's last job (alerts on a pool that goes silent).
     pub upstream_last_job: GaugeVec,
-    /// Watts released to other loads by a group (the groups issue fills it).
+    /// Watts a drained group has released to other loads (what it drew before the drain minus
+    /// what it draws now).
     pub group_released_watts: GaugeVec,
     /// Per-worker shares by result: only filled with `api.per_worker_metrics = true` (a farm of
     /// 100,000 workers would otherwise create 100,000s of series).

@@ -1,14 +1,15 @@
 //! The group controller: the one task that moves groups through
 //! `active -> draining -> drained -> resuming -> active`.
 //!
-//! It owns every [`GroupRecord`]; the API and (later) windows and capacity requests send it
-//! [`Control`] messages through a [`GroupsHandle`] and get the outcome back. Each tick it looks at
+//! It owns every [`GroupRecord`]; the API sends it commands through a [`GroupsHandle`] and gets
+//! the outcome back, and windows and capacity requests (`schedule.rs`) hold groups through claims
+//! reconciled on every tick. Each tick it also looks at
 //! the session registry (who of a group is still submitting, who the ramp may admit next),
 //! publishes power and state metrics and a status snapshot for the API, and makes the automatic
 //! transitions (drained once every miner is quiet or the drain timed out; active once the ramp
 //! is done). Hooks run in their own tasks and report back, so a slow PDU script never stalls
 //! another group's drain or the miners. A transition is committed only after its required hooks
-//! succeeded and its new state is durable (see [`super::store`]); then the group's [`Gate`] is
+//! succeeded and its new state is durable (see [`super::store`]); then the group's [`super::Gate`] is
 //! published and the sessions act on it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
