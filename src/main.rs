@@ -276,11 +276,15 @@ fn check_config(path: &Path) -> Result<ExitCode> {
     match Config::load(path) {
         Ok(config) => {
             println!(
-                "{}: ok ({} upstream(s), miners on {}, api on {})",
+                "{}: ok ({} upstream(s), {} group(s), {} hook(s), {} window(s), miners on {}, api on {}, state in {})",
                 path.display(),
                 config.upstreams.len(),
+                config.groups.len(),
+                config.hooks.len(),
+                config.windows.len(),
                 config.server.listen,
-                config.api.listen
+                config.api.listen,
+                config.state.dir.display()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -711,11 +711,11 @@ impl Session {
     /// miner is refused: it is still hashing somewhere, and the drain's witness must know.
     fn apply_gate(&mut self, gate: Gate, authorize: Option<Id>) -> Result<(), Ending> {
         match gate {
-            Gate::Open | Gate::Paused => {
+            Gate::Open | Gate::Paused | Gate::Ramp => {
                 if let Some(id) = authorize {
                     self.reply(id, true.into())?;
                 }
-                let pause = gate == Gate::Paused;
+                let pause = gate != Gate::Open;
                 if pause != self.paused {
                     self.set_paused(pause);
                     if !pause && self.work_started {
@@ -993,6 +993,16 @@ impl Session {
                 Ok(())
             }
             SessionCommand::ResumeWork => {
+                // Only the resume ramp admits miners; an admission that crossed a new drain on
+                // its way (the gate is no longer Ramp) is ignored.
+                let admissible = self
+                    .gate
+                    .as_ref()
+                    .is_none_or(|rx| matches!(*rx.borrow(), Gate::Ramp | Gate::Open));
+                if !admissible {
+                    debug!("resume ignored: the group is drained again");
+                    return Ok(());
+                }
                 self.set_paused(false);
                 if self.work_started {
                     self.send_job(true)?;

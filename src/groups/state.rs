@@ -157,7 +157,8 @@ impl GroupRecord {
         match (self.state, drain.mode) {
             (GroupState::Active, _) => Gate::Open,
             // Resuming: only miners the ramp admitted (by command) get work.
-            (GroupState::Resuming, _) | (_, DrainMode::Pause) => Gate::Paused,
+            (GroupState::Resuming, _) => Gate::Ramp,
+            (_, DrainMode::Pause) => Gate::Paused,
             (_, DrainMode::Disconnect) => Gate::Closed {
                 message: Arc::from(drain_message(&drain.reason)),
             },
@@ -200,9 +201,11 @@ pub enum Gate {
     /// Hand out work.
     #[default]
     Open,
-    /// Hand out no new work (keep the connection; shares on old work still count). A session
-    /// the resume ramp admitted is told so by command.
+    /// Hand out no new work (keep the connection; shares on old work still count).
     Paused,
+    /// No new work until the resume ramp admits the session (by command): only under this gate
+    /// does an admission count, so one that crosses a new drain on its way is ignored.
+    Ramp,
     /// Show the message, close, and refuse reconnects.
     Closed {
         /// `client.show_message` text.
@@ -256,7 +259,7 @@ mod tests {
         }
         let mut resuming = drained(DrainMode::Disconnect, None);
         resuming.state = GroupState::Resuming;
-        assert_eq!(resuming.gate(), Gate::Paused);
+        assert_eq!(resuming.gate(), Gate::Ramp);
     }
 
     #[test]
