@@ -109,6 +109,9 @@ pub struct StoredAnswer {
     /// What was asked (endpoint and body): a key reused for another request is refused.
     #[serde(default)]
     pub fingerprint: String,
+    /// Unix ms it was stored (keys are forgotten after a day: schedulers retry within minutes).
+    #[serde(default)]
+    pub at_ms: u64,
     /// HTTP status.
     pub status: u16,
     /// JSON body.

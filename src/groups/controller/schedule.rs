@@ -27,8 +27,10 @@ use super::super::windows::{Window, WindowSpec, WindowView, parse_time};
 use super::{ControlError, DrainRequest, GroupController, lock};
 use crate::groups::gate::unix_ms;
 
-/// Idempotency keys remembered (the oldest are forgotten first).
-const MAX_IDEMPOTENCY_KEYS: usize = 1000;
+/// Idempotency keys remembered (the oldest are forgotten first); every state write carries them.
+const MAX_IDEMPOTENCY_KEYS: usize = 200;
+/// Idempotency keys are forgotten after this.
+const IDEMPOTENCY_KEPT_MS: u64 = 24 * 3600 * 1000;
 /// Ended capacity requests kept for the API.
 const MAX_ENDED_CAPACITY: usize = 100;
 /// Windows the API may hold (config windows are not counted).
@@ -251,13 +253,16 @@ impl GroupController {
     /// Keeps an answer for its idempotency key (the oldest keys are forgotten first). Saved with
     /// the next write.
     fn remember(&mut self, key: &str, fingerprint: &str, answer: &Answer) {
+        let now = unix_ms();
         let idempotency = &mut self.sched.idempotency;
+        idempotency.retain(|_, a| now.saturating_sub(a.at_ms) < IDEMPOTENCY_KEPT_MS);
         let seq = idempotency.values().map(|a| a.seq).max().unwrap_or(0) + 1;
         idempotency.insert(
             key.to_owned(),
             StoredAnswer {
                 seq,
                 fingerprint: fingerprint.to_owned(),
+                at_ms: now,
                 status: answer.status,
                 body: answer.body.clone(),
             },
