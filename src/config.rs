@@ -829,6 +829,7 @@ impl Config {
                 return Err(invalid(&key("drain_timeout"), "must be above zero".into()));
             }
         }
+        self.validate_bounds()?;
         self.validate_drain()?;
         self.validate_hooks(&group_names)?;
         self.validate_windows(&group_names)?;
@@ -858,6 +859,61 @@ impl Config {
             ));
         }
         Ok(self)
+    }
+
+    /// Every duration within reason: timers are added to clocks, and a typo such as "10000y"
+    /// must be a config error naming its key, not an overflow at run time.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+        let s = &self.server;
+        let f = &self.failover;
+        let d = &self.drain;
+        let mut durations = vec![
+            ("server.idle_timeout".to_owned(), s.idle_timeout),
+            ("server.subscribe_wait".to_owned(), s.subscribe_wait),
+            ("server.shutdown_grace".to_owned(), s.shutdown_grace),
+            (
+                "difficulty.target_share_interval".to_owned(),
+                self.difficulty.target_share_interval,
+            ),
+            (
+                "difficulty.retarget_interval".to_owned(),
+                self.difficulty.retarget_interval,
+            ),
+            ("failover.connect_timeout".to_owned(), f.connect_timeout),
+            ("failover.handshake_timeout".to_owned(), f.handshake_timeout),
+            ("failover.submit_timeout".to_owned(), f.submit_timeout),
+            ("failover.backoff_max".to_owned(), f.backoff_max),
+            ("failover.return_after".to_owned(), f.return_after),
+            ("drain.timeout".to_owned(), d.timeout),
+            ("drain.quiet_min".to_owned(), d.quiet_min),
+            ("drain.ramp_timeout".to_owned(), d.ramp_timeout),
+            ("drain.hook_retry".to_owned(), d.hook_retry),
+            (
+                "capacity.efficiency_window".to_owned(),
+                self.capacity.efficiency_window,
+            ),
+        ];
+        for (i, u) in self.upstreams.iter().enumerate() {
+            durations.push((format!("upstream[{i}].job_timeout"), u.job_timeout));
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            if let Some(timeout) = g.drain_timeout {
+                durations.push((format!("group[{i}].drain_timeout"), timeout));
+            }
+        }
+        for (i, h) in self.hooks.iter().enumerate() {
+            durations.push((format!("hook[{i}].timeout"), h.timeout));
+        }
+        for (key, value) in durations {
+            if value > MAX {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} is above 30 days", humantime::format_duration(value)),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn validate_drain(&self) -> Result<(), ConfigError> {

@@ -43,6 +43,19 @@ pub enum StartError {
     /// The state directory is unusable or holds a corrupt state file.
     #[error("{0}")]
     State(#[from] crate::groups::store::StoreError),
+    /// The state file holds a drain of a group the config no longer has: its machines would
+    /// mine again at full power under another group.
+    #[error(
+        "{path}: group {group:?} is {state} but no longer configured: restore its [[group]], or resume it before removing it"
+    )]
+    OrphanedDrain {
+        /// The state file.
+        path: std::path::PathBuf,
+        /// The group.
+        group: String,
+        /// Its state.
+        state: crate::groups::GroupState,
+    },
     /// A hook could not be prepared (its secret file).
     #[error("{0}")]
     Hooks(#[from] crate::groups::hooks::HookSetupError),
@@ -139,6 +152,16 @@ impl Proxy {
         );
         context.per_worker_metrics = config.api.per_worker_metrics;
         context.groups = crate::groups::Groups::new(&config.groups)?;
+        if let Some((group, record)) = restored.groups.iter().find(|(name, record)| {
+            record.state != crate::groups::GroupState::Active
+                && !context.groups.iter().any(|g| *g.name == ***name)
+        }) {
+            return Err(StartError::OrphanedDrain {
+                path: store.state_path().to_owned(),
+                group: group.clone(),
+                state: record.state,
+            });
+        }
         for group in context.groups.iter() {
             metrics.register_group(&group.name);
         }

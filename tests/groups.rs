@@ -509,3 +509,55 @@ async fn the_api_refuses_without_token_unknown_groups_and_bad_bodies() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_agent_sent_after_authorize_still_decides_the_group() {
+    let (_pool, proxy, api) = farm(
+        "[[group]]\nname = \"bitaxes\"\nuser_agents = [\"bitaxe*\"]\nwatts_per_worker = 15.0\n",
+    )
+    .await;
+    let (status, body) = api
+        .drain("bitaxes", r#"{"mode":"disconnect","reason":"desk power"}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Authorize first (no user agent yet: it would be `default`), then subscribe as a Bitaxe.
+    let mut miner = RawMiner::connect(&proxy).await;
+    miner
+        .send(r#"{"id":1,"method":"mining.authorize","params":["desk.1","x"]}"#)
+        .await;
+    assert!(miner.response(Id::from(1)).await.is_ok());
+    miner
+        .send(r#"{"id":2,"method":"mining.subscribe","params":["bitaxe/BM1366/v2.4"]}"#)
+        .await;
+    assert!(miner.closed().await, "the drained group's miner is closed");
+    assert!(
+        !miner.received.iter().any(|m| matches!(
+            m,
+            Message::Request(Request {
+                method: Method::Notify(_),
+                ..
+            })
+        )),
+        "it got no work: {:?}",
+        miner.received
+    );
+    assert!(
+        miner.received.iter().any(|m| matches!(
+            m,
+            Message::Request(Request {
+                method: Method::ShowMessage(_),
+                ..
+            })
+        )),
+        "it was told why"
+    );
+    assert_eq!(
+        proxy
+            .metrics
+            .group_refused_miners
+            .with_label_values(&["bitaxes"])
+            .get(),
+        1
+    );
+    proxy.shutdown().await;
+}

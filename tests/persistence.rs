@@ -92,6 +92,19 @@ async fn a_drained_group_stays_drained_across_a_restart() {
     assert_eq!(events.len(), 2, "{events:?}");
     second.shutdown().await;
 
+    // The drained group's [[group]] removed from the config: hashgate refuses to start rather
+    // than let its machines mine under `default`.
+    let mut without_c07 = config();
+    without_c07.groups.retain(|g| g.name != "c07");
+    let error = match hashgate::proxy::Proxy::start(without_c07).await {
+        Ok(_) => panic!("started with a drained group no longer configured"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("state.json") && error.contains("c07") && error.contains("drained"),
+        "{error}"
+    );
+
     // A corrupt state file stops hashgate with an error naming it.
     std::fs::write(
         dir.join("state.json"),

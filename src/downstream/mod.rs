@@ -38,8 +38,12 @@ pub use stats::{WorkerSnapshot, WorkerStats};
 pub enum SessionCommand {
     /// Stop sending new work (shares on work already given are still verified).
     PauseWork,
-    /// Send work again.
-    ResumeWork,
+    /// Admitted by the resume ramp: work again. `ramp` names the ramp (its drain's start), so
+    /// an admission that crossed a newer drain or ramp on its way is ignored.
+    ResumeWork {
+        /// The ramp's epoch, as in [`crate::groups::Gate::Ramp`].
+        ramp: u64,
+    },
     /// `client.show_message`.
     ShowMessage(String),
     /// `client.reconnect` to another host (or the same when `host` is None), then close.

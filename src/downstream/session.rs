@@ -242,6 +242,8 @@ struct Session {
     gate: Option<watch::Receiver<Gate>>,
     /// Where a refused reconnect is reported.
     group_gate: Option<Arc<GroupGate>>,
+    /// The resume ramp that admitted this miner (see [`Gate::Ramp`]).
+    admitted: Option<u64>,
     /// Per-worker series, resolved at authorize when `api.per_worker_metrics` is on.
     worker_metrics: Option<WorkerMetrics>,
 }
@@ -304,6 +306,7 @@ impl Session {
             worker_metrics: None,
             gate: None,
             group_gate: None,
+            admitted: None,
         }
     }
 
@@ -506,6 +509,7 @@ impl Session {
             self.user_agent = subscribe.user_agent;
             let agent = self.user_agent.clone();
             self.update_stats(|s| s.user_agent = agent);
+            self.regroup_with_user_agent()?;
         }
         if self.binding.is_some() {
             return self.answer_subscribe(id);
@@ -656,31 +660,10 @@ impl Session {
                 );
             }
             if self.authorized.is_empty() {
-                // The miner's group is decided once, here, from the first worker name.
-                let group =
-                    self.context
-                        .groups
-                        .assign(&worker, self.peer.ip(), self.user_agent.as_deref());
-                let group_name = Arc::clone(&group.name);
-                self.counters = GroupCounters::new(&self.context.metrics, &group_name);
-                if let Some(gate) = self.context.gates.get(&group_name) {
-                    let rx = gate.subscribe();
-                    gate_now = Some(rx.borrow().clone());
-                    self.gate = Some(rx);
-                    self.group_gate = Some(Arc::clone(gate));
-                }
-                tracing::Span::current().record("group", &*group_name);
+                // The miner's group is decided here, from the first worker name (and again at
+                // subscribe if the user agent only arrives then, before any work).
+                gate_now = Some(self.join_group(&worker));
                 tracing::Span::current().record("worker", worker.as_str());
-                // Held in the same update that makes the miner visible: the group controller
-                // must never see a miner of a drained or resuming group as mining.
-                let held = gate_now.as_ref().is_some_and(|gate| *gate != Gate::Open);
-                self.paused |= held;
-                let paused = self.paused;
-                self.update_stats(|s| {
-                    s.group = group_name;
-                    s.name = Some(worker.clone());
-                    s.paused = paused;
-                });
                 if self.context.per_worker_metrics {
                     let metrics = &self.context.metrics;
                     self.worker_metrics = Some(WorkerMetrics {
@@ -695,27 +678,99 @@ impl Session {
                             .with_label_values(&[&worker]),
                     });
                 }
-                self.counters.workers.inc();
                 info!(user_agent = ?self.user_agent, "miner authorized");
             }
             self.authorized.push(worker);
         }
-        match gate_now {
+        match gate_now.flatten() {
             Some(gate) => self.apply_gate(gate, Some(id))?,
             None => self.reply(id, true.into())?,
         }
         self.start_work()
     }
 
+    /// Puts the miner in its group (by worker name, address and user agent): counters, the
+    /// group's gate, the API's view. Returns the gate as it is now. Held in the same update that
+    /// makes the miner visible: the group controller must never see a miner of a drained or
+    /// resuming group as mining.
+    fn join_group(&mut self, worker: &str) -> Option<Gate> {
+        let group = self
+            .context
+            .groups
+            .assign(worker, self.peer.ip(), self.user_agent.as_deref());
+        let group_name = Arc::clone(&group.name);
+        self.counters = GroupCounters::new(&self.context.metrics, &group_name);
+        self.counters.workers.inc();
+        let mut gate_now = None;
+        if let Some(gate) = self.context.gates.get(&group_name) {
+            let rx = gate.subscribe();
+            gate_now = Some(rx.borrow().clone());
+            self.gate = Some(rx);
+            self.group_gate = Some(Arc::clone(gate));
+        }
+        tracing::Span::current().record("group", &*group_name);
+        let held = gate_now.as_ref().is_some_and(|gate| *gate != Gate::Open);
+        self.paused = held;
+        let worker = worker.to_owned();
+        self.update_stats(|s| {
+            s.group = group_name;
+            s.name = Some(worker);
+            s.paused = held;
+        });
+        gate_now
+    }
+
+    /// A miner that authorized before subscribing had no user agent yet: once it has one, and
+    /// before it gets any work, its group is decided again (a group matched by user agent must
+    /// not be escaped by the order of two requests).
+    fn regroup_with_user_agent(&mut self) -> Result<(), Ending> {
+        let Some(worker) = self.authorized.first().cloned() else {
+            return Ok(());
+        };
+        if self.work_started {
+            return Ok(());
+        }
+        let current = self
+            .stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .group
+            .clone();
+        let assigned =
+            self.context
+                .groups
+                .assign(&worker, self.peer.ip(), self.user_agent.as_deref());
+        if assigned.name == current {
+            return Ok(());
+        }
+        self.counters.workers.dec();
+        match self.join_group(&worker) {
+            Some(gate @ (Gate::Closed { .. } | Gate::Redirect { .. })) => {
+                self.refused();
+                self.apply_gate(gate, None)
+            }
+            Some(gate) => self.apply_gate(gate, None),
+            None => Ok(()),
+        }
+    }
+
     /// Obeys the group's gate. At authorize (`authorize` is the request's id) a closed group's
     /// miner is refused: it is still hashing somewhere, and the drain's witness must know.
     fn apply_gate(&mut self, gate: Gate, authorize: Option<Id>) -> Result<(), Ending> {
         match gate {
-            Gate::Open | Gate::Paused | Gate::Ramp => {
+            Gate::Open | Gate::Paused | Gate::Ramp { .. } => {
                 if let Some(id) = authorize {
                     self.reply(id, true.into())?;
                 }
-                let pause = gate != Gate::Open;
+                let pause = match gate {
+                    Gate::Open => false,
+                    // Admitted by this ramp already (its command came before the gate): stays.
+                    Gate::Ramp { epoch } => self.admitted != Some(epoch),
+                    _ => true,
+                };
+                if gate == Gate::Paused {
+                    self.admitted = None;
+                }
                 if pause != self.paused {
                     self.set_paused(pause);
                     if !pause && self.work_started {
@@ -992,17 +1047,21 @@ impl Session {
                 self.set_paused(true);
                 Ok(())
             }
-            SessionCommand::ResumeWork => {
-                // Only the resume ramp admits miners; an admission that crossed a new drain on
-                // its way (the gate is no longer Ramp) is ignored.
-                let admissible = self
-                    .gate
-                    .as_ref()
-                    .is_none_or(|rx| matches!(*rx.borrow(), Gate::Ramp | Gate::Open));
+            SessionCommand::ResumeWork { ramp } => {
+                // Only the resume ramp admits miners. Its command may arrive before the Ramp gate
+                // (remembered, so the gate does not undo it), but never counts once the group is
+                // drained again.
+                let gate = self.gate.as_ref().map(|rx| rx.borrow().clone());
+                let admissible = match gate {
+                    None | Some(Gate::Open) => true,
+                    Some(Gate::Ramp { epoch }) => epoch == ramp,
+                    Some(_) => false,
+                };
                 if !admissible {
                     debug!("resume ignored: the group is drained again");
                     return Ok(());
                 }
+                self.admitted = Some(ramp);
                 self.set_paused(false);
                 if self.work_started {
                     self.send_job(true)?;

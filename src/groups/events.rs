@@ -88,7 +88,7 @@ pub struct EventLog {
 impl EventLog {
     /// A log continuing after `restored` (read from the state directory).
     pub fn new(restored: Vec<Event>) -> Self {
-        let next_seq = restored.last().map_or(1, |e| e.seq + 1);
+        let next_seq = restored.last().map_or(1, |e| e.seq.saturating_add(1));
         Self {
             events: restored.into(),
             next_seq,
@@ -102,7 +102,7 @@ impl EventLog {
 
     /// Adds an event (its `seq` must be [`Self::next_seq`]).
     pub fn push(&mut self, event: Event) {
-        self.next_seq = event.seq + 1;
+        self.next_seq = event.seq.saturating_add(1);
         if self.events.len() == EVENTS_IN_MEMORY {
             self.events.pop_front();
         }

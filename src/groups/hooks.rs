@@ -338,7 +338,10 @@ async fn run_webhook(
     })
     .map_err(|e| HookError::Failed(e.to_string()))?;
     let signature = secret.map(|s| signature(s, &body));
-    let deadline = Instant::now() + hook.timeout;
+    // Config validation bounds the timeout; checked all the same (no panic on a huge value).
+    let deadline = Instant::now()
+        .checked_add(hook.timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 3600));
     let mut backoff = WEBHOOK_BACKOFF_MIN;
     let mut last_error = String::from("not sent");
     loop {

@@ -157,7 +157,9 @@ impl GroupRecord {
         match (self.state, drain.mode) {
             (GroupState::Active, _) => Gate::Open,
             // Resuming: only miners the ramp admitted (by command) get work.
-            (GroupState::Resuming, _) => Gate::Ramp,
+            (GroupState::Resuming, _) => Gate::Ramp {
+                epoch: drain.started_at_ms,
+            },
             (_, DrainMode::Pause) => Gate::Paused,
             (_, DrainMode::Disconnect) => Gate::Closed {
                 message: Arc::from(drain_message(&drain.reason)),
@@ -203,9 +205,13 @@ pub enum Gate {
     Open,
     /// Hand out no new work (keep the connection; shares on old work still count).
     Paused,
-    /// No new work until the resume ramp admits the session (by command): only under this gate
-    /// does an admission count, so one that crosses a new drain on its way is ignored.
-    Ramp,
+    /// No new work until the resume ramp admits the session (by command): only under this gate,
+    /// and for this ramp, does an admission count, so one that crosses a new drain on its way is
+    /// ignored and one that arrived before the gate is not undone by it.
+    Ramp {
+        /// Which ramp (its drain's start, unix ms).
+        epoch: u64,
+    },
     /// Show the message, close, and refuse reconnects.
     Closed {
         /// `client.show_message` text.
@@ -259,7 +265,7 @@ mod tests {
         }
         let mut resuming = drained(DrainMode::Disconnect, None);
         resuming.state = GroupState::Resuming;
-        assert_eq!(resuming.gate(), Gate::Ramp);
+        assert_eq!(resuming.gate(), Gate::Ramp { epoch: 1000 });
     }
 
     #[test]

@@ -142,6 +142,7 @@ impl Store {
             writes: 0,
         };
         store.check_writable()?;
+        store.remove_stale_temp_files();
         let state = store.read_state()?;
         let events = store.read_events()?;
         Ok((store, state, events))
@@ -165,6 +166,22 @@ impl Store {
             path: self.dir.clone(),
             source,
         })
+    }
+
+    /// Temp files of writes a crash interrupted (never renamed: the state file is the old one).
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".state.json.")
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn read_state(&self) -> Result<PersistedState, StoreError> {
@@ -212,10 +229,13 @@ impl Store {
         })?;
         text.push(b'\n');
         self.writes += 1;
+        // pid, counter and a random part: a temp file a `kill -9` left behind (same pid in a
+        // container) never collides with a new one.
         let temp = self.dir.join(format!(
-            ".state.json.{}.{}",
+            ".state.json.{}.{}.{:016x}",
             std::process::id(),
-            self.writes
+            self.writes,
+            fastrand::u64(..)
         ));
         let result = write_durably(&temp, &text)
             .and_then(|()| std::fs::rename(&temp, &self.state_path))

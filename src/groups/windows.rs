@@ -176,10 +176,18 @@ impl Window {
             return Err(invalid("groups", "name at least one group"));
         }
         check_reason("reason", &spec.reason)?;
-        if spec.name.chars().count() > 64 || spec.name.chars().any(char::is_control) {
+        let valid_name = spec.name.len() <= 64
+            && spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name {
             return Err(invalid(
                 "name",
-                "at most 64 characters, no control characters",
+                format!(
+                    "{:?}: at most 64 letters, digits, '-', '_' or '.'",
+                    spec.name
+                ),
             ));
         }
         if spec.lead_time.is_some_and(|lead| lead > MAX_LEAD_TIME) {

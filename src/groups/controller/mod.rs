@@ -431,6 +431,9 @@ struct GroupRuntime {
     pending: Option<Pending>,
     /// A failed automatic transition is tried again from then.
     retry_at: Option<Instant>,
+    /// Failures in a row (the retry backs off: a hook that keeps failing is not run, nor
+    /// logged, every few seconds for hours).
+    failures: u32,
     last_error: Option<String>,
     ramp: Option<Ramp>,
     /// `efficiency_j_per_th` from the config.
@@ -526,6 +529,7 @@ impl GroupController {
                 policy: Policy::new(&parts.config, &g.name, g.watts_per_worker),
                 pending: None,
                 retry_at: None,
+                failures: 0,
                 last_error: None,
                 ramp: None,
                 declared_efficiency: g.efficiency_j_per_th,
@@ -713,8 +717,24 @@ impl GroupController {
             }
             return Ok(Step::Done);
         }
-        // Active, or resuming (a new drain stops the ramp).
+        // Active, or resuming (a new drain stops the ramp; the miners the ramp still waited for
+        // stay on the roster).
         let observed = self.observe(index);
+        let mut roster: Vec<RosterEntry> = observed
+            .miners
+            .iter()
+            .map(|m| RosterEntry {
+                name: m.name.clone(),
+                address: m.address.clone(),
+            })
+            .collect();
+        if current.state == GroupState::Resuming {
+            for entry in current.drain.iter().flat_map(|d| &d.roster) {
+                if !roster.iter().any(|r| r.name == entry.name) {
+                    roster.push(entry.clone());
+                }
+            }
+        }
         let now = unix_ms();
         let next = GroupRecord {
             state: GroupState::Draining,
@@ -725,14 +745,7 @@ impl GroupController {
                 reconnect_to: request.reconnect_to.clone(),
                 started_at_ms: now,
                 watts_before: observed.mining as f64 * self.groups[index].policy.watts_per_worker,
-                roster: observed
-                    .miners
-                    .iter()
-                    .map(|m| RosterEntry {
-                        name: m.name.clone(),
-                        address: m.address.clone(),
-                    })
-                    .collect(),
+                roster,
             }),
             claims: [request.claim].into(),
         };
@@ -835,11 +848,23 @@ impl GroupController {
         });
         let hooks = Arc::clone(&self.hooks);
         let tx = self.tx.clone();
+        let group = context.group.clone();
+        let event_name = event.as_str();
         self.tracker.spawn(async move {
-            let result = hooks.run(&context).await;
+            // In a task of its own: if a hook runner panics, the transition still gets its
+            // answer (a failure) instead of staying pending and the group Busy for good.
+            let result = tokio::spawn(async move { hooks.run(&context).await })
+                .await
+                .unwrap_or_else(|error| {
+                    Err(HookFailure {
+                        hook: "(hook runner)".into(),
+                        event: event_name,
+                        message: format!("the hook task failed: {error}"),
+                    })
+                });
             let _ = tx
                 .send(Control::HooksDone {
-                    group: context.group,
+                    group,
                     token,
                     result,
                 })
@@ -949,7 +974,14 @@ impl GroupController {
     fn failed_automatic(&mut self, index: usize, message: &str) {
         let runtime = &mut self.groups[index];
         runtime.last_error = Some(message.to_owned());
-        runtime.retry_at = Instant::now().checked_add(runtime.policy.hook_retry);
+        // hook_retry, doubling with each failure in a row, at most 10 minutes.
+        let backoff = runtime
+            .policy
+            .hook_retry
+            .saturating_mul(1 << runtime.failures.min(6))
+            .min(Duration::from_secs(600).max(runtime.policy.hook_retry));
+        runtime.failures = runtime.failures.saturating_add(1);
+        runtime.retry_at = Instant::now().checked_add(backoff);
     }
 
     /// Everything the state file holds, as it is now.
@@ -983,11 +1015,22 @@ impl GroupController {
     ) -> Result<(), ControlError> {
         let name = Arc::clone(&self.groups[index].name);
         let previous = self.record(&name);
+        // A window's or capacity request's attempt on this group becomes durable with the claim
+        // it made (never before: a crash while its hooks run must leave it to be tried again).
+        let established: Vec<Claim> = next.claims.difference(&previous.claims).cloned().collect();
+        for claim in &established {
+            self.sched
+                .inflight
+                .remove(&(name.to_string(), claim.clone()));
+        }
         let mut state = self.persisted();
         state.groups.insert(name.to_string(), next.clone());
         if let Err(source) = self.store.save(&state) {
             error!(group = %name, %source, "state not saved: transition not applied");
             self.metrics.state_save_failures.inc();
+            for claim in &established {
+                self.forget_attempt(&name, claim);
+            }
             return Err(ControlError::Store {
                 group: name.to_string(),
                 source,
@@ -1001,6 +1044,7 @@ impl GroupController {
         self.commits += 1;
         let runtime = &mut self.groups[index];
         runtime.retry_at = None;
+        runtime.failures = 0;
         runtime.last_error = None;
         match to {
             GroupState::Resuming if from != GroupState::Resuming => {
@@ -1078,18 +1122,19 @@ impl GroupController {
         let observed = self.observe_all();
         let changes = (self.next_token, self.commits);
         for (index, observed) in observed.iter().enumerate() {
-            if self.groups[index].pending.is_some()
-                || self.groups[index]
+            // Hooks running or a failed transition waiting for its retry: no new transition (the
+            // ramp still admits miners meanwhile, at its rate).
+            let may_transition = self.groups[index].pending.is_none()
+                && self.groups[index]
                     .retry_at
-                    .is_some_and(|at| Instant::now() < at)
-            {
-                continue;
-            }
+                    .is_none_or(|at| Instant::now() >= at);
             let record = self.record(&self.groups[index].name);
             match record.state {
-                GroupState::Draining => self.check_drained(index, &record, observed, now_ms),
-                GroupState::Resuming => self.ramp(index, &record, observed),
-                GroupState::Active | GroupState::Drained => {}
+                GroupState::Draining if may_transition => {
+                    self.check_drained(index, &record, observed, now_ms)
+                }
+                GroupState::Resuming => self.ramp(index, &record, observed, may_transition),
+                _ => {}
             }
         }
         // A transition published its own fresh status; otherwise this tick's view is current.
@@ -1168,7 +1213,8 @@ impl GroupController {
     /// Admits paused miners at the group's rate; active once everyone is back. The ramp timeout
     /// only gives up on miners that did not come back: miners waiting for admission are always
     /// admitted at the rate, never all at once.
-    fn ramp(&mut self, index: usize, record: &GroupRecord, observed: &Observed) {
+    fn ramp(&mut self, index: usize, record: &GroupRecord, observed: &Observed, may_finish: bool) {
+        let epoch = record.drain.as_ref().map_or(0, |d| d.started_at_ms);
         let rate = self.groups[index].policy.ramp_rate;
         let ramp_timeout = self.groups[index].policy.ramp_timeout;
         let ramp = self.groups[index].ramp.get_or_insert_with(Ramp::new);
@@ -1180,7 +1226,12 @@ impl GroupController {
             if ramp.admitted.contains(&miner.id) {
                 continue;
             }
-            if ramp.tokens >= 1.0 && miner.commands.try_send(SessionCommand::ResumeWork).is_ok() {
+            if ramp.tokens >= 1.0
+                && miner
+                    .commands
+                    .try_send(SessionCommand::ResumeWork { ramp: epoch })
+                    .is_ok()
+            {
                 ramp.tokens -= 1.0;
                 ramp.admitted.insert(miner.id);
             } else {
@@ -1199,7 +1250,7 @@ impl GroupController {
             })
             .map(|entry| entry.name.as_str())
             .collect();
-        if waiting > 0 {
+        if waiting > 0 || !may_finish {
             return;
         }
         let timed_out = ramp.started.elapsed() >= ramp_timeout;

@@ -110,6 +110,9 @@ pub(super) struct Schedules {
     pub(super) next_id: u64,
     /// Capacity requests whose lapsed lease was already logged.
     lapsed: HashSet<String>,
+    /// Drains a window or capacity request has asked for whose hooks are still running: kept
+    /// out of the state file until the claim is made, so a crash meanwhile retries them.
+    pub(super) inflight: HashSet<(String, Claim)>,
     pub(super) tolerance: f64,
     pub(super) views: Arc<Mutex<ScheduleViews>>,
 }
@@ -147,6 +150,7 @@ impl Schedules {
             idempotency: restored.idempotency.clone(),
             next_id: restored.next_id,
             lapsed: HashSet::new(),
+            inflight: HashSet::new(),
             tolerance: config.capacity.tolerance,
             views: Arc::default(),
         }
@@ -161,8 +165,28 @@ impl Schedules {
             .map(|w| w.spec.clone())
             .chain(self.broken.iter().map(|(spec, _)| spec.clone()))
             .collect();
-        state.window_acted = self.window_acted.clone();
-        state.capacity = self.capacity.clone();
+        let inflight =
+            |group: &str, claim: Claim| self.inflight.contains(&(group.to_owned(), claim));
+        state.window_acted = self
+            .window_acted
+            .iter()
+            .filter(|(key, _)| {
+                key.split_once('/').is_none_or(|(window, group)| {
+                    !inflight(group, Claim::Window(window.to_owned()))
+                })
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        state.capacity = self
+            .capacity
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.claimed
+                    .retain(|group| !inflight(group, Claim::Capacity(c.id.clone())));
+                c
+            })
+            .collect();
         state.idempotency = self.idempotency.clone();
         state.next_id = self.next_id;
     }
@@ -203,7 +227,12 @@ impl GroupController {
                     Some(capacity) if capacity.state == "active" => {
                         capacity.last_heartbeat_ms = unix_ms();
                         self.sched.lapsed.remove(&id);
-                        Answer::new(200, json!({"id": id, "heartbeat": now_rfc3339()}))
+                        match self.save() {
+                            Ok(()) => {
+                                Answer::new(200, json!({"id": id, "heartbeat": now_rfc3339()}))
+                            }
+                            Err(error) => Answer::error(500, error),
+                        }
                     }
                     Some(_) => Answer::error(409, format!("capacity request {id} has ended")),
                     None => Answer::error(404, format!("no capacity request {id:?}")),
@@ -295,7 +324,9 @@ impl GroupController {
         if spec.name.is_empty() {
             spec.name = self.next_id("win");
         }
-        if self.sched.windows.iter().any(|w| w.spec.name == spec.name) {
+        if self.sched.windows.iter().any(|w| w.spec.name == spec.name)
+            || self.sched.broken.iter().any(|(b, _)| b.name == spec.name)
+        {
             return Answer::error(409, format!("a window {:?} exists", spec.name));
         }
         let window = match Window::new(spec, false, |g| self.index(g).is_some()) {
@@ -462,6 +493,9 @@ impl GroupController {
             if let Some(c) = self.sched.capacity.iter_mut().find(|c| c.id == capacity.id) {
                 c.claimed.push(planned.group.clone());
             }
+            self.sched
+                .inflight
+                .insert((planned.group.clone(), claim.clone()));
             let request = DrainRequest {
                 mode: capacity.request.mode.unwrap_or(DrainMode::Pause),
                 reason: if capacity.request.reason.is_empty() {
@@ -517,6 +551,9 @@ impl GroupController {
     /// A drain for `claim` was not made (refused, or a required hook failed): its window or
     /// capacity request tries again later.
     pub(super) fn forget_attempt(&mut self, group: &str, claim: &Claim) {
+        self.sched
+            .inflight
+            .remove(&(group.to_owned(), claim.clone()));
         match claim {
             Claim::Window(name) => {
                 self.sched.window_acted.remove(&format!("{name}/{group}"));
@@ -631,6 +668,17 @@ impl GroupController {
             .windows
             .retain(|w| w.from_config || !w.ended(now_ms.saturating_sub(ENDED_WINDOW_KEPT_MS)));
         if self.sched.windows.len() != before {
+            let known: HashSet<String> = self
+                .sched
+                .windows
+                .iter()
+                .map(|w| w.spec.name.clone())
+                .chain(self.sched.broken.iter().map(|(spec, _)| spec.name.clone()))
+                .collect();
+            self.sched.window_acted.retain(|key, _| {
+                key.split_once('/')
+                    .is_some_and(|(window, _)| known.contains(window))
+            });
             if let Err(error) = self.save() {
                 warn!(%error, "pruned windows not saved");
             }
@@ -658,6 +706,7 @@ impl GroupController {
                             // forced resume during the span is not undone. Forgotten if the
                             // drain is refused, so it is tried again.
                             self.sched.window_acted.insert(key.clone(), span.start_ms);
+                            self.sched.inflight.insert((group.clone(), claim.clone()));
                             let request = DrainRequest {
                                 mode: window.spec.mode,
                                 reason: if window.spec.reason.is_empty() {
