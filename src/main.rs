@@ -625,6 +625,12 @@ fn groups(api: &str) -> Result<ExitCode> {
         if let Some(error) = &s.last_error {
             println!("    last error: {error}");
         }
+        for miner in &s.refused_miners {
+            println!(
+                "    came back, refused: {} ({}), {} time(s)",
+                miner.name, miner.address, miner.count
+            );
+        }
         for miner in &s.still_hashing {
             println!(
                 "    still hashing: {} ({}), last submit {}",

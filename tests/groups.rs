@@ -313,6 +313,11 @@ async fn disconnect_drain_closes_the_group_and_refuses_it_until_resumed() {
         "{drained}"
     );
     assert_eq!(
+        drained["refused_miners"][0]["name"], "farm.c07-0001",
+        "{drained}"
+    );
+    assert_eq!(drained["refused_miners"][0]["count"], 1, "{drained}");
+    assert_eq!(
         proxy
             .metrics
             .group_refused_miners

@@ -818,7 +818,8 @@ impl Session {
         info!("miner of a drained group came back: refused");
         self.counters.refused.inc();
         if let Some(gate) = &self.group_gate {
-            gate.record_refused();
+            let name = self.authorized.first().map_or("", String::as_str);
+            gate.record_refused(name, &self.peer.to_string());
         }
     }
 

@@ -15,12 +15,30 @@ use tokio::sync::watch;
 
 use super::state::Gate;
 
+/// Refused miners remembered per group (the most recent; the count covers all).
+const MAX_REFUSED_LISTED: usize = 100;
+
+/// A miner of a closed group that came back: still hashing somewhere, so the power is not free.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RefusedMiner {
+    /// Worker name it authorized as.
+    pub name: String,
+    /// Address it came from.
+    pub address: String,
+    /// Times it was refused.
+    pub count: u64,
+    /// Unix ms of the last refusal.
+    pub last_unix_ms: u64,
+}
+
 /// A group's gate and its refused-reconnect witness.
 #[derive(Debug)]
 pub struct GroupGate {
     gate: watch::Sender<Gate>,
     refused_total: AtomicU64,
     last_refused_unix_ms: AtomicU64,
+    /// A std mutex: a short update per refusal, never held across an await.
+    refused: std::sync::Mutex<Vec<RefusedMiner>>,
 }
 
 impl GroupGate {
@@ -41,10 +59,50 @@ impl GroupGate {
     }
 
     /// A miner of this group was refused (it came back while the group is closed).
-    pub fn record_refused(&self) {
+    pub fn record_refused(&self, name: &str, address: &str) {
+        let now = unix_ms();
         self.refused_total.fetch_add(1, Ordering::Relaxed);
-        self.last_refused_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
+        self.last_refused_unix_ms.store(now, Ordering::Relaxed);
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(miner) = refused.iter_mut().find(|m| m.name == name) {
+            miner.count += 1;
+            miner.last_unix_ms = now;
+            miner.address = address.to_owned();
+            return;
+        }
+        if refused.len() == MAX_REFUSED_LISTED {
+            if let Some(oldest) = refused
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, m)| m.last_unix_ms)
+                .map(|(i, _)| i)
+            {
+                refused.swap_remove(oldest);
+            }
+        }
+        refused.push(RefusedMiner {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            count: 1,
+            last_unix_ms: now,
+        });
+    }
+
+    /// The miners refused since `since_unix_ms` (most recent first).
+    pub fn refused_since(&self, since_unix_ms: u64) -> Vec<RefusedMiner> {
+        let mut refused: Vec<RefusedMiner> = self
+            .refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter(|m| m.last_unix_ms >= since_unix_ms)
+            .cloned()
+            .collect();
+        refused.sort_by_key(|m| std::cmp::Reverse(m.last_unix_ms));
+        refused
     }
 
     /// Miners refused since start.
@@ -77,6 +135,7 @@ impl GroupGates {
                         gate: tx,
                         refused_total: AtomicU64::new(0),
                         last_refused_unix_ms: AtomicU64::new(0),
+                        refused: std::sync::Mutex::new(Vec::new()),
                     }),
                 )
             })

@@ -180,6 +180,8 @@ pub struct GroupStatus {
     pub still_hashing: Vec<HashingMiner>,
     /// Reconnects of this group's miners refused since start (disconnect/reconnect modes).
     pub refused_reconnects: u64,
+    /// The miners refused since the drain started, most recent first (at most 100).
+    pub refused_miners: Vec<super::gate::RefusedMiner>,
     /// Unix seconds at which a draining group is called drained regardless.
     pub drain_deadline: Option<u64>,
     /// A transition whose hooks are running.
@@ -1436,6 +1438,12 @@ impl GroupController {
                         })
                         .collect(),
                     refused_reconnects: self.gates.get(name).map_or(0, |g| g.refused_total()),
+                    refused_miners: match (drain, self.gates.get(name)) {
+                        (Some(drain), Some(gate)) if record.state != GroupState::Active => {
+                            gate.refused_since(drain.started_at_ms)
+                        }
+                        _ => Vec::new(),
+                    },
                     drain_deadline: (record.state == GroupState::Draining)
                         .then(|| {
                             drain.map(|d| {
