@@ -189,6 +189,44 @@ fn authorized(state: &ApiState, headers: &HeaderMap) -> bool {
     constant_time_eq(presented.as_bytes(), expected.as_bytes())
 }
 
+/// Proof that the request carried the bearer token: a handler that takes it is protected (an
+/// extractor, so no mutating handler can forget the check).
+pub struct Authorized;
+
+impl axum::extract::FromRequestParts<Arc<ApiState>> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, Self::Rejection> {
+        if authorized(state, &parts.headers) {
+            Ok(Authorized)
+        } else {
+            Err(unauthorized())
+        }
+    }
+}
+
+/// A JSON body whose errors are this API's: 400 with serde's message, which names the field.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<ApiState>> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
+    }
+}
+
 /// Compares without an early exit, so response timing does not reveal how much of a guess was
 /// right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -201,15 +239,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     difference == 0
 }
 
-async fn send_command(
-    state: &ApiState,
-    headers: &HeaderMap,
-    name: &str,
-    command: SessionCommand,
-) -> Response {
-    if !authorized(state, headers) {
-        return unauthorized();
-    }
+async fn send_command(state: &ApiState, name: &str, command: SessionCommand) -> Response {
     let Some(worker) = find_worker(state, name) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -234,13 +264,13 @@ async fn send_command(
 
 async fn disconnect_worker(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(name): Path<String>,
 ) -> Response {
     let command = SessionCommand::Close {
         reason: "disconnected through the API".into(),
     };
-    send_command(&state, &headers, &name, command).await
+    send_command(&state, &name, command).await
 }
 
 /// Body of `POST /api/v1/workers/{name}/reconnect`.
@@ -254,7 +284,7 @@ pub struct ReconnectBody {
 
 async fn reconnect_worker(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(name): Path<String>,
     body: Option<Json<ReconnectBody>>,
 ) -> Response {
@@ -264,7 +294,7 @@ async fn reconnect_worker(
         port: body.port,
         wait_seconds: body.wait_seconds,
     };
-    send_command(&state, &headers, &name, command).await
+    send_command(&state, &name, command).await
 }
 
 /// One group in `GET /api/v1/groups`: its lifecycle and power (from the group controller) and
@@ -404,17 +434,10 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
 
 async fn drain_group(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    JsonBody(body): JsonBody<DrainBody>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    let body: DrainBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
-    };
     let request = DrainRequest {
         mode: body.mode,
         reason: body.reason,
@@ -426,13 +449,10 @@ async fn drain_group(
 
 async fn resume_group(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     let body: ResumeBody = match optional_json(&body) {
         Ok(body) => body,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -474,16 +494,10 @@ async fn window(State(state): State<Arc<ApiState>>, Path(name): Path<String>) ->
 
 async fn create_window(
     State(state): State<Arc<ApiState>>,
+    _: Authorized,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    JsonBody(spec): JsonBody<WindowSpec>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    let spec: WindowSpec = match serde_json::from_slice(&body) {
-        Ok(spec) => spec,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
-    };
     answer(
         state
             .groups
@@ -494,12 +508,9 @@ async fn create_window(
 
 async fn delete_window(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(name): Path<String>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     answer(state.groups.delete_window(&name).await)
 }
 
@@ -521,16 +532,10 @@ async fn capacity_one(State(state): State<Arc<ApiState>>, Path(id): Path<String>
 
 async fn create_capacity(
     State(state): State<Arc<ApiState>>,
+    _: Authorized,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    JsonBody(request): JsonBody<CapacityRequest>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
-    let request: CapacityRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
-    };
     answer(
         state
             .groups
@@ -541,23 +546,17 @@ async fn create_capacity(
 
 async fn end_capacity(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(id): Path<String>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     answer(state.groups.end_capacity(&id).await)
 }
 
 async fn capacity_heartbeat(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
+    _: Authorized,
     Path(id): Path<String>,
 ) -> Response {
-    if !authorized(&state, &headers) {
-        return unauthorized();
-    }
     answer(state.groups.heartbeat(&id).await)
 }
 
