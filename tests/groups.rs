@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Http, RawMiner, blocking, config_for, eventually, pool_with, proxy};
+use common::{Api, RawMiner, TOKEN, config_for, eventually, pool_with, proxy};
 use hashgate::protocol::{Id, Message, Method, Request};
 use hashgate::sim::{SimMinerConfig, SimMinerStats, run_sim_miner};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-
-const TOKEN: &str = "s3cret";
 
 /// Two groups, quick quiet periods and a ramp of 2 miners a second. A raw miner here submits a
 /// share or two by hand, so its measured hashrate makes an expected share interval of many
@@ -36,75 +34,6 @@ workers = ["farm.gpu-*"]
 kind = "gpu"
 watts_per_worker = 1500.0
 "#;
-
-struct Api(Arc<Http>);
-
-impl Api {
-    fn new(proxy: &hashgate::proxy::Proxy) -> Api {
-        Api(Arc::new(Http::new(proxy.api_addr)))
-    }
-
-    async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
-        let (http, path, token, body) = (
-            Arc::clone(&self.0),
-            path.to_owned(),
-            token.map(str::to_owned),
-            body.to_owned(),
-        );
-        let (status, text) = blocking(move || http.post_json(&path, token.as_deref(), &body)).await;
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let (http, path) = (Arc::clone(&self.0), path.to_owned());
-        let (status, text) = blocking(move || http.get(&path)).await;
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn drain(&self, group: &str, body: &str) -> (u16, Value) {
-        self.post(&format!("/api/v1/groups/{group}/drain"), Some(TOKEN), body)
-            .await
-    }
-
-    async fn resume(&self, group: &str) -> (u16, Value) {
-        self.post(&format!("/api/v1/groups/{group}/resume"), Some(TOKEN), "")
-            .await
-    }
-
-    async fn group(&self, group: &str) -> Value {
-        let (status, body) = self.get(&format!("/api/v1/groups/{group}")).await;
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    /// Polls the group until its state is `state`.
-    async fn wait_state(&self, group: &str, state: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let body = self.group(group).await;
-            if body["state"] == state {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "group {group} never became {state}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn events(&self, group: &str) -> Vec<Value> {
-        let (status, body) = self.get(&format!("/api/v1/events?group={group}")).await;
-        assert_eq!(status, 200, "{body}");
-        body.as_array().cloned().unwrap_or_default()
-    }
-}
 
 async fn farm(extra: &str) -> (hashgate::sim::SimPool, hashgate::proxy::Proxy, Api) {
     let pool = pool_with(|c| {

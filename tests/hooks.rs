@@ -7,11 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use common::{Http, RawMiner, blocking, config_for, pool_with, proxy};
+use common::{Api, RawMiner, TOKEN, config_for, pool_with, proxy};
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
-
-const TOKEN: &str = "s3cret";
 
 const GROUPS: &str = r#"
 [drain]
@@ -37,21 +35,6 @@ fn temp(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-async fn post(http: &Arc<Http>, path: &str, body: &str) -> (u16, Value) {
-    let (http, path, body) = (Arc::clone(http), path.to_owned(), body.to_owned());
-    let (status, text) = blocking(move || http.post_json(&path, Some(TOKEN), &body)).await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-async fn group(http: &Arc<Http>, name: &str) -> Value {
-    let (http, path) = (Arc::clone(http), format!("/api/v1/groups/{name}"));
-    let (_, text) = blocking(move || http.get(&path)).await;
-    serde_json::from_str(&text).unwrap()
 }
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -94,7 +77,7 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     let mut config = config_for(&[&pool], &extra);
     config.api.token = Some(TOKEN.into());
     let proxy = proxy(config).await;
-    let http = Arc::new(Http::new(proxy.api_addr));
+    let api = Api::new(&proxy);
     let mut miner = RawMiner::connect(&proxy).await;
     miner.handshake("farm.c07-0042").await;
     wait_for("the miner's watts", || {
@@ -107,12 +90,12 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     })
     .await;
 
-    let (status, body) = post(
-        &http,
-        "/api/v1/groups/c07/drain",
-        r#"{"mode":"pause","reason":"AI job 7"}"#,
-    )
-    .await;
+    let (status, body) = api
+        .post_token(
+            "/api/v1/groups/c07/drain",
+            r#"{"mode":"pause","reason":"AI job 7"}"#,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "draining", "the draining hook ran first");
     let env = read_env(&dir.join("draining.env"));
@@ -144,7 +127,7 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     wait_for("the drained hook", || dir.join("drained.env").exists()).await;
     let env = read_env(&dir.join("drained.env"));
     assert_eq!(get(&env, "HASHGATE_WATTS"), "3250");
-    let (status, _) = post(&http, "/api/v1/groups/c07/resume", "").await;
+    let (status, _) = api.post_token("/api/v1/groups/c07/resume", "").await;
     assert_eq!(status, 200);
     wait_for("the active hook", || dir.join("active.env").exists()).await;
     assert!(dir.join("resuming.env").exists());
@@ -193,18 +176,20 @@ async fn a_failing_or_hanging_required_hook_blocks_the_transition() {
     let mut config = config_for(&[&pool], &extra);
     config.api.token = Some(TOKEN.into());
     let proxy = proxy(config).await;
-    let http = Arc::new(Http::new(proxy.api_addr));
+    let api = Api::new(&proxy);
     let mut gpu = RawMiner::connect(&proxy).await;
     gpu.handshake("farm.gpu-0001").await;
 
-    let (status, body) = post(&http, "/api/v1/groups/gpu/drain", r#"{"mode":"pause"}"#).await;
+    let (status, body) = api
+        .post_token("/api/v1/groups/gpu/drain", r#"{"mode":"pause"}"#)
+        .await;
     assert_eq!(status, 502, "{body}");
     let message = body["error"].as_str().unwrap();
     assert!(
         message.contains("pdu-off") && message.contains("exit"),
         "{message}"
     );
-    let view = group(&http, "gpu").await;
+    let view = api.group("gpu").await;
     assert_eq!(view["state"], "active", "{view}");
     assert!(
         !std::path::Path::new(&after).exists(),
@@ -238,7 +223,9 @@ async fn a_failing_or_hanging_required_hook_blocks_the_transition() {
 
     // A hook that hangs is killed at its timeout and blocks the same way.
     let started = Instant::now();
-    let (status, body) = post(&http, "/api/v1/groups/row9/drain", r#"{"mode":"pause"}"#).await;
+    let (status, body) = api
+        .post_token("/api/v1/groups/row9/drain", r#"{"mode":"pause"}"#)
+        .await;
     assert_eq!(status, 502, "{body}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
@@ -254,7 +241,9 @@ async fn a_failing_or_hanging_required_hook_blocks_the_transition() {
         1
     );
     // An optional hook's failure is counted but does not stop the drain.
-    let (status, body) = post(&http, "/api/v1/groups/c07/drain", r#"{"mode":"pause"}"#).await;
+    let (status, body) = api
+        .post_token("/api/v1/groups/c07/drain", r#"{"mode":"pause"}"#)
+        .await;
     assert_eq!((status, &body["state"]), (200, &Value::from("draining")));
     proxy.shutdown().await;
 }
@@ -298,7 +287,7 @@ async fn webhooks_are_signed_and_retried_until_accepted() {
     let mut config = config_for(&[&pool], &extra);
     config.api.token = Some(TOKEN.into());
     let proxy = proxy(config).await;
-    let http = Arc::new(Http::new(proxy.api_addr));
+    let api = Api::new(&proxy);
     let mut miner = RawMiner::connect(&proxy).await;
     miner.handshake("farm.c07-0001").await;
     wait_for("the miner's watts", || {
@@ -310,12 +299,12 @@ async fn webhooks_are_signed_and_retried_until_accepted() {
             == 3250.0
     })
     .await;
-    let (status, _) = post(
-        &http,
-        "/api/v1/groups/c07/drain",
-        r#"{"mode":"disconnect","reason":"inference burst"}"#,
-    )
-    .await;
+    let (status, _) = api
+        .post_token(
+            "/api/v1/groups/c07/drain",
+            r#"{"mode":"disconnect","reason":"inference burst"}"#,
+        )
+        .await;
     assert_eq!(status, 200);
     wait_for("the webhook accepted", || {
         received.lock().unwrap().requests.len() >= 2
@@ -324,7 +313,7 @@ async fn webhooks_are_signed_and_retried_until_accepted() {
     let view = {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let view = group(&http, "c07").await;
+            let view = api.group("c07").await;
             if view["state"] == "drained" {
                 break view;
             }
@@ -369,7 +358,7 @@ async fn the_example_hook_script_runs_through_a_drain_and_resume() {
     let mut config = config_for(&[&pool], &extra);
     config.api.token = Some(TOKEN.into());
     let proxy = proxy(config).await;
-    let http = Arc::new(Http::new(proxy.api_addr));
+    let api = Api::new(&proxy);
     let mut miners = Vec::new();
     for worker in ["farm.c07-0001", "farm.c07-0002"] {
         let mut miner = RawMiner::connect(&proxy).await;
@@ -385,19 +374,19 @@ async fn the_example_hook_script_runs_through_a_drain_and_resume() {
             == 6500.0
     })
     .await;
-    let (status, body) = post(
-        &http,
-        "/api/v1/groups/c07/drain",
-        r#"{"mode":"pause","reason":"inference"}"#,
-    )
-    .await;
+    let (status, body) = api
+        .post_token(
+            "/api/v1/groups/c07/drain",
+            r#"{"mode":"pause","reason":"inference"}"#,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for("the drained line", || {
         read().contains("released for AI work")
     })
     .await;
-    let (status, _) = post(&http, "/api/v1/groups/c07/resume", "").await;
+    let (status, _) = api.post_token("/api/v1/groups/c07/resume", "").await;
     assert_eq!(status, 200);
     wait_for("the active line", || read().contains("mining again")).await;
     let text = read();

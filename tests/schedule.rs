@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Http, RawMiner, blocking, config_for, pool_with, proxy};
+use common::{Api, RawMiner, TOKEN, config_for, pool_with, proxy};
 use hashgate::sim::{SimMinerConfig, SimMinerStats, run_sim_miner};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-const TOKEN: &str = "s3cret";
 
 const GROUPS: &str = r#"
 [drain]
@@ -39,61 +37,12 @@ watts_per_worker = 100.0
 efficiency_j_per_th = 50.0
 "#;
 
-struct Api(Arc<Http>);
-
-impl Api {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-        key: Option<&str>,
-    ) -> (u16, Value) {
-        let (http, method, path, key) = (
-            Arc::clone(&self.0),
-            method.to_owned(),
-            path.to_owned(),
-            key.map(str::to_owned),
-        );
-        let body = body.map(|b| b.to_string());
-        let (status, text) = blocking(move || {
-            http.request(&method, &path, Some(TOKEN), body.as_deref(), key.as_deref())
-        })
-        .await;
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.call("GET", path, None, None).await;
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    async fn state(&self, group: &str) -> String {
-        self.get(&format!("/api/v1/groups/{group}")).await["state"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    }
-
-    async fn wait_state(&self, group: &str, state: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.state(group).await != state {
-            assert!(Instant::now() < deadline, "{group} never became {state}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 async fn farm(extra: &str) -> (hashgate::sim::SimPool, hashgate::proxy::Proxy, Api) {
     let pool = pool_with(|c| c.difficulty = 1.0).await;
     let mut config = config_for(&[&pool], &format!("{GROUPS}{extra}"));
     config.api.token = Some(TOKEN.into());
     let proxy = proxy(config).await;
-    let api = Api(Arc::new(Http::new(proxy.api_addr)));
+    let api = Api::new(&proxy);
     (pool, proxy, api)
 }
 
@@ -201,10 +150,10 @@ async fn a_window_drains_its_group_at_start_minus_lead_and_resumes_at_its_end() 
         "drained before start - lead_time"
     );
     assert_eq!(api.state("gpu").await, "active");
-    let window = api.get("/api/v1/windows/night-shift").await;
+    let window = api.get_ok("/api/v1/windows/night-shift").await;
     assert_eq!(window["state"], "open", "{window}");
     api.wait_state("c07", "drained").await;
-    let status = api.get("/api/v1/groups/c07").await;
+    let status = api.get_ok("/api/v1/groups/c07").await;
     assert_eq!(status["claims"], json!(["window night-shift"]), "{status}");
 
     // At the end it resumes by itself.
@@ -271,14 +220,14 @@ async fn capacity_drains_the_least_efficient_first_and_its_dry_run_changes_nothi
         );
     }
     assert!(
-        api.get("/api/v1/capacity")
+        api.get_ok("/api/v1/capacity")
             .await
             .as_array()
             .unwrap()
             .is_empty()
     );
     assert!(
-        api.get("/api/v1/events")
+        api.get_ok("/api/v1/events")
             .await
             .as_array()
             .unwrap()
@@ -311,13 +260,17 @@ async fn capacity_drains_the_least_efficient_first_and_its_dry_run_changes_nothi
         .await;
     assert_eq!(status, 422, "a key reused for another request: {body}");
     assert_eq!(
-        api.get("/api/v1/capacity").await.as_array().unwrap().len(),
+        api.get_ok("/api/v1/capacity")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
         1
     );
     api.wait_state("row9", "drained").await;
     api.wait_state("c07", "drained").await;
     assert_eq!(api.state("gpu").await, "active");
-    let view = api.get("/api/v1/capacity/cap-1").await;
+    let view = api.get_ok("/api/v1/capacity/cap-1").await;
     assert_eq!(view["satisfied"], true, "{view}");
     assert_eq!(view["released_watts"], 6600.0, "{view}");
 
@@ -366,12 +319,8 @@ async fn capacity_drains_the_least_efficient_first_and_its_dry_run_changes_nothi
         .await;
     assert_eq!(status, 200);
     api.wait_state("gpu", "active").await;
-    let csv = {
-        let http = Arc::clone(&api.0);
-        blocking(move || http.get("/api/v1/events?format=csv"))
-            .await
-            .1
-    };
+    let csv = api.get_ok("/api/v1/events?format=csv").await;
+    let csv = csv.as_str().unwrap_or_default();
     assert!(
         csv.lines()
             .any(|l| l.contains("capacity cap-1") && l.contains("drained")),
@@ -399,7 +348,7 @@ async fn capacity_heartbeats_alert_only_and_until_resumes_when_asked() {
     api.wait_state("c07", "drained").await;
     // The scheduler goes silent: an alert, and the groups stay drained (safe for the breakers).
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    let view = api.get(&format!("/api/v1/capacity/{id}")).await;
+    let view = api.get_ok(&format!("/api/v1/capacity/{id}")).await;
     assert_eq!(view["heartbeat_lapsed"], true, "{view}");
     assert_eq!(proxy.metrics.capacity_heartbeat_lapsed.get(), 1);
     assert_eq!(api.state("c07").await, "drained");
@@ -412,7 +361,7 @@ async fn capacity_heartbeats_alert_only_and_until_resumes_when_asked() {
         )
         .await;
     assert_eq!(status, 200);
-    let view = api.get(&format!("/api/v1/capacity/{id}")).await;
+    let view = api.get_ok(&format!("/api/v1/capacity/{id}")).await;
     assert_eq!(view["heartbeat_lapsed"], false, "{view}");
 
     // A request that says resume_at_until ends by itself at until.
@@ -454,7 +403,7 @@ async fn capacity_heartbeats_alert_only_and_until_resumes_when_asked() {
         "active",
         "re-drained after a forced resume"
     );
-    let view = api.get(&format!("/api/v1/capacity/{id}")).await;
+    let view = api.get_ok(&format!("/api/v1/capacity/{id}")).await;
     assert_eq!(view["satisfied"], false, "{view}");
     proxy.shutdown().await;
 }
@@ -481,7 +430,7 @@ efficiency_j_per_th = 10.0
     let mut config = config_for(&[&pool], extra);
     config.api.token = Some(TOKEN.into());
     let proxy = proxy(config).await;
-    let api = Api(Arc::new(Http::new(proxy.api_addr)));
+    let api = Api::new(&proxy);
     let cancel = CancellationToken::new();
     let mut stats = Vec::new();
     for (worker, hashrate) in [("farm.fast-1", 100_000.0), ("farm.slow-1", 25_000.0)] {
@@ -497,8 +446,8 @@ efficiency_j_per_th = 10.0
     // near the true 4x (at least 2x).
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let fast = api.get("/api/v1/groups/fast").await;
-        let slow = api.get("/api/v1/groups/slow").await;
+        let fast = api.get_ok("/api/v1/groups/fast").await;
+        let slow = api.get_ok("/api/v1/groups/slow").await;
         let measured =
             fast["efficiency_source"] == "measured" && slow["efficiency_source"] == "measured";
         let (f, s) = (

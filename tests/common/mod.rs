@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -415,4 +416,126 @@ impl Http {
 /// Runs blocking work (an HTTP call) off the async test's threads.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// The bearer token the group tests configure.
+pub const TOKEN: &str = "s3cret";
+
+/// The HTTP API as the group tests drive it: JSON in and out, `TOKEN` on mutating calls.
+pub struct Api(Arc<Http>);
+
+impl Api {
+    pub fn new(proxy: &Proxy) -> Api {
+        Api(Arc::new(Http::new(proxy.api_addr)))
+    }
+
+    /// Any call; the body parsed as JSON (or kept as a string when it is not JSON).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        let (http, method, path) = (Arc::clone(&self.0), method.to_owned(), path.to_owned());
+        let (token, body, key) = (
+            token.map(str::to_owned),
+            body.map(str::to_owned),
+            key.map(str::to_owned),
+        );
+        let (status, text) = blocking(move || {
+            http.request(
+                &method,
+                &path,
+                token.as_deref(),
+                body.as_deref(),
+                key.as_deref(),
+            )
+        })
+        .await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// A mutating call with the token (`key`: an `Idempotency-Key`).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        self.request(method, path, Some(TOKEN), body.as_deref(), key)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        self.request("POST", path, token, Some(body), None).await
+    }
+
+    /// POST with the token.
+    pub async fn post_token(&self, path: &str, body: &str) -> (u16, Value) {
+        self.post(path, Some(TOKEN), body).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request("GET", path, None, None, None).await
+    }
+
+    /// GET that must answer 200.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    pub async fn drain(&self, group: &str, body: &str) -> (u16, Value) {
+        self.post(&format!("/api/v1/groups/{group}/drain"), Some(TOKEN), body)
+            .await
+    }
+
+    pub async fn resume(&self, group: &str) -> (u16, Value) {
+        self.post(&format!("/api/v1/groups/{group}/resume"), Some(TOKEN), "")
+            .await
+    }
+
+    pub async fn group(&self, group: &str) -> Value {
+        self.get_ok(&format!("/api/v1/groups/{group}")).await
+    }
+
+    pub async fn state(&self, group: &str) -> String {
+        self.group(group).await["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Polls the group until its state is `state`; returns its status then.
+    pub async fn wait_state(&self, group: &str, state: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let body = self.group(group).await;
+            if body["state"] == state {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "group {group} never became {state}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The audit log of one group.
+    pub async fn events(&self, group: &str) -> Vec<Value> {
+        self.get_ok(&format!("/api/v1/events?group={group}"))
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
 }
