@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use common::{Http, blocking, config_for, eventually, pool, proxy};
+use common::{Http, blocking, config_for, eventually, pool, proxy, wait_power};
 use hashgate::api::{GroupView, UpstreamReport, WorkersPage};
 use hashgate::downstream::WorkerSnapshot;
 use hashgate::sim::{SimMinerConfig, SimMinerStats, run_sim_miner};
@@ -271,15 +271,7 @@ watts_per_worker = 10.0
     assert_eq!(group_of("farm.other"), "default");
 
     // The group controller publishes power on its next tick.
-    eventually("the c07 miners' watts are counted", || {
-        proxy
-            .metrics
-            .group_power_watts
-            .with_label_values(&["c07"])
-            .get()
-            == 6500.0
-    })
-    .await;
+    wait_power(&proxy, "c07", 6500.0).await;
     let h = Arc::clone(&http);
     let (_, body) = blocking(move || h.get("/api/v1/groups")).await;
     let groups: Vec<GroupView> = serde_json::from_str(&body).unwrap();
@@ -309,14 +301,6 @@ watts_per_worker = 10.0
 
     // A miner leaving takes its watts with it.
     miners.remove(0);
-    eventually("the c07 miner's watts are released", || {
-        proxy
-            .metrics
-            .group_power_watts
-            .with_label_values(&["c07"])
-            .get()
-            == 3250.0
-    })
-    .await;
+    wait_power(&proxy, "c07", 3250.0).await;
     proxy.shutdown().await;
 }

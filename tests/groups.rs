@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Api, RawMiner, TOKEN, config_for, eventually, pool_with, proxy};
+use common::{Api, RawMiner, TOKEN, config_for, eventually, pool_with, proxy, wait_power};
 use hashgate::protocol::{Id, Message, Method, Request};
 use hashgate::sim::{SimMinerConfig, SimMinerStats, run_sim_miner};
 use serde_json::Value;
@@ -91,21 +91,8 @@ async fn pause_drain_stops_new_work_for_one_group_while_the_other_mines_then_res
     c07.handshake("farm.c07-0001").await;
     let mut gpu = RawMiner::connect(&proxy).await;
     gpu.handshake("farm.gpu-0001").await;
-    eventually("both groups draw power", || {
-        proxy
-            .metrics
-            .group_power_watts
-            .with_label_values(&["c07"])
-            .get()
-            == 3250.0
-            && proxy
-                .metrics
-                .group_power_watts
-                .with_label_values(&["gpu"])
-                .get()
-                == 1500.0
-    })
-    .await;
+    wait_power(&proxy, "c07", 3250.0).await;
+    wait_power(&proxy, "gpu", 1500.0).await;
 
     let (status, body) = api
         .drain("c07", r#"{"mode":"pause","reason":"AI training window"}"#)
@@ -368,15 +355,7 @@ async fn resume_admits_miners_at_the_ramp() {
         miner.handshake(&format!("farm.c07-{i:04}")).await;
         miners.push(miner);
     }
-    eventually("all four counted", || {
-        proxy
-            .metrics
-            .group_power_watts
-            .with_label_values(&["c07"])
-            .get()
-            == 13_000.0
-    })
-    .await;
+    wait_power(&proxy, "c07", 13_000.0).await;
     let (status, _) = api.drain("c07", r#"{"mode":"pause"}"#).await;
     assert_eq!(status, 200);
     api.wait_state("c07", "drained").await;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use common::{Api, RawMiner, TOKEN, config_for, pool_with, proxy};
+use common::{Api, RawMiner, TOKEN, config_for, eventually, pool_with, proxy, wait_power};
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
 
@@ -35,14 +35,6 @@ fn temp(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn read_env(path: &std::path::Path) -> Vec<(String, String)> {
@@ -80,15 +72,7 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     let api = Api::new(&proxy);
     let mut miner = RawMiner::connect(&proxy).await;
     miner.handshake("farm.c07-0042").await;
-    wait_for("the miner's watts", || {
-        proxy
-            .metrics
-            .group_power_watts
-            .with_label_values(&["c07"])
-            .get()
-            == 3250.0
-    })
-    .await;
+    wait_power(&proxy, "c07", 3250.0).await;
 
     let (status, body) = api
         .post_token(
@@ -124,12 +108,12 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     );
 
     // The drained hook carries the released watts: the AI scheduler's signal.
-    wait_for("the drained hook", || dir.join("drained.env").exists()).await;
+    eventually("the drained hook", || dir.join("drained.env").exists()).await;
     let env = read_env(&dir.join("drained.env"));
     assert_eq!(get(&env, "HASHGATE_WATTS"), "3250");
     let (status, _) = api.post_token("/api/v1/groups/c07/resume", "").await;
     assert_eq!(status, 200);
-    wait_for("the active hook", || dir.join("active.env").exists()).await;
+    eventually("the active hook", || dir.join("active.env").exists()).await;
     assert!(dir.join("resuming.env").exists());
     assert_eq!(
         proxy
@@ -149,7 +133,7 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     );
     // The workers file is removed after the hook.
     let workers_dir = proxy_state_dir(&proxy);
-    wait_for("the workers files removed", || {
+    eventually("the workers files removed", || {
         std::fs::read_dir(&workers_dir).map_or(true, |mut d| d.next().is_none())
     })
     .await;
@@ -290,15 +274,7 @@ async fn webhooks_are_signed_and_retried_until_accepted() {
     let api = Api::new(&proxy);
     let mut miner = RawMiner::connect(&proxy).await;
     miner.handshake("farm.c07-0001").await;
-    wait_for("the miner's watts", || {
-        proxy
-            .metrics
-            .group_power_watts
-            .with_label_values(&["c07"])
-            .get()
-            == 3250.0
-    })
-    .await;
+    wait_power(&proxy, "c07", 3250.0).await;
     let (status, _) = api
         .post_token(
             "/api/v1/groups/c07/drain",
@@ -306,7 +282,7 @@ async fn webhooks_are_signed_and_retried_until_accepted() {
         )
         .await;
     assert_eq!(status, 200);
-    wait_for("the webhook accepted", || {
+    eventually("the webhook accepted", || {
         received.lock().unwrap().requests.len() >= 2
     })
     .await;
@@ -365,15 +341,7 @@ async fn the_example_hook_script_runs_through_a_drain_and_resume() {
         miner.handshake(worker).await;
         miners.push(miner);
     }
-    wait_for("the miners' watts", || {
-        proxy
-            .metrics
-            .group_power_watts
-            .with_label_values(&["c07"])
-            .get()
-            == 6500.0
-    })
-    .await;
+    wait_power(&proxy, "c07", 6500.0).await;
     let (status, body) = api
         .post_token(
             "/api/v1/groups/c07/drain",
@@ -382,13 +350,13 @@ async fn the_example_hook_script_runs_through_a_drain_and_resume() {
         .await;
     assert_eq!(status, 200, "{body}");
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("the drained line", || {
+    eventually("the drained line", || {
         read().contains("released for AI work")
     })
     .await;
     let (status, _) = api.post_token("/api/v1/groups/c07/resume", "").await;
     assert_eq!(status, 200);
-    wait_for("the active line", || read().contains("mining again")).await;
+    eventually("the active line", || read().contains("mining again")).await;
     let text = read();
     assert_eq!(
         text.matches("would sleep 127.0.0.1").count(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Api, RawMiner, TOKEN, config_for, pool_with, proxy};
+use common::{Api, RawMiner, TOKEN, config_for, pool_with, proxy, wait_power};
 use hashgate::sim::{SimMinerConfig, SimMinerStats, run_sim_miner};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -54,20 +54,6 @@ async fn miners(proxy: &hashgate::proxy::Proxy, workers: &[&str]) -> Vec<RawMine
         miners.push(miner);
     }
     miners
-}
-
-async fn wait_power(proxy: &hashgate::proxy::Proxy, group: &str, watts: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy
-        .metrics
-        .group_power_watts
-        .with_label_values(&[group])
-        .get()
-        != watts
-    {
-        assert!(Instant::now() < deadline, "{group} never drew {watts} W");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// RFC 3339 for `SystemTime::now() + secs`, on a whole second.

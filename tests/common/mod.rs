@@ -112,6 +112,19 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until the group controller publishes `watts` drawn by `group` (it counts on its tick).
+pub async fn wait_power(proxy: &Proxy, group: &str, watts: f64) {
+    eventually(&format!("{group} to draw {watts} W"), || {
+        proxy
+            .metrics
+            .group_power_watts
+            .with_label_values(&[group])
+            .get()
+            == watts
+    })
+    .await;
+}
+
 /// A miner at the line level: sends raw JSON, reads and parses what comes back.
 pub struct RawMiner {
     framed: Framed<TcpStream, LineCodec>,
