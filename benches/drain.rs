@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use hashgate::config::Config;
-use hashgate::groups::{Claim, DrainMode, DrainRequest, GroupState};
+use hashgate::config::DrainMode;
+use hashgate::groups::{Claim, DrainRequest, GroupState};
 use hashgate::proxy::Proxy;
 use hashgate::sim::{SimPool, SimPoolConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

@@ -6,9 +6,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use hashgate::protocol::Difficulty;
 use hashgate::work::{
-    Difficulty, DuplicateFilter, HeaderMidstate, JobBook, ShareContext, ShareVector, Threshold,
-    check_share, hash_share, reference, sha256, share_merkle_root,
+    DuplicateFilter, HeaderMidstate, JobBook, ShareContext, ShareVector, Threshold, check_share,
+    hash_share, reference, sha256, share_merkle_root,
 };
 
 fn vector() -> ShareVector {

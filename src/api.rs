@@ -21,11 +21,12 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::DrainMode;
+use crate::config::windows::WindowSpec;
 use crate::downstream::{DownstreamContext, SessionCommand, WorkerSnapshot};
 use crate::groups::capacity::CapacityRequest;
 use crate::groups::controller::Answer;
-use crate::groups::windows::WindowSpec;
-use crate::groups::{Claim, ControlError, DrainMode, DrainRequest, GroupStatus, GroupsHandle};
+use crate::groups::{Claim, ControlError, DrainRequest, GroupStatus, GroupsHandle};
 use crate::metrics::Metrics;
 use crate::router::{RouterHandle, UpstreamView};
 

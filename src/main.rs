@@ -11,11 +11,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hashgate::config::Config;
 use hashgate::metrics::Metrics;
+use hashgate::protocol::Difficulty;
 use hashgate::proxy::Proxy;
 use hashgate::sim::{SimMinerConfig, SimMinerStats, SimPool, SimPoolConfig, run_sim_miner};
 use hashgate::work::{
-    Difficulty, DuplicateFilter, JobBook, ShareContext, ShareVector, Threshold, Verdict,
-    check_share, sha256,
+    DuplicateFilter, JobBook, ShareContext, ShareVector, Threshold, Verdict, check_share, sha256,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -689,7 +689,10 @@ fn verify_share(file: &Path, difficulty: f64) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Verdict::Rejected(reject) => {
-            println!("verdict:        rejected ({}): {reject}", reject.code());
+            println!(
+                "verdict:        rejected ({}): {reject}",
+                hashgate::downstream::reject_code(&reject)
+            );
             Ok(ExitCode::FAILURE)
         }
     }

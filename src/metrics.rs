@@ -440,7 +440,7 @@ impl Metrics {
             .set(1);
         // Series that exist before any event, so dashboards and alerts have something to read:
         // every miner is in `default` (active) until groups are configured.
-        m.register_group(crate::groups::DEFAULT_GROUP);
+        m.register_group(crate::config::DEFAULT_GROUP);
         for event in ["draining", "drained", "resuming", "active"] {
             for result in ["success", "failure", "timeout"] {
                 m.hook_runs.with_label_values(&[event, result]);

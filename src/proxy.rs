@@ -39,7 +39,7 @@ pub enum StartError {
     },
     /// A `[[group]]` rule does not compile (validation should have caught it).
     #[error("groups: {0}")]
-    Groups(#[from] crate::groups::GroupError),
+    Groups(#[from] crate::config::GroupError),
     /// The state directory is unusable or holds a corrupt state file.
     #[error("{0}")]
     State(#[from] crate::groups::store::StoreError),
@@ -151,7 +151,7 @@ impl Proxy {
             downstream_cancel,
         );
         context.per_worker_metrics = config.api.per_worker_metrics;
-        context.groups = crate::groups::Groups::new(&config.groups)?;
+        context.groups = crate::config::Groups::new(&config.groups)?;
         if let Some((group, record)) = restored.groups.iter().find(|(name, record)| {
             record.state != crate::groups::GroupState::Active
                 && !context.groups.iter().any(|g| *g.name == ***name)

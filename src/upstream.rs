@@ -21,10 +21,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::config::{FailoverConfig, UpstreamConfig, parse_stratum_url};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    Authorize, Configure, ConfigureResult, Id, LineCodec, Message, Method, Request, Response,
-    Submit, Subscribe, SubscribeResult,
+    Authorize, Configure, ConfigureResult, Difficulty, Extranonce1, Id, LineCodec, Message, Method,
+    Notify, Request, Response, Submit, Subscribe, SubscribeResult,
 };
-use crate::work::{Difficulty, Extranonce1, Extranonce2, JobId, Notify, Share};
+use crate::work::ForwardShare;
 
 /// Where a connection sits: which pool (index in priority order) and which slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,25 +33,6 @@ pub struct ConnKey {
     pub pool: usize,
     /// Slot: the k-th connection to that pool (more when one's extranonce space is full).
     pub slot: usize,
-}
-
-/// A share on its way to the pool, already verified and already answered to the miner.
-#[derive(Debug, Clone)]
-pub struct ForwardShare {
-    /// The pool's job id.
-    pub job_id: JobId,
-    /// Full upstream extranonce2 (miner's prefix ++ miner's extranonce2).
-    pub extranonce2: Extranonce2,
-    /// Header ntime.
-    pub ntime: u32,
-    /// Header nonce.
-    pub nonce: u32,
-    /// Rolled version bits, if any.
-    pub version_bits: Option<u32>,
-    /// The miner that found it (for the log).
-    pub worker: Arc<str>,
-    /// Whether it met the network target.
-    pub is_block: bool,
 }
 
 /// What a connection tells the router.
@@ -577,13 +558,7 @@ impl Connection<'_> {
             id: Id::from(id),
             method: Method::Submit(Submit {
                 worker: self.config.user.clone(),
-                share: Share {
-                    job_id: share.job_id.clone(),
-                    extranonce2: share.extranonce2,
-                    ntime: share.ntime,
-                    nonce: share.nonce,
-                    version_bits: share.version_bits,
-                },
+                share: share.to_share(),
             }),
         };
         if share.is_block {

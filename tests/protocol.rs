@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use hashgate::downstream::reject_response;
 use hashgate::protocol::{
-    Configure, ConfigureResult, FrameError, Id, LineCodec, Message, Method, ParamError,
-    ProtocolError, Reconnect, Request, Response, SetExtranonce, Subscribe, SubscribeResult, code,
-    notify_line,
+    BadShareHex, Configure, ConfigureResult, Difficulty, Extranonce1, FrameError, Id, LineCodec,
+    Message, Method, ParamError, ProtocolError, Reconnect, Request, Response, SetExtranonce,
+    Subscribe, SubscribeResult, code, notify_line,
 };
-use hashgate::work::{Difficulty, Extranonce1, InvalidShare, Reject, ShareVector};
+use hashgate::work::{InvalidShare, Reject, ShareVector};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::FramedRead;
@@ -200,7 +201,7 @@ fn submit_with_version_bits_and_trailing_fields() {
             assert_eq!(method, "mining.submit");
             assert_eq!(
                 reason,
-                ParamError::InvalidShare(InvalidShare::BadHex { field: "nonce" })
+                ParamError::InvalidShare(BadShareHex { field: "nonce" })
             );
         }
         other => panic!("{other:?}"),
@@ -308,7 +309,7 @@ fn responses_and_error_shapes() {
         (Reject::NotSubscribed, 25),
         (Reject::Invalid(InvalidShare::BadHex { field: "nonce" }), 20),
     ] {
-        let line = Response::reject(Id::from(5), &reject).to_line();
+        let line = reject_response(Id::from(5), &reject).to_line();
         let text = std::str::from_utf8(&line).unwrap();
         assert!(text.contains(&format!("\"error\":[{expected},")), "{text}");
         assert!(text.contains("\"result\":null"));

@@ -95,7 +95,7 @@ async fn only_shares_meeting_the_pool_target_are_forwarded() {
     let proxy = proxy(config_for(&[&pool], "")).await;
     let mut miner = RawMiner::connect(&proxy).await;
     miner.handshake("farm.a").await;
-    let pool_threshold = hashgate::work::Difficulty::new(0.001)
+    let pool_threshold = hashgate::protocol::Difficulty::new(0.001)
         .unwrap()
         .to_threshold();
     let mut expected_forwarded = 0;
@@ -170,7 +170,7 @@ async fn error_codes_20_to_25_on_the_wire() {
 
     // 21: unknown job.
     let mut stale = miner.find_share(1, true, None);
-    stale.job_id = hashgate::work::JobId::new("no-such-job").unwrap();
+    stale.job_id = hashgate::protocol::JobId::new("no-such-job").unwrap();
     miner
         .send(&RawMiner::submit_line(4, "farm.w1", &stale))
         .await;
@@ -212,7 +212,7 @@ async fn error_codes_20_to_25_on_the_wire() {
     let r = miner.response(Id::from("x8")).await;
     assert_eq!(r.error.as_ref().map(|e| e.code), Some(20));
     let mut short = miner.find_share(4, true, None);
-    short.extranonce2 = hashgate::work::Extranonce2::from_hex("00").unwrap();
+    short.extranonce2 = hashgate::protocol::Extranonce2::from_hex("00").unwrap();
     miner
         .send(&RawMiner::submit_line(9, "farm.w1", &short))
         .await;

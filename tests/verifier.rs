@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 
 use bitcoin::hashes::Hash;
+use hashgate::protocol::{
+    BadShareHex, Difficulty, Extranonce1, Extranonce2, JobId, Notify, PrevHash, Share,
+};
 use hashgate::work::{
-    Difficulty, DuplicateFilter, Extranonce1, Extranonce2, HeaderMidstate, InvalidShare, JobBook,
-    JobId, Notify, PrevHash, Reject, Share, ShareContext, ShareVector, Threshold, Verdict,
-    check_share, hash_share, reference, share_merkle_root,
+    DuplicateFilter, HeaderMidstate, InvalidShare, JobBook, Reject, ShareContext, ShareVector,
+    Threshold, Verdict, check_share, hash_share, reference, share_merkle_root,
 };
 use proptest::prelude::*;
 
@@ -186,9 +188,9 @@ fn invalid_shares_name_their_reason() {
     );
 
     let bad_hex = Share::from_hex("1", "7807000000000000", "6155a491", "41dad6zz", None);
-    assert_eq!(bad_hex, Err(InvalidShare::BadHex { field: "nonce" }));
+    assert_eq!(bad_hex, Err(BadShareHex { field: "nonce" }));
     let padded = Share::from_hex("1", "7807000000000000", "006155a491", "41dad6e3", None);
-    assert_eq!(padded, Err(InvalidShare::BadHex { field: "ntime" }));
+    assert_eq!(padded, Err(BadShareHex { field: "ntime" }));
 }
 
 #[test]

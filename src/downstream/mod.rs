@@ -10,6 +10,7 @@
 //! Sessions also take [`SessionCommand`]s (stop sending work, show a message, reconnect elsewhere,
 //! close) so groups and the API can act on a miner without touching its state.
 
+mod reject;
 mod session;
 pub mod stats;
 pub mod vardiff;
@@ -29,6 +30,7 @@ use crate::config::{DifficultyConfig, ServerConfig};
 use crate::metrics::Metrics;
 use crate::router::RouterHandle;
 
+pub use reject::{reject_code, reject_response};
 pub use session::serve_miner;
 pub use stats::{WorkerSnapshot, WorkerStats};
 
@@ -159,7 +161,7 @@ pub struct DownstreamContext {
     /// Whether sessions export per-worker series (`api.per_worker_metrics`).
     pub per_worker_metrics: bool,
     /// The hardware groups miners are assigned to at authorize.
-    pub groups: crate::groups::Groups,
+    pub groups: crate::config::Groups,
     /// Each group's gate (may it get work), watched by its sessions from authorize on.
     pub gates: Arc<crate::groups::GroupGates>,
     next_id: AtomicU64,
@@ -185,7 +187,7 @@ impl DownstreamContext {
             sessions: SessionRegistry::default(),
             cancel,
             per_worker_metrics: false,
-            groups: crate::groups::Groups::default(),
+            groups: crate::config::Groups::default(),
             gates: Arc::default(),
             next_id: AtomicU64::new(1),
         }

@@ -15,20 +15,20 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
+use super::reject::reject_response;
 use super::stats::WorkerStats;
 use super::vardiff::Vardiff;
 use super::{DownstreamContext, SessionCommand};
 use crate::groups::{Gate, GroupGate};
 use crate::protocol::{
-    Authorize, Configure, ConfigureResult, FrameError, Id, LineCodec, Message, Method, ParamError,
-    ProtocolError, Reconnect, Request, Response, SetExtranonce, Submit, Subscribe, SubscribeResult,
-    code, method, notify_line,
+    Authorize, Configure, ConfigureResult, Difficulty, Extranonce1, FrameError, Id, JobId,
+    LineCodec, Message, Method, ParamError, ProtocolError, Reconnect, Request, Response,
+    SetExtranonce, Submit, Subscribe, SubscribeResult, code, method, notify_line,
 };
 use crate::router::{WorkReceiver, WorkState};
-use crate::upstream::ForwardShare;
 use crate::work::{
-    Difficulty, DuplicateFilter, Extranonce1, ExtranoncePrefix, JobId, Reject, ShareContext,
-    Threshold, Verdict, check_share_for_job,
+    DuplicateFilter, ExtranoncePrefix, ForwardShare, InvalidShare, Reject, ShareContext, Threshold,
+    Verdict, check_share_for_job,
 };
 
 /// The mask hashgate asks pools for; what a miner is offered before any pool has answered.
@@ -421,12 +421,12 @@ impl Session {
                     .inc();
                 return if method == method::SUBMIT {
                     let reject = match reason {
-                        ParamError::InvalidShare(invalid) => Reject::Invalid(invalid),
-                        _ => Reject::Invalid(crate::work::InvalidShare::BadHex { field: "params" }),
+                        ParamError::InvalidShare(bad) => Reject::Invalid(bad.into()),
+                        _ => Reject::Invalid(InvalidShare::BadHex { field: "params" }),
                     };
                     self.counters.invalid.inc();
                     debug!(%reject, "malformed submit");
-                    self.send(Response::reject(id, &reject).to_line())
+                    self.send(reject_response(id, &reject).to_line())
                 } else {
                     debug!(method, %reason, "invalid params");
                     self.reply_error(id, code::OTHER, &format!("invalid params: {reason}"))
@@ -1094,11 +1094,11 @@ impl Session {
     fn on_submit(&mut self, id: Id, submit: Submit) -> Result<(), Ending> {
         let Some(binding) = &self.binding else {
             self.counters.not_subscribed.inc();
-            return self.send(Response::reject(id, &Reject::NotSubscribed).to_line());
+            return self.send(reject_response(id, &Reject::NotSubscribed).to_line());
         };
         if !self.authorized.iter().any(|w| w == submit.worker.trim()) {
             self.counters.unauthorized.inc();
-            return self.send(Response::reject(id, &Reject::Unauthorized).to_line());
+            return self.send(reject_response(id, &Reject::Unauthorized).to_line());
         }
         let work = Arc::clone(&binding.work);
         let sent = self
@@ -1113,7 +1113,7 @@ impl Session {
         }) else {
             self.counters.stale.inc();
             debug!(job = %submit.share.job_id, "stale share");
-            return self.send(Response::reject(id, &Reject::Stale).to_line());
+            return self.send(reject_response(id, &Reject::Stale).to_line());
         };
         let context = ShareContext {
             extranonce1: &binding.extranonce1,
@@ -1163,7 +1163,7 @@ impl Session {
                     worker.rejected.inc();
                 }
                 debug!(%reject, job = %submit.share.job_id, "share rejected");
-                self.send(Response::reject(id, &reject).to_line())
+                self.send(reject_response(id, &reject).to_line())
             }
         }
     }

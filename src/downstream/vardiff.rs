@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::work::Difficulty;
+use crate::protocol::Difficulty;
 
 /// Shares kept in the estimation window.
 pub const WINDOW_SHARES: usize = 64;

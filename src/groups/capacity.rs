@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::state::DrainMode;
+use crate::config::DrainMode;
 
 /// `POST /api/v1/capacity`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

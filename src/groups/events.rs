@@ -12,7 +12,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::state::GroupState;
-use super::store::EVENTS_IN_MEMORY;
+
+/// Events kept in memory for `GET /api/v1/events` (the file keeps them all).
+pub const EVENTS_IN_MEMORY: usize = 10_000;
 
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,7 +17,8 @@ use hmac::{KeyInit, Mac};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::state::{DrainMode, RosterEntry};
+use super::state::RosterEntry;
+use crate::config::DrainMode;
 use crate::config::{HookConfig, HookEvent};
 use crate::metrics::Metrics;
 

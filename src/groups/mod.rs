@@ -20,7 +20,6 @@
 //! group drained while its miners still hash through it, and never gives a drained group work
 //! again except by an explicit resume.
 
-pub mod assign;
 pub mod capacity;
 pub mod controller;
 pub mod events;
@@ -28,12 +27,10 @@ pub mod gate;
 pub mod hooks;
 pub mod state;
 pub mod store;
-pub mod windows;
 
-pub use assign::{DEFAULT_GROUP, Group, GroupError, Groups};
 pub use controller::{
     ControlError, ControllerParts, DrainRequest, GroupController, GroupStatus, GroupsHandle,
     HashingMiner,
 };
 pub use gate::{GroupGate, GroupGates, unix_ms};
-pub use state::{Claim, DrainMode, Gate, GroupRecord, GroupState};
+pub use state::{Claim, Gate, GroupRecord, GroupState};

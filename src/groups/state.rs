@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{DrainMode, split_host_port};
+
 /// Where a group is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -49,29 +51,6 @@ impl GroupState {
 impl fmt::Display for GroupState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str()) // honours widths: the CLI prints states in columns
-    }
-}
-
-/// How a group stops mining.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DrainMode {
-    /// Keep connections, send no new work (shares on work already given still count).
-    Pause,
-    /// Close the group's connections and refuse them until resumed.
-    Disconnect,
-    /// Send the group's miners elsewhere with `client.reconnect`.
-    Reconnect,
-}
-
-impl DrainMode {
-    /// The name in the API and events.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainMode::Pause => "pause",
-            DrainMode::Disconnect => "disconnect",
-            DrainMode::Reconnect => "reconnect",
-        }
     }
 }
 
@@ -187,14 +166,6 @@ fn drain_message(reason: &str) -> String {
     } else {
         format!("hashgate: this machine's group is drained for maintenance: {reason}")
     }
-}
-
-/// Splits `host:port` (`[v6]:port` too).
-pub fn split_host_port(text: &str) -> Option<(String, u16)> {
-    let (host, port) = text.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 /// What the sessions of a group may do, published by the controller on the group's `watch`.

@@ -20,13 +20,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::Event;
+use super::events::{EVENTS_IN_MEMORY, Event};
 use super::state::GroupRecord;
 
 /// The state file's format version.
 const STATE_VERSION: u32 = 1;
-/// Events kept in memory for `GET /api/v1/events` (the file keeps them all).
-pub const EVENTS_IN_MEMORY: usize = 10_000;
 
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +82,7 @@ pub struct PersistedState {
     pub groups: BTreeMap<String, GroupRecord>,
     /// Windows added through the API (config windows live in the config).
     #[serde(default)]
-    pub windows: Vec<super::windows::WindowSpec>,
+    pub windows: Vec<crate::config::windows::WindowSpec>,
     /// Per `window/group`: the span (its start, unix ms) whose drain was made, so a group an
     /// operator resumed by force is not drained again by the same span.
     #[serde(default)]

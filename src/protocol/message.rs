@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use super::difficulty::{Difficulty, DifficultyError};
+use super::extranonce::{Extranonce1, MAX_EXTRANONCE_LEN};
 use super::id::Id;
-use crate::work::{Difficulty, Extranonce1, InvalidShare, Notify, NotifyError, Reject, Share};
+use super::notify::{Notify, NotifyError};
+use super::share::{BadShareHex, Share};
 
 /// Method names as they appear on the wire.
 pub mod method {
@@ -350,7 +353,7 @@ impl SubscribeResult {
                 index: 2,
                 name: "extranonce2_size",
             })?;
-        if extranonce2_size > crate::work::MAX_EXTRANONCE_LEN as u64 {
+        if extranonce2_size > MAX_EXTRANONCE_LEN as u64 {
             return Err(ParamError::WrongType {
                 name: "extranonce2_size",
                 expected: "at most 32",
@@ -441,11 +444,6 @@ impl Response {
                 message: message.into(),
             }),
         }
-    }
-
-    /// The answer to a rejected share, with its conventional code.
-    pub fn reject(id: Id, reject: &Reject) -> Self {
-        Self::error(id, reject.code(), reject.to_string())
     }
 
     /// Whether the request succeeded (no error and a result other than `false`).
@@ -652,11 +650,11 @@ pub enum ParamError {
         name: &'static str,
         /// Why.
         #[source]
-        source: crate::work::DifficultyError,
+        source: DifficultyError,
     },
     /// The submit's fields do not make a share (error 20 with this reason).
     #[error("{0}")]
-    InvalidShare(InvalidShare),
+    InvalidShare(BadShareHex),
     /// The notify's fields do not make a job.
     #[error("{0}")]
     Notify(NotifyError),
@@ -949,7 +947,7 @@ fn parse_known_method(name: &'static str, p: &Params<'_>) -> Result<Method, Para
                     }
                 })?;
             let extranonce2_size = p.unsigned(1, "extranonce2_size")?;
-            if extranonce2_size > crate::work::MAX_EXTRANONCE_LEN as u64 {
+            if extranonce2_size > MAX_EXTRANONCE_LEN as u64 {
                 return Err(ParamError::WrongType {
                     name: "extranonce2_size",
                     expected: "at most 32",

@@ -9,7 +9,9 @@
 //! - notifications: requests with a null id (`mining.notify`, `mining.set_difficulty`, ...).
 //!
 //! [`LineCodec`] frames a byte stream into lines with a hard length limit; [`Message::parse`] turns
-//! one line into a typed [`Message`], decoding hex fields once into the [`crate::work`] types.
+//! one line into a typed [`Message`], decoding hex fields once into the wire types of this module
+//! ([`Notify`], [`Share`], [`Extranonce1`], [`Difficulty`], ...). This module imports no other part
+//! of hashgate: `work` builds on these types, never the other way round.
 //! Parsing is lenient where real firmware differs (difficulty as integer, float or string; extra
 //! trailing params; `mining.subscribe` with 0, 1 or 2 params and nulls; a missing password) and
 //! strict where leniency would be exploitable (share fields are exactly-sized hex).
@@ -21,13 +23,23 @@
 //! `mining.configure` and version rolling (<https://github.com/bitcoin/bips/blob/master/bip-0310.mediawiki>).
 
 mod codec;
+mod difficulty;
+mod extranonce;
+mod hex;
 mod id;
 mod message;
+mod notify;
+mod share;
 
 pub use codec::{DEFAULT_MAX_LINE, FrameError, LineCodec};
+pub use difficulty::{Difficulty, DifficultyError};
+pub use extranonce::{Extranonce1, Extranonce2, ExtranonceError, MAX_EXTRANONCE_LEN};
+pub use hex::decode_u32_hex;
 pub use id::Id;
 pub use message::{
     Authorize, Configure, ConfigureResult, Message, Method, ParamError, ProtocolError, Reconnect,
     Request, Response, SetExtranonce, StratumError, Submit, Subscribe, SubscribeResult, code,
     method, notify_line,
 };
+pub use notify::{JobId, JobIdError, MAX_JOB_ID_LEN, Notify, NotifyError, PrevHash};
+pub use share::{BadShareHex, Share};

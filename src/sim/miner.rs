@@ -20,10 +20,8 @@ use crate::protocol::{
     Authorize, Configure, ConfigureResult, Id, LineCodec, Message, Method, Request, Submit,
     Subscribe, SubscribeResult,
 };
-use crate::work::{
-    Difficulty, Extranonce1, Extranonce2, HeaderMidstate, Job, JobBook, Notify, Share, Threshold,
-    share_merkle_root,
-};
+use crate::protocol::{Difficulty, Extranonce1, Extranonce2, Notify, Share};
+use crate::work::{HeaderMidstate, Job, JobBook, Threshold, share_merkle_root};
 
 /// How a simulated miner behaves.
 #[derive(Debug, Clone)]
@@ -294,7 +292,7 @@ fn start_job(state: &mut MinerState, notify: Notify, stats: &SimMinerStats) {
     state.midstate = None;
 }
 
-type Found = (crate::work::JobId, Extranonce2, u32, u32, Option<u32>);
+type Found = (crate::protocol::JobId, Extranonce2, u32, u32, Option<u32>);
 
 /// Hashes up to `count` nonces of the current job; returns the shares found.
 fn hash_slice(state: &mut MinerState, count: u64, stats: &SimMinerStats) -> Vec<Found> {

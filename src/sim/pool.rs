@@ -25,9 +25,8 @@ use crate::protocol::{
     ConfigureResult, Id, LineCodec, Message, Method, Request, Response, SetExtranonce,
     SubscribeResult, code, notify_line,
 };
-use crate::work::{
-    Difficulty, Extranonce1, JobId, Notify, PrevHash, Reject, Share, network_target, reference,
-};
+use crate::protocol::{Difficulty, Extranonce1, JobId, Notify, PrevHash, Share};
+use crate::work::{Reject, network_target, reference};
 
 /// How the simulated pool behaves.
 #[derive(Debug, Clone)]
@@ -437,7 +436,7 @@ impl Client {
                             _ => &stats.invalid,
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
-                        out.push(Response::reject(id, &reject).to_line());
+                        out.push(crate::downstream::reject_response(id, &reject).to_line());
                     }
                 }
             }

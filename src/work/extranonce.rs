@@ -7,167 +7,6 @@
 //! of them produces duplicates.
 
 use std::collections::VecDeque;
-use std::fmt;
-
-/// The most bytes an extranonce may have. The coinbase scriptSig is at most 100 bytes and real
-/// pools use 4 to 8; anything above this is hostile or broken input.
-pub const MAX_EXTRANONCE_LEN: usize = 32;
-
-/// A short byte string kept inline (no heap), decoded from hex once at the edge.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct InlineBytes {
-    len: u8,
-    bytes: [u8; MAX_EXTRANONCE_LEN],
-}
-
-impl InlineBytes {
-    fn from_slice(slice: &[u8]) -> Result<Self, ExtranonceError> {
-        if slice.len() > MAX_EXTRANONCE_LEN {
-            return Err(ExtranonceError::TooLong {
-                len: slice.len(),
-                max: MAX_EXTRANONCE_LEN,
-            });
-        }
-        let mut bytes = [0u8; MAX_EXTRANONCE_LEN];
-        bytes[..slice.len()].copy_from_slice(slice);
-        Ok(Self {
-            len: slice.len() as u8,
-            bytes,
-        })
-    }
-
-    fn from_hex(hex_str: &str) -> Result<Self, ExtranonceError> {
-        if hex_str.len() % 2 != 0 {
-            return Err(ExtranonceError::BadHex);
-        }
-        let len = hex_str.len() / 2;
-        if len > MAX_EXTRANONCE_LEN {
-            return Err(ExtranonceError::TooLong {
-                len,
-                max: MAX_EXTRANONCE_LEN,
-            });
-        }
-        let mut bytes = [0u8; MAX_EXTRANONCE_LEN];
-        hex::decode_to_slice(hex_str, &mut bytes[..len]).map_err(|_| ExtranonceError::BadHex)?;
-        Ok(Self {
-            len: len as u8,
-            bytes,
-        })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
-}
-
-/// Why bytes are not a usable extranonce.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ExtranonceError {
-    /// Odd length or a non-hex character.
-    #[error("extranonce is not valid hex")]
-    BadHex,
-    /// Longer than [`MAX_EXTRANONCE_LEN`].
-    #[error("extranonce of {len} bytes exceeds the maximum of {max}")]
-    TooLong {
-        /// Bytes given.
-        len: usize,
-        /// Bytes allowed.
-        max: usize,
-    },
-}
-
-macro_rules! extranonce_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-        pub struct $name(InlineBytes);
-
-        impl $name {
-            /// Wraps raw bytes (at most [`MAX_EXTRANONCE_LEN`]).
-            pub fn from_bytes(bytes: &[u8]) -> Result<Self, ExtranonceError> {
-                InlineBytes::from_slice(bytes).map(Self)
-            }
-
-            /// Decodes hex as sent on the wire (either case).
-            pub fn from_hex(hex_str: &str) -> Result<Self, ExtranonceError> {
-                InlineBytes::from_hex(hex_str).map(Self)
-            }
-
-            /// The raw bytes, in coinbase order.
-            pub fn as_bytes(&self) -> &[u8] {
-                self.0.as_slice()
-            }
-
-            /// Number of bytes.
-            pub fn len(&self) -> usize {
-                self.0.len as usize
-            }
-
-            /// Whether it has no bytes (legal: some pools send an empty extranonce1).
-            pub fn is_empty(&self) -> bool {
-                self.0.len == 0
-            }
-
-            /// Lower-case hex, as sent on the wire.
-            pub fn to_hex(&self) -> String {
-                hex::encode(self.as_bytes())
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                for byte in self.as_bytes() {
-                    write!(f, "{byte:02x}")?;
-                }
-                Ok(())
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({self})", stringify!($name))
-            }
-        }
-    };
-}
-
-extranonce_type!(
-    /// The per-connection part of the coinbase that the server assigns (`mining.subscribe`
-    /// result, `mining.set_extranonce`). For a miner behind hashgate it is the pool's
-    /// extranonce1 followed by the miner's unique prefix.
-    Extranonce1
-);
-
-extranonce_type!(
-    /// The part of the coinbase the miner rolls (`mining.submit`), of exactly the size the
-    /// server announced.
-    Extranonce2
-);
-
-impl Extranonce1 {
-    /// `self ++ prefix`: the extranonce1 a miner behind hashgate receives.
-    pub fn extended_with(&self, prefix: &ExtranoncePrefix) -> Result<Self, ExtranonceError> {
-        let mut bytes = [0u8; MAX_EXTRANONCE_LEN * 2];
-        let own = self.as_bytes();
-        let extra = prefix.as_bytes();
-        bytes[..own.len()].copy_from_slice(own);
-        bytes[own.len()..own.len() + extra.len()].copy_from_slice(extra);
-        Self::from_bytes(&bytes[..own.len() + extra.len()])
-    }
-}
-
-impl Extranonce2 {
-    /// `prefix ++ self`: the extranonce2 a miner's share carries upstream.
-    pub fn prefixed_by(&self, prefix: &ExtranoncePrefix) -> Result<Self, ExtranonceError> {
-        let mut bytes = [0u8; MAX_EXTRANONCE_LEN * 2];
-        let extra = prefix.as_bytes();
-        let own = self.as_bytes();
-        bytes[..extra.len()].copy_from_slice(extra);
-        bytes[extra.len()..extra.len() + own.len()].copy_from_slice(own);
-        Self::from_bytes(&bytes[..extra.len() + own.len()])
-    }
-}
 
 /// A miner's slice of an upstream's extranonce2 space: `size` bytes (1 to 4), big-endian.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -345,20 +184,8 @@ impl ExtranonceAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{Extranonce1, Extranonce2};
     use std::collections::HashSet;
-
-    #[test]
-    fn hex_round_trip_and_case() {
-        let upper = Extranonce2::from_hex("7807ABCD").unwrap();
-        let lower = Extranonce2::from_hex("7807abcd").unwrap();
-        assert_eq!(upper, lower, "decoded bytes, not strings, are compared");
-        assert_eq!(upper.to_hex(), "7807abcd");
-        assert_eq!(upper.len(), 4);
-        assert!(Extranonce2::from_hex("780").is_err());
-        assert!(Extranonce2::from_hex("zz").is_err());
-        assert!(Extranonce1::from_hex(&"00".repeat(33)).is_err());
-        assert!(Extranonce1::from_hex("").unwrap().is_empty());
-    }
 
     #[test]
     fn split_and_rejoin_extranonce() {
@@ -367,10 +194,10 @@ mod tests {
         let prefix = allocator.allocate().unwrap();
         assert_eq!(prefix.as_bytes(), &[0x00, 0x01]);
         let pool_en1 = Extranonce1::from_hex("9b19f82f").unwrap();
-        let miner_en1 = pool_en1.extended_with(&prefix).unwrap();
+        let miner_en1 = pool_en1.extended_with(prefix.as_bytes()).unwrap();
         assert_eq!(miner_en1.to_hex(), "9b19f82f0001");
         let miner_en2 = Extranonce2::from_hex("aabbccdd").unwrap();
-        let upstream_en2 = miner_en2.prefixed_by(&prefix).unwrap();
+        let upstream_en2 = miner_en2.prefixed_by(prefix.as_bytes()).unwrap();
         assert_eq!(upstream_en2.to_hex(), "0001aabbccdd");
         // The coinbase bytes are the same both ways.
         let miner_side = [miner_en1.as_bytes(), miner_en2.as_bytes()].concat();

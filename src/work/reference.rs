@@ -7,8 +7,7 @@ use bitcoin::block::{Header, Version};
 use bitcoin::hashes::{Hash, sha256d};
 use bitcoin::{BlockHash, CompactTarget, TxMerkleNode};
 
-use super::extranonce::Extranonce1;
-use super::job::{Notify, Share};
+use crate::protocol::{Extranonce1, Notify, Share};
 
 /// The coinbase transaction bytes: coinb1 ++ extranonce1 ++ extranonce2 ++ coinb2.
 pub fn coinbase(notify: &Notify, extranonce1: &Extranonce1, share: &Share) -> Vec<u8> {

@@ -8,9 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::extranonce::Extranonce1;
-use super::job::{Notify, NotifyError, Share, decode_u32_hex};
-use super::verify::InvalidShare;
+use crate::protocol::{BadShareHex, Extranonce1, Notify, NotifyError, Share, decode_u32_hex};
 
 /// A job plus one share, with optional expected results.
 #[derive(Debug, Clone, Deserialize)]
@@ -100,7 +98,7 @@ pub enum VectorError {
     Job(#[from] NotifyError),
     /// The submit's fields do not decode.
     #[error("share vector submit: {0}")]
-    Submit(#[from] InvalidShare),
+    Submit(#[from] BadShareHex),
     /// extranonce1 or the mask do not decode.
     #[error("share vector field {field} is not valid hex")]
     BadHex {

@@ -15,10 +15,10 @@ use std::fmt;
 use bitcoin::BlockHash;
 use bitcoin::hashes::Hash;
 
-use super::extranonce::Extranonce1;
-use super::job::{DuplicateFilter, Job, JobBook, Share};
+use super::job::{DuplicateFilter, Job, JobBook};
 use super::sha256::{self, INITIAL_STATE, Sha256Stream, compress, sha256d_64};
-use super::target::{Difficulty, Threshold};
+use super::target::Threshold;
+use crate::protocol::{BadShareHex, Difficulty, Extranonce1, Share};
 
 /// How far a share's ntime may run ahead of its job's ntime, in seconds. ckpool allows about two
 /// hours; without an upper bound a miner can grind ntime into the future (stratum#2299).
@@ -61,8 +61,9 @@ pub enum InvalidShare {
     },
 }
 
-/// A share that is not accepted. Rejections are normal outcomes, not errors: each maps to one
-/// Stratum error code (see [`Reject::code`]) and one metrics label (see [`Reject::label`]).
+/// A share that is not accepted. Rejections are normal outcomes, not errors: each has one metrics
+/// label (see [`Reject::label`]); the session maps each to its conventional Stratum error code
+/// (`downstream::reject_code`), since the code is a matter of the wire, not of the verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Reject {
@@ -81,18 +82,6 @@ pub enum Reject {
 }
 
 impl Reject {
-    /// The conventional Stratum error code.
-    pub fn code(&self) -> i64 {
-        match self {
-            Reject::Invalid(_) => 20,
-            Reject::Stale => 21,
-            Reject::Duplicate => 22,
-            Reject::LowDifficulty => 23,
-            Reject::Unauthorized => 24,
-            Reject::NotSubscribed => 25,
-        }
-    }
-
     /// A bounded label for metrics (`hashgate_shares_total{result}`).
     pub fn label(&self) -> &'static str {
         match self {
@@ -116,6 +105,12 @@ impl fmt::Display for Reject {
             Reject::NotSubscribed => f.write_str("not subscribed"),
             Reject::Invalid(reason) => write!(f, "invalid share: {reason}"),
         }
+    }
+}
+
+impl From<BadShareHex> for InvalidShare {
+    fn from(bad: BadShareHex) -> Self {
+        InvalidShare::BadHex { field: bad.field }
     }
 }
 

@@ -9,12 +9,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hashgate::config::Config;
+use hashgate::protocol::{Difficulty, Extranonce1, Extranonce2, Notify, Share};
 use hashgate::protocol::{Id, LineCodec, Message, Method, Request, Response, SubscribeResult};
 use hashgate::proxy::Proxy;
 use hashgate::sim::{SimPool, SimPoolConfig};
-use hashgate::work::{
-    Difficulty, Extranonce1, Extranonce2, HeaderMidstate, JobBook, Notify, Share, share_merkle_root,
-};
+use hashgate::work::{HeaderMidstate, JobBook, share_merkle_root};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;

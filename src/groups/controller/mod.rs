@@ -30,10 +30,10 @@ use super::capacity::{CapacityRequest, CapacityView, EfficiencySource, HashrateW
 use super::events::{Event, EventLog, now_rfc3339};
 use super::gate::{GroupGates, unix_ms};
 use super::hooks::{HookContext, HookFailure, HookRunner};
-use super::state::{Claim, Drain, DrainMode, GroupRecord, GroupState, RosterEntry};
+use super::state::{Claim, Drain, GroupRecord, GroupState, RosterEntry};
 use super::store::{PersistedState, Store, StoreError};
-use super::windows::{WindowSpec, WindowView};
-use crate::config::{Config, HookEvent};
+use crate::config::windows::{WindowSpec, WindowView, check_reason};
+use crate::config::{Config, DrainMode, HookEvent};
 use crate::downstream::{DownstreamContext, SessionCommand};
 use crate::metrics::Metrics;
 
@@ -588,7 +588,7 @@ impl GroupController {
 
     /// The gate each configured group starts with, from what the state directory held.
     pub fn restored_gates(
-        downstream_groups: &crate::groups::Groups,
+        downstream_groups: &crate::config::Groups,
         restored: &PersistedState,
     ) -> Vec<(Arc<str>, super::state::Gate)> {
         downstream_groups
@@ -680,13 +680,13 @@ impl GroupController {
     /// the claim (and changes the mode, if another is asked for).
     fn drain(&mut self, group: &str, request: DrainRequest) -> Result<Step, ControlError> {
         let index = self.ready(group)?;
-        super::windows::check_reason("reason", &request.reason)
+        check_reason("reason", &request.reason)
             .map_err(|e| ControlError::BadRequest(e.to_string()))?;
         if request.mode == DrainMode::Reconnect
             && request
                 .reconnect_to
                 .as_deref()
-                .and_then(super::state::split_host_port)
+                .and_then(crate::config::split_host_port)
                 .is_none()
         {
             return Err(ControlError::BadRequest(

@@ -21,10 +21,11 @@ use super::super::capacity::{
     Candidate, Capacity, CapacityRequest, CapacityView, EfficiencySource, plan,
 };
 use super::super::events::now_rfc3339;
-use super::super::state::{Claim, DrainMode, GroupState};
+use super::super::state::{Claim, GroupState};
 use super::super::store::{PersistedState, StoredAnswer};
-use super::super::windows::{Window, WindowSpec, WindowView, parse_time};
 use super::{ControlError, DrainRequest, GroupController, lock};
+use crate::config::DrainMode;
+use crate::config::windows::{Window, WindowSpec, WindowView, check_reason, parse_time};
 use crate::groups::gate::unix_ms;
 
 /// Idempotency keys remembered (the oldest are forgotten first); every state write carries them.
@@ -401,7 +402,7 @@ impl GroupController {
                 "mode: reconnect needs a target per group; use pause or disconnect",
             );
         }
-        if let Err(error) = super::super::windows::check_reason("reason", &request.reason) {
+        if let Err(error) = check_reason("reason", &request.reason) {
             return Answer::error(400, error);
         }
         let tolerance = request.tolerance.unwrap_or(self.sched.tolerance);

@@ -2,17 +2,20 @@
 //!
 //! A window is either one span (`start`/`end`, RFC 3339) or a cron expression plus a `duration`
 //! (each firing opens one span). `lead_time` drains early, so the group is already drained when
-//! the span starts. While a span is open the window holds a [`super::Claim::Window`] on each of
+//! the span starts. While a span is open the window holds a `groups::Claim::Window` on each of
 //! its groups; at the span's end it releases the claim and the group resumes (unless something
 //! else still holds it). Windows come from `[[window]]` in the config or from the API (those are
 //! kept in the state file). This module is the schedule arithmetic; the controller acts on it.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::DrainMode;
+use super::ConfigError;
+use super::drain::DrainMode;
+use super::groups::DEFAULT_GROUP;
 
 /// A window as configured or posted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,7 +203,7 @@ impl Window {
             && spec
                 .reconnect_to
                 .as_deref()
-                .and_then(super::state::split_host_port)
+                .and_then(super::split_host_port)
                 .is_none()
         {
             return Err(invalid(
@@ -337,6 +340,31 @@ impl Window {
             next_end: occurrence.map(|o| format_time(o.end_ms)),
         }
     }
+}
+
+/// Names unique and non-empty; every window valid against the configured groups.
+pub(super) fn validate_windows(
+    windows: &[WindowSpec],
+    group_names: &HashSet<&str>,
+) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for (i, spec) in windows.iter().enumerate() {
+        let key = |field: &str| format!("window[{i}].{field}");
+        if spec.name.is_empty() || !names.insert(spec.name.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: key("name"),
+                message: format!("{:?} must be a unique, non-empty name", spec.name),
+            });
+        }
+        Window::new(spec.clone(), true, |g| {
+            g == DEFAULT_GROUP || group_names.contains(g)
+        })
+        .map_err(|e| ConfigError::Invalid {
+            key: key(e.field),
+            message: e.message,
+        })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,19 +1,73 @@
-//! Which group a miner belongs to.
+//! `[[group]]`: machines wired together, and the compiled rules that put a miner in one.
 //!
 //! A miner's group is decided once, at authorize, from the first `[[group]]` whose rules match
 //! its worker name (glob), address (CIDR) or user agent (glob); unmatched miners are in
-//! `default`.
+//! `default`. The rules are compiled here, with the config, so the session that applies them and
+//! the controller that drains groups both read one typed value.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
 use ipnet::IpNet;
 
-use crate::config::{GroupConfig, GroupKind};
+use serde::Deserialize;
+
+use super::{ConfigError, invalid};
 
 /// The group of unmatched miners.
 pub const DEFAULT_GROUP: &str = "default";
+
+/// What a group's machines are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupKind {
+    /// ASIC miners.
+    #[default]
+    Asic,
+    /// GPU rigs.
+    Gpu,
+}
+
+/// `[[group]]`: machines wired together (a container, a row, a PDU), drained together.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Name used in the API, metrics and hooks. `default` configures the unmatched miners.
+    pub name: String,
+    /// Globs on the authorized worker name, e.g. `farm.c07-*`.
+    #[serde(default)]
+    pub workers: Vec<String>,
+    /// CIDRs of the miner's address, e.g. `10.7.0.0/16`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Globs on the miner's user agent, e.g. `bitaxe*`.
+    #[serde(default)]
+    pub user_agents: Vec<String>,
+    /// ASIC or GPU.
+    #[serde(default)]
+    pub kind: GroupKind,
+    /// Watts one mining worker of this group draws.
+    #[serde(default)]
+    pub watts_per_worker: f64,
+    /// Declared efficiency (J/TH), used when it cannot be measured.
+    #[serde(default)]
+    pub efficiency_j_per_th: Option<f64>,
+    /// Among equally efficient groups, lower drains first.
+    #[serde(default)]
+    pub drain_priority: Option<i32>,
+    /// Overrides `drain.timeout` for this group.
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+    /// Overrides `drain.ramp_workers_per_second` for this group.
+    #[serde(default)]
+    pub ramp_workers_per_second: Option<f64>,
+    /// Overrides `drain.ramp_watts_per_second` for this group.
+    #[serde(default)]
+    pub ramp_watts_per_second: Option<f64>,
+}
 
 /// Why the groups could not be compiled (config validation reports the same, by key).
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +205,82 @@ impl Default for Groups {
     fn default() -> Self {
         Self::new(&[]).expect("no patterns to compile")
     }
+}
+
+/// Names valid and unique, rules that compile, figures that are numbers; returns the names.
+pub(super) fn validate_groups(groups: &[GroupConfig]) -> Result<HashSet<&str>, ConfigError> {
+    let mut group_names = HashSet::new();
+    for (i, group) in groups.iter().enumerate() {
+        let key = |field: &str| format!("group[{i}].{field}");
+        let valid_name = !group.name.is_empty()
+            && group
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !valid_name {
+            return Err(invalid(
+                &key("name"),
+                format!("{:?} must be letters, digits, '-', '_' or '.'", group.name),
+            ));
+        }
+        if !group_names.insert(group.name.as_str()) {
+            return Err(invalid(
+                &key("name"),
+                format!("{:?} is used by another group", group.name),
+            ));
+        }
+        if group.name == "default"
+            && !(group.workers.is_empty()
+                && group.addresses.is_empty()
+                && group.user_agents.is_empty())
+        {
+            return Err(invalid(
+                &key("workers"),
+                "the default group takes the unmatched miners: it has no match rules".into(),
+            ));
+        }
+        for (j, pattern) in group.workers.iter().enumerate() {
+            globset::Glob::new(pattern)
+                .map_err(|e| invalid(&key(&format!("workers[{j}]")), e.to_string()))?;
+        }
+        for (j, pattern) in group.user_agents.iter().enumerate() {
+            globset::Glob::new(pattern)
+                .map_err(|e| invalid(&key(&format!("user_agents[{j}]")), e.to_string()))?;
+        }
+        for (j, cidr) in group.addresses.iter().enumerate() {
+            cidr.parse::<ipnet::IpNet>()
+                .map_err(|e| invalid(&key(&format!("addresses[{j}]")), format!("{cidr:?}: {e}")))?;
+        }
+        if !group.watts_per_worker.is_finite() || group.watts_per_worker < 0.0 {
+            return Err(invalid(
+                &key("watts_per_worker"),
+                format!("{} must be a number of watts >= 0", group.watts_per_worker),
+            ));
+        }
+        if let Some(efficiency) = group.efficiency_j_per_th {
+            if !efficiency.is_finite() || efficiency <= 0.0 {
+                return Err(invalid(
+                    &key("efficiency_j_per_th"),
+                    format!("{efficiency} must be above zero"),
+                ));
+            }
+        }
+        let rates = [
+            ("ramp_workers_per_second", group.ramp_workers_per_second),
+            ("ramp_watts_per_second", group.ramp_watts_per_second),
+        ];
+        for (field, rate) in rates {
+            if let Some(rate) = rate {
+                if !rate.is_finite() || rate <= 0.0 {
+                    return Err(invalid(&key(field), format!("{rate} must be above zero")));
+                }
+            }
+        }
+        if group.drain_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid(&key("drain_timeout"), "must be above zero".into()));
+        }
+    }
+    Ok(group_names)
 }
 
 #[cfg(test)]

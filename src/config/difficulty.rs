@@ -1,0 +1,74 @@
+//! `[difficulty]`: the share difficulty miners start at and the bounds vardiff keeps them in.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, defaults, invalid};
+use crate::protocol::Difficulty;
+
+/// `[difficulty]`: per-miner share difficulty and vardiff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DifficultyConfig {
+    /// Difficulty a miner starts at (unless it suggests one).
+    #[serde(default = "defaults::initial_difficulty")]
+    pub initial: f64,
+    /// Lowest difficulty vardiff or a suggestion may set.
+    #[serde(default = "defaults::min_difficulty")]
+    pub min: f64,
+    /// Highest difficulty (and never above the pool's).
+    #[serde(default = "defaults::max_difficulty")]
+    pub max: f64,
+    /// The share interval vardiff aims at.
+    #[serde(default = "defaults::target_share_interval", with = "humantime_serde")]
+    pub target_share_interval: Duration,
+    /// Shortest time between two retargets of one miner.
+    #[serde(default = "defaults::retarget_interval", with = "humantime_serde")]
+    pub retarget_interval: Duration,
+}
+
+impl Default for DifficultyConfig {
+    fn default() -> Self {
+        Self {
+            initial: defaults::initial_difficulty(),
+            min: defaults::min_difficulty(),
+            max: defaults::max_difficulty(),
+            target_share_interval: defaults::target_share_interval(),
+            retarget_interval: defaults::retarget_interval(),
+        }
+    }
+}
+
+impl DifficultyConfig {
+    /// Every difficulty usable, `min <= initial <= max`, a share interval above zero.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let d = self;
+        for (key, value) in [
+            ("difficulty.initial", d.initial),
+            ("difficulty.min", d.min),
+            ("difficulty.max", d.max),
+        ] {
+            Difficulty::new(value).map_err(|e| invalid(key, e.to_string()))?;
+        }
+        if d.min > d.max {
+            return Err(invalid(
+                "difficulty.min",
+                format!("{} is above difficulty.max {}", d.min, d.max),
+            ));
+        }
+        if d.initial < d.min || d.initial > d.max {
+            return Err(invalid(
+                "difficulty.initial",
+                format!("{} is outside [{}, {}]", d.initial, d.min, d.max),
+            ));
+        }
+        if d.target_share_interval.is_zero() {
+            return Err(invalid(
+                "difficulty.target_share_interval",
+                "must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
