@@ -22,8 +22,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DrainMode;
+use crate::config::Groups;
 use crate::config::windows::WindowSpec;
-use crate::downstream::{DownstreamContext, SessionCommand, WorkerSnapshot};
+use crate::downstream::{SessionCommand, SessionControl, WorkerSnapshot};
 use crate::groups::capacity::CapacityRequest;
 use crate::groups::controller::Answer;
 use crate::groups::{Claim, ControlError, DrainRequest, GroupStatus, GroupsHandle};
@@ -37,8 +38,10 @@ pub struct ApiState {
     pub metrics: Metrics,
     /// The serving state.
     pub router: RouterHandle,
-    /// Live sessions.
-    pub downstream: Arc<DownstreamContext>,
+    /// Live sessions (read, and one command at a time).
+    pub sessions: SessionControl,
+    /// The configured groups, listed even when empty.
+    pub group_rules: Groups,
     /// The group controller.
     pub groups: GroupsHandle,
     /// Bearer token for mutating endpoints, if any.
@@ -137,8 +140,8 @@ async fn workers(
         );
     }
     let matching: Vec<WorkerSnapshot> = state
-        .downstream
         .sessions
+        .registry()
         .workers()
         .into_iter()
         .filter(|w| query.group.as_ref().is_none_or(|g| *g == w.group))
@@ -160,8 +163,8 @@ async fn workers(
 
 fn find_worker(state: &ApiState, name: &str) -> Option<WorkerSnapshot> {
     state
-        .downstream
         .sessions
+        .registry()
         .workers()
         .into_iter()
         .find(|w| w.name.as_deref() == Some(name) || w.id.to_string() == name)
@@ -247,7 +250,7 @@ async fn send_command(state: &ApiState, name: &str, command: SessionCommand) -> 
             format!("no connected worker {name:?}"),
         );
     };
-    let Some(commands) = state.downstream.sessions.commands(worker.id) else {
+    let Some(commands) = state.sessions.registry().commands(worker.id) else {
         return error(StatusCode::NOT_FOUND, format!("worker {name:?} just left"));
     };
     match commands.try_send(command) {
@@ -323,7 +326,7 @@ fn group_views(state: &ApiState) -> Vec<GroupView> {
     // Configured order, `default` last; every configured group is listed, even when empty.
     let mut order = Vec::new();
     let mut groups: BTreeMap<String, GroupView> = BTreeMap::new();
-    for group in state.downstream.groups.iter() {
+    for group in state.group_rules.iter() {
         order.push(group.name.to_string());
         groups.insert(
             group.name.to_string(),
@@ -349,7 +352,7 @@ fn group_views(state: &ApiState) -> Vec<GroupView> {
     for group in groups.values_mut() {
         group.status.workers = 0;
     }
-    for w in state.downstream.sessions.workers() {
+    for w in state.sessions.registry().workers() {
         // Only authorized miners mine (and are in a group for good).
         let Some(group) = groups.get_mut(&w.group).filter(|_| w.name.is_some()) else {
             continue;

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod downstream;
 pub mod groups;

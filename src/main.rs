@@ -224,16 +224,37 @@ async fn run(path: &Path) -> Result<ExitCode> {
     let config = Config::load(path)?;
     // Signal handlers first: a SIGTERM that arrives while the proxy starts must stop it
     // gracefully, not kill it.
-    let stop = StopSignal::install()?;
+    let mut signals = StopSignal::install()?;
     let proxy = Proxy::start(config).await?;
     tracing::info!(miners = %proxy.miner_addr, api = %proxy.api_addr, "hashgate running");
-    stop.wait().await;
-    tracing::info!("stopping: no new miners, waiting for in-flight upstream submits");
-    proxy.shutdown().await;
+    match signals.next().await {
+        Stop::Graceful => {
+            tracing::info!(
+                "SIGTERM: no new miners, sessions end, then in-flight upstream submits are answered (a second signal exits at once)"
+            );
+            tokio::select! {
+                () = proxy.shutdown() => {}
+                _ = signals.next() => {
+                    tracing::warn!("second signal: exiting without waiting");
+                    return Ok(ExitCode::from(130));
+                }
+            }
+        }
+        Stop::Fast => {
+            tracing::info!("SIGINT: stopping at once");
+            proxy.abort().await;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT or SIGTERM, listened for from the moment it is installed.
+/// How the operator asked hashgate to stop (pingora's split: SIGTERM graceful, SIGINT fast).
+enum Stop {
+    Graceful,
+    Fast,
+}
+
+/// SIGTERM and SIGINT, listened for from the moment they are installed.
 struct StopSignal {
     #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
@@ -257,17 +278,19 @@ impl StopSignal {
         }
     }
 
-    async fn wait(mut self) {
+    /// The next stop signal.
+    async fn next(&mut self) -> Stop {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = self.terminate.recv() => {}
-                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => Stop::Graceful,
+                _ = self.interrupt.recv() => Stop::Fast,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Stop::Fast
         }
     }
 }

@@ -15,10 +15,11 @@ use tracing::info;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::downstream::{self, DownstreamContext};
+use crate::config::Groups;
+use crate::downstream::{self, Downstream, GroupGates, SessionControl, SessionSettings};
 use crate::groups::hooks::HookRunner;
 use crate::groups::store::Store;
-use crate::groups::{ControllerParts, GroupController, GroupGates, GroupsHandle};
+use crate::groups::{ControllerParts, GroupController, GroupState, GroupsHandle};
 use crate::metrics::Metrics;
 use crate::router::{Router, RouterHandle};
 
@@ -54,7 +55,7 @@ pub enum StartError {
         /// The group.
         group: String,
         /// Its state.
-        state: crate::groups::GroupState,
+        state: GroupState,
     },
     /// A hook could not be prepared (its secret file).
     #[error("{0}")]
@@ -91,14 +92,23 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// The serving state.
     pub router: RouterHandle,
-    /// Live sessions and their command channels.
-    pub downstream: Arc<DownstreamContext>,
+    /// Live sessions and the groups' gates.
+    pub sessions: SessionControl,
     /// The group controller.
     pub groups: GroupsHandle,
     /// `state.dir`: group states, the audit log, hooks' workers files.
     pub state_dir: std::path::PathBuf,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
+    stop: Stop,
+}
+
+/// What [`Proxy::shutdown`] stops, in order: the listener and the sessions first (no new shares),
+/// then the router, the pool connections (they send what is queued and wait for the pool's
+/// answers), the controller and the API.
+struct Stop {
+    sessions: CancellationToken,
+    session_tasks: TaskTracker,
+    rest: CancellationToken,
+    tasks: TaskTracker,
     grace: std::time::Duration,
 }
 
@@ -119,42 +129,9 @@ impl Proxy {
         };
         // The state first: a drained group must be closed to its miners from the first accept.
         let (store, restored, events) = Store::open(&config.state.dir)?;
-        let miners = bind(config.server.listen, "server.listen").await?;
-        let api_listener = bind(config.api.listen, "api.listen").await?;
-        let miner_addr = miners.local_addr().unwrap_or(config.server.listen);
-        let api_addr = api_listener.local_addr().unwrap_or(config.api.listen);
-        let config = Arc::new(config);
-        let metrics = Metrics::new();
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        info!(
-            sha256 = crate::work::sha256::backend(),
-            version = env!("CARGO_PKG_VERSION"),
-            "hashgate starting"
-        );
-
-        let upstream_cancel = cancel.child_token();
-        let (router, handle) = Router::new(
-            Arc::clone(&config),
-            metrics.clone(),
-            upstream_cancel,
-            tracker.clone(),
-        );
-        tracker.spawn(router.run());
-
-        let downstream_cancel = cancel.child_token();
-        let mut context = DownstreamContext::new(
-            config.server.clone(),
-            config.difficulty.clone(),
-            handle.clone(),
-            metrics.clone(),
-            downstream_cancel,
-        );
-        context.per_worker_metrics = config.api.per_worker_metrics;
-        context.groups = crate::config::Groups::new(&config.groups)?;
+        let group_rules = Groups::new(&config.groups)?;
         if let Some((group, record)) = restored.groups.iter().find(|(name, record)| {
-            record.state != crate::groups::GroupState::Active
-                && !context.groups.iter().any(|g| *g.name == ***name)
+            record.state != GroupState::Active && !group_rules.iter().any(|g| *g.name == ***name)
         }) {
             return Err(StartError::OrphanedDrain {
                 path: store.state_path().to_owned(),
@@ -162,71 +139,117 @@ impl Proxy {
                 state: record.state,
             });
         }
-        for group in context.groups.iter() {
+        let miners = bind(config.server.listen, "server.listen").await?;
+        let api_listener = bind(config.api.listen, "api.listen").await?;
+        let miner_addr = miners.local_addr().unwrap_or(config.server.listen);
+        let api_addr = api_listener.local_addr().unwrap_or(config.api.listen);
+        let config = Arc::new(config);
+        let metrics = Metrics::new();
+        info!(
+            sha256 = crate::work::sha256::backend(),
+            version = env!("CARGO_PKG_VERSION"),
+            "hashgate starting"
+        );
+        for group in group_rules.iter() {
             metrics.register_group(&group.name);
         }
-        let gates = Arc::new(GroupGates::new(GroupController::restored_gates(
-            &context.groups,
-            &restored,
-        )));
-        context.gates = Arc::clone(&gates);
-        let context = Arc::new(context);
         let hooks = HookRunner::new(
             &config.hooks,
             metrics.clone(),
             crate::groups::hooks::workers_dir(store.dir()),
         )?;
+
+        let stop = Stop {
+            sessions: CancellationToken::new(),
+            session_tasks: TaskTracker::new(),
+            rest: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            grace: config.server.shutdown_grace,
+        };
+        let (router, handle) = Router::new(
+            Arc::clone(&config),
+            metrics.clone(),
+            stop.rest.child_token(),
+            stop.tasks.clone(),
+        );
+        stop.tasks.spawn(router.run());
+
+        let gates = Arc::new(GroupGates::new(GroupController::restored_gates(
+            &group_rules,
+            &restored,
+        )));
+        let downstream = Arc::new(Downstream::new(
+            SessionSettings {
+                server: config.server.clone(),
+                difficulty: config.difficulty.clone(),
+                per_worker_metrics: config.api.per_worker_metrics,
+            },
+            handle.clone(),
+            metrics.clone(),
+            group_rules.clone(),
+            gates,
+        ));
+        let sessions = downstream.control.clone();
         let (controller, groups) = GroupController::new(ControllerParts {
             config: Arc::clone(&config),
-            downstream: Arc::clone(&context),
-            gates,
+            groups: group_rules.clone(),
+            sessions: sessions.clone(),
             hooks,
             store,
             restored,
             events,
             metrics: metrics.clone(),
-            cancel: cancel.child_token(),
-            tracker: tracker.clone(),
+            cancel: stop.rest.child_token(),
+            tracker: stop.tasks.clone(),
         });
-        tracker.spawn(controller.run());
-        tracker.spawn(downstream::listen(
+        stop.tasks.spawn(controller.run());
+        stop.session_tasks.spawn(downstream::listen(
             miners,
-            Arc::clone(&context),
-            tracker.clone(),
+            downstream,
+            stop.sessions.clone(),
+            stop.session_tasks.clone(),
         ));
-        tracker.spawn(api::serve(
+        stop.tasks.spawn(api::serve(
             api_listener,
             ApiState {
                 metrics: metrics.clone(),
                 router: handle.clone(),
-                downstream: Arc::clone(&context),
+                sessions: sessions.clone(),
+                group_rules,
                 groups: groups.clone(),
                 token,
             },
-            cancel.child_token(),
+            stop.rest.child_token(),
         ));
         Ok(Proxy {
             miner_addr,
             api_addr,
             metrics,
             router: handle,
-            downstream: context,
+            sessions,
             groups,
             state_dir: config.state.dir.clone(),
-            cancel,
-            tracker,
-            grace: config.server.shutdown_grace,
+            stop,
         })
     }
 
-    /// Graceful stop: miners are disconnected first (no new shares), upstream connections get
-    /// their grace period to collect answers to shares in flight, then everything ends.
+    /// Graceful stop, in order: stop accepting and end every session (each flushes its last
+    /// lines), and only once they are gone (no share can be forwarded any more) stop the pool
+    /// connections, which send what is queued and wait up to `server.shutdown_grace` for the
+    /// pool's answers; then the controller and the API. Every forwarded share ends counted.
     pub async fn shutdown(self) {
-        self.downstream.cancel.cancel();
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        self.cancel.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(self.grace, self.tracker.wait())
+        let stop = self.stop;
+        stop.sessions.cancel();
+        stop.session_tasks.close();
+        if tokio::time::timeout(stop.grace, stop.session_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some miner sessions did not end within server.shutdown_grace");
+        }
+        stop.rest.cancel();
+        stop.tasks.close();
+        if tokio::time::timeout(stop.grace, stop.tasks.wait())
             .await
             .is_err()
         {
@@ -234,8 +257,23 @@ impl Proxy {
         }
     }
 
-    /// A token that is cancelled when the proxy stops.
+    /// Fast stop: everything is cancelled at once (the pool connections still count what they
+    /// cannot send as lost), for SIGINT or a second signal.
+    pub async fn abort(self) {
+        let stop = self.stop;
+        stop.sessions.cancel();
+        stop.rest.cancel();
+        stop.session_tasks.close();
+        stop.tasks.close();
+        let _ = tokio::time::timeout(stop.grace, async {
+            stop.session_tasks.wait().await;
+            stop.tasks.wait().await;
+        })
+        .await;
+    }
+
+    /// A token that is cancelled when the proxy's pool connections, controller and API stop.
     pub fn cancelled(&self) -> CancellationToken {
-        self.cancel.clone()
+        self.stop.rest.clone()
     }
 }

@@ -124,7 +124,7 @@ async fn api_endpoints_on_a_proxy_with_traffic() {
         blocking(move || h.post("/api/v1/workers/farm.rig0/disconnect", Some("s3cret"))).await;
     assert_eq!(status, 202, "{body}");
     eventually("the worker is disconnected", || {
-        proxy.downstream.sessions.len() == 2
+        proxy.sessions.registry().len() == 2
     })
     .await;
     let h = Arc::clone(&http);
@@ -135,7 +135,7 @@ async fn api_endpoints_on_a_proxy_with_traffic() {
         blocking(move || h.post("/api/v1/workers/farm.rig1/reconnect", Some("s3cret"))).await;
     assert_eq!(status, 202, "{body}");
     eventually("the worker was asked to reconnect", || {
-        proxy.downstream.sessions.len() == 1
+        proxy.sessions.registry().len() == 1
     })
     .await;
     let h = Arc::clone(&http);

@@ -108,7 +108,9 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     );
 
     // The drained hook carries the released watts: the AI scheduler's signal.
-    eventually("the drained hook", || dir.join("drained.env").exists()).await;
+    // Wait for the state the resume needs (the drained transition commits once its hook has
+    // ended), not for the hook's file, which the script writes before it ends.
+    api.wait_state("c07", "drained").await;
     let env = read_env(&dir.join("drained.env"));
     assert_eq!(get(&env, "HASHGATE_WATTS"), "3250");
     let (status, _) = api.post_token("/api/v1/groups/c07/resume", "").await;

@@ -13,13 +13,14 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use super::reject::reject_response;
 use super::stats::WorkerStats;
 use super::vardiff::Vardiff;
-use super::{DownstreamContext, SessionCommand};
-use crate::groups::{Gate, GroupGate};
+use super::{Downstream, Gate, SessionCommand};
 use crate::protocol::{
     Authorize, Configure, ConfigureResult, Difficulty, Extranonce1, FrameError, Id, JobId,
     LineCodec, Message, Method, ParamError, ProtocolError, Reconnect, Request, Response,
@@ -79,23 +80,43 @@ impl Ending {
     }
 }
 
-/// Serves one miner until it leaves, misbehaves, or hashgate stops.
+/// An accepted miner connection and what the registry gave it.
+pub struct Connection {
+    /// The session's id in the registry (grows with every connection).
+    pub id: u64,
+    /// The socket.
+    pub stream: TcpStream,
+    /// The miner's address.
+    pub peer: SocketAddr,
+    /// Commands for this session.
+    pub commands: mpsc::Receiver<SessionCommand>,
+    /// What the API shows; written only by this session.
+    pub stats: Arc<Mutex<WorkerStats>>,
+}
+
+/// Serves one miner until it leaves, misbehaves, or `cancel` stops hashgate. Its writer task
+/// runs on `tracker`, so a shutdown waits for the last lines to be flushed.
 pub async fn serve_miner(
-    id: u64,
-    stream: TcpStream,
-    peer: SocketAddr,
-    context: Arc<DownstreamContext>,
-    commands: mpsc::Receiver<SessionCommand>,
-    stats: Arc<Mutex<WorkerStats>>,
+    connection: Connection,
+    context: Arc<Downstream>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
 ) {
+    let Connection {
+        id,
+        stream,
+        peer,
+        commands,
+        stats,
+    } = connection;
     let span = info_span!("miner", id, %peer, worker = field::Empty, group = field::Empty);
     async move {
         let metrics = context.metrics.clone();
         metrics.connections.inc();
         let (read, write) = stream.into_split();
-        let (out_tx, out_rx) = mpsc::channel(context.server.write_queue);
-        let writer = tokio::spawn(write_lines(write, out_rx));
-        let mut session = Session::new(id, peer, Arc::clone(&context), out_tx, stats);
+        let (out_tx, out_rx) = mpsc::channel(context.settings.server.write_queue);
+        let writer = tracker.spawn(write_lines(write, out_rx));
+        let mut session = Session::new(id, peer, Arc::clone(&context), out_tx, stats, cancel);
         let ending = session.run(read, commands).await;
         session.release_extranonce();
         if !session.authorized.is_empty() {
@@ -209,8 +230,11 @@ struct SentJob {
 struct Session {
     id: u64,
     peer: SocketAddr,
-    context: Arc<DownstreamContext>,
+    context: Arc<Downstream>,
+    cancel: CancellationToken,
     out: mpsc::Sender<Bytes>,
+    /// The miner's group (`default` until authorize).
+    group: Arc<str>,
     counters: GroupCounters,
     authorized: Vec<String>,
     user_agent: Option<String>,
@@ -240,10 +264,6 @@ struct Session {
     stats: Arc<Mutex<WorkerStats>>,
     /// The group's gate, watched from authorize on.
     gate: Option<watch::Receiver<Gate>>,
-    /// Where a refused reconnect is reported.
-    group_gate: Option<Arc<GroupGate>>,
-    /// The resume ramp that admitted this miner (see [`Gate::Ramp`]).
-    admitted: Option<u64>,
     /// Per-worker series, resolved at authorize when `api.per_worker_metrics` is on.
     worker_metrics: Option<WorkerMetrics>,
 }
@@ -269,16 +289,19 @@ impl Session {
     fn new(
         id: u64,
         peer: SocketAddr,
-        context: Arc<DownstreamContext>,
+        context: Arc<Downstream>,
         out: mpsc::Sender<Bytes>,
         stats: Arc<Mutex<WorkerStats>>,
+        cancel: CancellationToken,
     ) -> Self {
-        let d = &context.difficulty;
+        let d = &context.settings.difficulty;
         let initial = Difficulty::new(d.initial).unwrap_or(Difficulty::ONE);
         let vardiff = Vardiff::new(d.target_share_interval, d.retarget_interval, Instant::now());
         Self {
             id,
             counters: GroupCounters::new(&context.metrics, &context.groups.default_group().name),
+            group: Arc::clone(&context.groups.default_group().name),
+            cancel,
             peer,
             context,
             out,
@@ -305,8 +328,6 @@ impl Session {
             stats,
             worker_metrics: None,
             gate: None,
-            group_gate: None,
-            admitted: None,
         }
     }
 
@@ -319,13 +340,13 @@ impl Session {
         // the line limit when needed), since it is paid once per connected miner.
         let mut lines = FramedRead::with_capacity(
             read,
-            LineCodec::new(self.context.server.max_line_bytes),
+            LineCodec::new(self.context.settings.server.max_line_bytes),
             READ_BUFFER,
         );
-        let idle_timeout = self.context.server.idle_timeout;
+        let idle_timeout = self.context.settings.server.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
-        let cancel = self.context.cancel.clone();
+        let cancel = self.cancel.clone();
         loop {
             let work_changed = async {
                 match self.work_rx.as_mut() {
@@ -520,8 +541,10 @@ impl Session {
         } else {
             // No pool yet: answer as soon as one is up (the miner's other requests are served
             // meanwhile), or with an error at `server.subscribe_wait`.
-            self.pending_subscribe =
-                Some((id, Instant::now() + self.context.server.subscribe_wait));
+            self.pending_subscribe = Some((
+                id,
+                Instant::now() + self.context.settings.server.subscribe_wait,
+            ));
             Ok(())
         }
     }
@@ -664,7 +687,7 @@ impl Session {
                 // subscribe if the user agent only arrives then, before any work).
                 gate_now = Some(self.join_group(&worker));
                 tracing::Span::current().record("worker", worker.as_str());
-                if self.context.per_worker_metrics {
+                if self.context.settings.per_worker_metrics {
                     let metrics = &self.context.metrics;
                     self.worker_metrics = Some(WorkerMetrics {
                         accepted: metrics
@@ -699,17 +722,16 @@ impl Session {
             .groups
             .assign(worker, self.peer.ip(), self.user_agent.as_deref());
         let group_name = Arc::clone(&group.name);
+        self.group = Arc::clone(&group_name);
         self.counters = GroupCounters::new(&self.context.metrics, &group_name);
         self.counters.workers.inc();
         let mut gate_now = None;
-        if let Some(gate) = self.context.gates.get(&group_name) {
-            let rx = gate.subscribe();
+        if let Some(rx) = self.context.control.gates.subscribe(&group_name) {
             gate_now = Some(rx.borrow().clone());
             self.gate = Some(rx);
-            self.group_gate = Some(Arc::clone(gate));
         }
         tracing::Span::current().record("group", &*group_name);
-        let held = gate_now.as_ref().is_some_and(|gate| *gate != Gate::Open);
+        let held = gate_now.as_ref().is_some_and(|gate| gate.holds(self.id));
         self.paused = held;
         let worker = worker.to_owned();
         self.update_stats(|s| {
@@ -762,15 +784,7 @@ impl Session {
                 if let Some(id) = authorize {
                     self.reply(id, true.into())?;
                 }
-                let pause = match gate {
-                    Gate::Open => false,
-                    // Admitted by this ramp already (its command came before the gate): stays.
-                    Gate::Ramp { epoch } => self.admitted != Some(epoch),
-                    _ => true,
-                };
-                if gate == Gate::Paused {
-                    self.admitted = None;
-                }
+                let pause = gate.holds(self.id);
                 if pause != self.paused {
                     self.set_paused(pause);
                     if !pause && self.work_started {
@@ -817,10 +831,11 @@ impl Session {
     fn refused(&self) {
         info!("miner of a drained group came back: refused");
         self.counters.refused.inc();
-        if let Some(gate) = &self.group_gate {
-            let name = self.authorized.first().map_or("", String::as_str);
-            gate.record_refused(name, &self.peer.to_string());
-        }
+        let name = self.authorized.first().map_or("", String::as_str);
+        self.context
+            .control
+            .registry()
+            .record_refused(&self.group, name, &self.peer.to_string());
     }
 
     fn set_paused(&mut self, paused: bool) {
@@ -852,7 +867,7 @@ impl Session {
             debug!(suggested = %difficulty, "suggest_difficulty after work started: vardiff decides");
             return Ok(());
         }
-        let d = &self.context.difficulty;
+        let d = &self.context.settings.difficulty;
         let clamped = difficulty.get().clamp(d.min, d.max);
         self.difficulty = Difficulty::new(clamped).unwrap_or(self.difficulty);
         Ok(())
@@ -868,7 +883,7 @@ impl Session {
     /// [floor, ceiling] for this miner: `difficulty.min` raised by its `minimum-difficulty`,
     /// `difficulty.max` lowered to the pool's difficulty; the ceiling wins when they cross.
     fn difficulty_bounds(&self, work: &WorkState) -> (Difficulty, Difficulty) {
-        let d = &self.context.difficulty;
+        let d = &self.context.settings.difficulty;
         let ceiling = Difficulty::new(d.max)
             .unwrap_or(work.difficulty)
             .min(work.difficulty);
@@ -1044,31 +1059,6 @@ impl Session {
 
     fn on_command(&mut self, command: SessionCommand) -> Result<(), Ending> {
         match command {
-            SessionCommand::PauseWork => {
-                self.set_paused(true);
-                Ok(())
-            }
-            SessionCommand::ResumeWork { ramp } => {
-                // Only the resume ramp admits miners. Its command may arrive before the Ramp gate
-                // (remembered, so the gate does not undo it), but never counts once the group is
-                // drained again.
-                let gate = self.gate.as_ref().map(|rx| rx.borrow().clone());
-                let admissible = match gate {
-                    None | Some(Gate::Open) => true,
-                    Some(Gate::Ramp { epoch }) => epoch == ramp,
-                    Some(_) => false,
-                };
-                if !admissible {
-                    debug!("resume ignored: the group is drained again");
-                    return Ok(());
-                }
-                self.admitted = Some(ramp);
-                self.set_paused(false);
-                if self.work_started {
-                    self.send_job(true)?;
-                }
-                Ok(())
-            }
             SessionCommand::ShowMessage(text) => {
                 self.send(Request::notification(Method::ShowMessage(text)).to_line())
             }

@@ -135,7 +135,7 @@ impl WorkerStats {
     }
 
     fn submitted(&mut self) {
-        self.last_submit_unix_ms = Some(crate::groups::unix_ms());
+        self.last_submit_unix_ms = Some(crate::clock::unix_ms());
     }
 
     /// Hashes per second over about 15 minutes (what a drain's quiet period is derived from: it

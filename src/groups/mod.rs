@@ -6,8 +6,7 @@
 //!
 //! - [`assign`]: which group a miner is in (decided at authorize).
 //! - [`state`]: the lifecycle `active -> draining -> drained -> resuming -> active` as data, and
-//!   the [`Gate`] a group's sessions obey.
-//! - [`gate`]: one `watch` per group from the controller to its sessions.
+//!   the `downstream::Gate` each state sets for a group's sessions.
 //! - [`controller`]: the one task that moves groups between states, witnesses drains (who is
 //!   still submitting), ramps resumes, and publishes power and state.
 //! - [`hooks`]: commands and webhooks run on transitions (the actual power switch).
@@ -23,7 +22,6 @@
 pub mod capacity;
 pub mod controller;
 pub mod events;
-pub mod gate;
 pub mod hooks;
 pub mod state;
 pub mod store;
@@ -32,5 +30,4 @@ pub use controller::{
     ControlError, ControllerParts, DrainRequest, GroupController, GroupStatus, GroupsHandle,
     HashingMiner,
 };
-pub use gate::{GroupGate, GroupGates, unix_ms};
-pub use state::{Claim, Gate, GroupRecord, GroupState};
+pub use state::{Claim, GroupRecord, GroupState};

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DrainMode, split_host_port};
+use crate::downstream::Gate;
 
 /// Where a group is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -135,9 +136,10 @@ impl GroupRecord {
         };
         match (self.state, drain.mode) {
             (GroupState::Active, _) => Gate::Open,
-            // Resuming: only miners the ramp admitted (by command) get work.
+            // Resuming: only miners the ramp admits get work; the controller raises the watermark.
             (GroupState::Resuming, _) => Gate::Ramp {
                 epoch: drain.started_at_ms,
+                admit_through: 0,
             },
             (_, DrainMode::Pause) => Gate::Paused,
             (_, DrainMode::Disconnect) => Gate::Closed {
@@ -166,37 +168,6 @@ fn drain_message(reason: &str) -> String {
     } else {
         format!("hashgate: this machine's group is drained for maintenance: {reason}")
     }
-}
-
-/// What the sessions of a group may do, published by the controller on the group's `watch`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Gate {
-    /// Hand out work.
-    #[default]
-    Open,
-    /// Hand out no new work (keep the connection; shares on old work still count).
-    Paused,
-    /// No new work until the resume ramp admits the session (by command): only under this gate,
-    /// and for this ramp, does an admission count, so one that crosses a new drain on its way is
-    /// ignored and one that arrived before the gate is not undone by it.
-    Ramp {
-        /// Which ramp (its drain's start, unix ms).
-        epoch: u64,
-    },
-    /// Show the message, close, and refuse reconnects.
-    Closed {
-        /// `client.show_message` text.
-        message: Arc<str>,
-    },
-    /// Show the message, send `client.reconnect` there, close.
-    Redirect {
-        /// Where to.
-        host: Option<Arc<str>>,
-        /// Port.
-        port: Option<u16>,
-        /// `client.show_message` text.
-        message: Arc<str>,
-    },
 }
 
 #[cfg(test)]
@@ -236,7 +207,13 @@ mod tests {
         }
         let mut resuming = drained(DrainMode::Disconnect, None);
         resuming.state = GroupState::Resuming;
-        assert_eq!(resuming.gate(), Gate::Ramp { epoch: 1000 });
+        assert_eq!(
+            resuming.gate(),
+            Gate::Ramp {
+                epoch: 1000,
+                admit_through: 0
+            }
+        );
     }
 
     #[test]

@@ -309,9 +309,10 @@ impl Store {
                     break;
                 }
                 _ => {
-                    let aside = self
-                        .events_path
-                        .with_extension(format!("jsonl.corrupt-{}", super::gate::unix_ms() / 1000));
+                    let aside = self.events_path.with_extension(format!(
+                        "jsonl.corrupt-{}",
+                        crate::clock::unix_ms() / 1000
+                    ));
                     tracing::error!(path = %self.events_path.display(), moved_to = %aside.display(), "event log damaged before its last line: moved aside, starting a new one");
                     std::fs::rename(&self.events_path, &aside).map_err(|source| {
                         StoreError::Write {

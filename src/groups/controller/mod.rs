@@ -12,7 +12,7 @@
 //! succeeded and its new state is durable (see [`super::store`]); then the group's [`super::Gate`] is
 //! published and the sessions act on it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,13 +28,14 @@ pub use schedule::{Answer, ScheduleViews};
 
 use super::capacity::{CapacityRequest, CapacityView, EfficiencySource, HashrateWindow};
 use super::events::{Event, EventLog, now_rfc3339};
-use super::gate::{GroupGates, unix_ms};
 use super::hooks::{HookContext, HookFailure, HookRunner};
 use super::state::{Claim, Drain, GroupRecord, GroupState, RosterEntry};
 use super::store::{PersistedState, Store, StoreError};
+use crate::clock::unix_ms;
+use crate::config::Groups;
 use crate::config::windows::{WindowSpec, WindowView, check_reason};
 use crate::config::{Config, DrainMode, HookEvent};
-use crate::downstream::{DownstreamContext, SessionCommand};
+use crate::downstream::{Gate, RefusedMiner, SessionControl};
 use crate::metrics::Metrics;
 
 /// How often the controller looks at the sessions.
@@ -181,7 +182,7 @@ pub struct GroupStatus {
     /// Reconnects of this group's miners refused since start (disconnect/reconnect modes).
     pub refused_reconnects: u64,
     /// The miners refused since the drain started, most recent first (at most 100).
-    pub refused_miners: Vec<super::gate::RefusedMiner>,
+    pub refused_miners: Vec<RefusedMiner>,
     /// Unix seconds at which a draining group is called drained regardless.
     pub drain_deadline: Option<u64>,
     /// A transition whose hooks are running.
@@ -398,10 +399,12 @@ struct Pending {
 }
 
 /// The resume ramp of one group: a token bucket that fills at the group's rate and holds at most
-/// one second of it, so miners that come back late are not admitted all at once.
+/// one second of it, so miners that come back late are not admitted all at once. It admits
+/// paused sessions in id order by raising the gate's watermark (see [`Gate::Ramp`]).
 struct Ramp {
     started: Instant,
-    admitted: HashSet<u64>,
+    /// Sessions with an id up to this one are admitted.
+    admit_through: u64,
     tokens: f64,
     filled: Instant,
 }
@@ -411,7 +414,7 @@ impl Ramp {
         let now = Instant::now();
         Ramp {
             started: now,
-            admitted: HashSet::new(),
+            admit_through: 0,
             // The first miner at once.
             tokens: 1.0,
             filled: now,
@@ -455,7 +458,6 @@ struct MinerView {
     last_submit_ms: Option<u64>,
     difficulty: f64,
     hashrate: f64,
-    commands: mpsc::Sender<SessionCommand>,
 }
 
 /// A group's miners on a tick, judged against its drain.
@@ -477,8 +479,8 @@ pub struct GroupController {
     records: BTreeMap<String, GroupRecord>,
     /// Records of groups no longer configured: kept in the state file, not acted on.
     orphans: BTreeMap<String, GroupRecord>,
-    downstream: Arc<DownstreamContext>,
-    gates: Arc<GroupGates>,
+    /// The sessions: the gates this task sets, and the snapshot it reads each tick.
+    sessions: SessionControl,
     hooks: Arc<HookRunner>,
     store: Store,
     events: Arc<Mutex<EventLog>>,
@@ -498,10 +500,10 @@ pub struct GroupController {
 pub struct ControllerParts {
     /// The validated config.
     pub config: Arc<Config>,
-    /// The sessions (their registry and group assignment).
-    pub downstream: Arc<DownstreamContext>,
-    /// The gates the sessions watch (built from `restored`).
-    pub gates: Arc<GroupGates>,
+    /// The configured groups (compiled).
+    pub groups: Groups,
+    /// The sessions' gates and registry (the gates built from `restored`).
+    pub sessions: SessionControl,
     /// The hooks.
     pub hooks: HookRunner,
     /// The state directory.
@@ -523,7 +525,6 @@ impl GroupController {
     pub fn new(parts: ControllerParts) -> (GroupController, GroupsHandle) {
         let (tx, rx) = mpsc::channel(64);
         let groups: Vec<GroupRuntime> = parts
-            .downstream
             .groups
             .iter()
             .map(|g| GroupRuntime {
@@ -569,8 +570,7 @@ impl GroupController {
             groups,
             records,
             orphans,
-            downstream: parts.downstream,
-            gates: parts.gates,
+            sessions: parts.sessions,
             hooks: Arc::new(parts.hooks),
             store: parts.store,
             events,
@@ -588,9 +588,9 @@ impl GroupController {
 
     /// The gate each configured group starts with, from what the state directory held.
     pub fn restored_gates(
-        downstream_groups: &crate::config::Groups,
+        downstream_groups: &Groups,
         restored: &PersistedState,
-    ) -> Vec<(Arc<str>, super::state::Gate)> {
+    ) -> Vec<(Arc<str>, Gate)> {
         downstream_groups
             .iter()
             .map(|g| {
@@ -1039,9 +1039,7 @@ impl GroupController {
             });
         }
         let (from, to) = (previous.state, next.state);
-        if let Some(gate) = self.gates.get(&name) {
-            gate.set(next.gate());
-        }
+        self.sessions.set_gate(&name, next.gate());
         self.records.insert(name.to_string(), next);
         self.commits += 1;
         let runtime = &mut self.groups[index];
@@ -1158,9 +1156,10 @@ impl GroupController {
         let elapsed = Duration::from_millis(now_ms.saturating_sub(drain.started_at_ms));
         let quiet_min_ms = policy.quiet_min.as_millis() as u64;
         let last_refused = self
-            .gates
-            .get(&self.groups[index].name)
-            .map_or(0, |g| g.last_refused_unix_ms());
+            .sessions
+            .registry()
+            .refusals(&self.groups[index].name)
+            .last_unix_ms;
         let refused_lately = last_refused > drain.started_at_ms
             && now_ms.saturating_sub(last_refused) < quiet_min_ms;
         let quiet = observed.hashing.is_empty() && !refused_lately && elapsed >= policy.quiet_min;
@@ -1219,27 +1218,28 @@ impl GroupController {
         let epoch = record.drain.as_ref().map_or(0, |d| d.started_at_ms);
         let rate = self.groups[index].policy.ramp_rate;
         let ramp_timeout = self.groups[index].policy.ramp_timeout;
+        let name = Arc::clone(&self.groups[index].name);
         let ramp = self.groups[index].ramp.get_or_insert_with(Ramp::new);
         ramp.fill(rate);
-        ramp.admitted
-            .retain(|id| observed.miners.iter().any(|m| m.id == *id));
-        let mut waiting = 0;
-        for miner in observed.miners.iter().filter(|m| m.paused) {
-            if ramp.admitted.contains(&miner.id) {
-                continue;
-            }
-            if ramp.tokens >= 1.0
-                && miner
-                    .commands
-                    .try_send(SessionCommand::ResumeWork { ramp: epoch })
-                    .is_ok()
-            {
-                ramp.tokens -= 1.0;
-                ramp.admitted.insert(miner.id);
-            } else {
-                waiting += 1;
-            }
+        // Observed miners are sorted by id; those above the watermark wait, in that order.
+        let waiting: Vec<u64> = observed
+            .miners
+            .iter()
+            .filter(|m| m.paused && m.id > ramp.admit_through)
+            .map(|m| m.id)
+            .collect();
+        let admit = (ramp.tokens.floor() as usize).min(waiting.len());
+        if admit > 0 {
+            ramp.tokens -= admit as f64;
+            ramp.admit_through = waiting[admit - 1];
+            let gate = Gate::Ramp {
+                epoch,
+                admit_through: ramp.admit_through,
+            };
+            self.sessions.set_gate(&name, gate);
         }
+        let waiting = waiting.len() - admit;
+        let admitted = ramp.admit_through;
         let missing: Vec<&str> = record
             .drain
             .iter()
@@ -1248,7 +1248,7 @@ impl GroupController {
                 !observed
                     .miners
                     .iter()
-                    .any(|m| m.name == entry.name && (!m.paused || ramp.admitted.contains(&m.id)))
+                    .any(|m| m.name == entry.name && (!m.paused || m.id <= admitted))
             })
             .map(|entry| entry.name.as_str())
             .collect();
@@ -1307,11 +1307,7 @@ impl GroupController {
         let mut observed: Vec<Observed> = (0..self.groups.len())
             .map(|_| Observed::default())
             .collect();
-        self.downstream.sessions.for_each(|id, entry| {
-            let stats = entry
-                .stats
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.sessions.registry().visit(|id, stats| {
             let Some(name) = &stats.name else { return };
             let Some(&index) = by_group.get(&*stats.group) else {
                 return;
@@ -1327,7 +1323,6 @@ impl GroupController {
                     last_submit_ms: stats.last_submit_unix_ms,
                     difficulty: stats.difficulty,
                     hashrate: stats.hashrate_15m(),
-                    commands: entry.commands.clone(),
                 });
             }
         });
@@ -1409,6 +1404,7 @@ impl GroupController {
                 }
                 let drain = record.drain.as_ref();
                 let efficiency = self.efficiency(runtime, power);
+                let refusals = self.sessions.registry().refusals(name);
                 GroupStatus {
                     name: name.to_owned(),
                     state: record.state,
@@ -1437,10 +1433,10 @@ impl GroupController {
                             }
                         })
                         .collect(),
-                    refused_reconnects: self.gates.get(name).map_or(0, |g| g.refused_total()),
-                    refused_miners: match (drain, self.gates.get(name)) {
-                        (Some(drain), Some(gate)) if record.state != GroupState::Active => {
-                            gate.refused_since(drain.started_at_ms)
+                    refused_reconnects: refusals.total,
+                    refused_miners: match drain {
+                        Some(drain) if record.state != GroupState::Active => {
+                            refusals.since(drain.started_at_ms)
                         }
                         _ => Vec::new(),
                     },

@@ -24,9 +24,9 @@ use super::super::events::now_rfc3339;
 use super::super::state::{Claim, GroupState};
 use super::super::store::{PersistedState, StoredAnswer};
 use super::{ControlError, DrainRequest, GroupController, lock};
+use crate::clock::unix_ms;
 use crate::config::DrainMode;
 use crate::config::windows::{Window, WindowSpec, WindowView, check_reason, parse_time};
-use crate::groups::gate::unix_ms;
 
 /// Idempotency keys remembered (the oldest are forgotten first); every state write carries them.
 const MAX_IDEMPOTENCY_KEYS: usize = 200;
