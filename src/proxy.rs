@@ -57,6 +57,9 @@ pub enum StartError {
         /// Its state.
         state: GroupState,
     },
+    /// The config does not hold (a `Config` changed after it was validated).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// A hook could not be prepared (its secret file).
     #[error("{0}")]
     Hooks(#[from] crate::groups::hooks::HookSetupError),
@@ -181,7 +184,7 @@ impl Proxy {
         let downstream = Arc::new(Downstream::new(
             SessionSettings {
                 server: config.server.clone(),
-                difficulty: config.difficulty.clone(),
+                difficulty: config.difficulty.policy()?,
                 per_worker_metrics: config.api.per_worker_metrics,
             },
             handle.clone(),

@@ -82,6 +82,13 @@ pub struct WorkState {
 }
 
 impl WorkState {
+    /// The connection's prefix allocator, locked for one allocate or release.
+    pub fn lock_allocator(&self) -> std::sync::MutexGuard<'_, ExtranonceAllocator> {
+        self.allocator
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The pool's target for the job with sequence number `seq` (the current one if unknown).
     pub fn upstream_threshold(&self, seq: u64) -> &Threshold {
         self.job_thresholds

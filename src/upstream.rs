@@ -308,6 +308,7 @@ async fn connect_and_serve(
         pending: HashMap::new(),
         next_id: 100,
         last_job: Instant::now(),
+        extranonce1: handshake.extranonce1,
     };
     let mut result = Ok(());
     for message in early {
@@ -476,6 +477,8 @@ struct Connection<'a> {
     pending: HashMap<u64, Pending>,
     next_id: u64,
     last_job: Instant,
+    /// The extranonce1 the pool gave this connection now (shares made under another are void).
+    extranonce1: Extranonce1,
 }
 
 impl Connection<'_> {
@@ -552,6 +555,12 @@ impl Connection<'_> {
         framed: &mut PoolStream,
         share: ForwardShare,
     ) -> Result<(), UpstreamError> {
+        if share.pool_extranonce1 != self.extranonce1 {
+            // Verified on work from before the pool's set_extranonce, and still queued when it
+            // came: its coinbase is not the pool's any more. Counted, not sent to be rejected.
+            self.count_lost_share(&share, "the pool changed the extranonce before it was sent");
+            return Ok(());
+        }
         let id = self.next_id;
         self.next_id += 1;
         let request = Request {
@@ -657,10 +666,13 @@ impl Connection<'_> {
                     .set(difficulty.get());
                 Some(UpstreamEvent::Difficulty { key, difficulty })
             }
-            Method::SetExtranonce(set) => Some(UpstreamEvent::Extranonce {
-                key,
-                extranonce1: set.extranonce1,
-                extranonce2_size: set.extranonce2_size,
+            Method::SetExtranonce(set) => Some({
+                self.extranonce1 = set.extranonce1;
+                UpstreamEvent::Extranonce {
+                    key,
+                    extranonce1: set.extranonce1,
+                    extranonce2_size: set.extranonce2_size,
+                }
             }),
             Method::SetVersionMask(mask) => Some(UpstreamEvent::VersionMask { key, mask }),
             Method::ShowMessage(text) => {

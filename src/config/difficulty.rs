@@ -40,17 +40,31 @@ impl Default for DifficultyConfig {
     }
 }
 
+/// `[difficulty]` as the sessions use it: every number a [`Difficulty`], checked once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DifficultyPolicy {
+    /// Where a miner starts (unless it suggests one).
+    pub initial: Difficulty,
+    /// Lowest vardiff or a suggestion may set.
+    pub min: Difficulty,
+    /// Highest (and never above the pool's).
+    pub max: Difficulty,
+    /// The share interval vardiff aims at.
+    pub target_share_interval: Duration,
+    /// Shortest time between two retargets of one miner.
+    pub retarget_interval: Duration,
+}
+
 impl DifficultyConfig {
-    /// Every difficulty usable, `min <= initial <= max`, a share interval above zero.
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    /// The typed policy: every difficulty usable, `min <= initial <= max`, a share interval
+    /// above zero; the first problem names its key.
+    pub fn policy(&self) -> Result<DifficultyPolicy, ConfigError> {
         let d = self;
-        for (key, value) in [
-            ("difficulty.initial", d.initial),
-            ("difficulty.min", d.min),
-            ("difficulty.max", d.max),
-        ] {
-            Difficulty::new(value).map_err(|e| invalid(key, e.to_string()))?;
-        }
+        let checked =
+            |key: &str, value: f64| Difficulty::new(value).map_err(|e| invalid(key, e.to_string()));
+        let initial = checked("difficulty.initial", d.initial)?;
+        let min = checked("difficulty.min", d.min)?;
+        let max = checked("difficulty.max", d.max)?;
         if d.min > d.max {
             return Err(invalid(
                 "difficulty.min",
@@ -69,6 +83,16 @@ impl DifficultyConfig {
                 "must be above zero".into(),
             ));
         }
-        Ok(())
+        Ok(DifficultyPolicy {
+            initial,
+            min,
+            max,
+            target_share_interval: d.target_share_interval,
+            retarget_interval: d.retarget_interval,
+        })
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.policy().map(|_| ())
     }
 }

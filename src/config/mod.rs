@@ -19,7 +19,7 @@ mod server;
 mod upstream;
 pub mod windows;
 
-pub use difficulty::DifficultyConfig;
+pub use difficulty::{DifficultyConfig, DifficultyPolicy};
 pub use drain::{CapacityConfig, DrainConfig, DrainMode};
 pub use groups::{DEFAULT_GROUP, Group, GroupConfig, GroupError, GroupKind, Groups};
 pub use hooks::{HookConfig, HookEvent};

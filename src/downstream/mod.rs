@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{DifficultyConfig, Groups, ServerConfig};
+use crate::config::{DifficultyPolicy, Groups, ServerConfig};
 use crate::metrics::Metrics;
 use crate::router::RouterHandle;
 
@@ -96,8 +96,8 @@ impl SessionControl {
 pub struct SessionSettings {
     /// `[server]`.
     pub server: ServerConfig,
-    /// `[difficulty]`.
-    pub difficulty: DifficultyConfig,
+    /// `[difficulty]`, typed.
+    pub difficulty: DifficultyPolicy,
     /// Whether sessions export per-worker series (`api.per_worker_metrics`).
     pub per_worker_metrics: bool,
 }

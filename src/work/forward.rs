@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 
-use crate::protocol::{Extranonce2, JobId, Share};
+use crate::protocol::{Extranonce1, Extranonce2, JobId, Share};
 
 /// A share on its way to the pool, already verified and already answered to the miner.
 #[derive(Debug, Clone)]
 pub struct ForwardShare {
     /// The pool's job id.
     pub job_id: JobId,
+    /// The pool's extranonce1 the share was made under: a connection whose pool has changed it
+    /// since (`mining.set_extranonce`) knows the share is void without asking the pool.
+    pub pool_extranonce1: Extranonce1,
     /// Full upstream extranonce2 (miner's prefix ++ miner's extranonce2).
     pub extranonce2: Extranonce2,
     /// Header ntime.

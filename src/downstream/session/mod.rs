@@ -1,0 +1,661 @@
+//! One miner connection: the task and its dispatcher.
+//!
+//! The task owns every piece of the miner's state, each a small struct of its own that knows
+//! nothing of sockets: [`MinerDifficulty`] (what difficulty to announce), [`JobLedger`] (which
+//! jobs the miner holds, under which ids), [`Membership`] (its workers and group, and the gate it
+//! obeys), and its extranonce [`Binding`] on the work it watches ([`WorkLink`]). This file reads
+//! lines and events and hands each to the part it concerns; `work.rs` gets work to the miner and
+//! its shares to the pool.
+
+mod binding;
+mod counters;
+mod difficulty;
+mod jobs;
+mod membership;
+mod work;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, field, info, info_span, warn};
+
+use self::binding::WorkLink;
+use self::counters::{GroupCounters, WorkerMetrics};
+use self::difficulty::MinerDifficulty;
+use self::jobs::JobLedger;
+use self::membership::{MAX_WORKERS_PER_CONNECTION, Membership};
+use super::reject::reject_response;
+use super::stats::WorkerStats;
+use super::{Downstream, Gate, SessionCommand};
+use crate::protocol::{
+    Authorize, Configure, ConfigureResult, Difficulty, FrameError, Id, LineCodec, Message, Method,
+    ParamError, ProtocolError, Reconnect, Request, Response, Subscribe, code, method,
+};
+use crate::work::{InvalidShare, Reject};
+
+/// The mask hashgate asks pools for; what a miner is offered before any pool has answered.
+const DEFAULT_VERSION_MASK: u32 = 0x1fff_e000;
+/// Initial read buffer per miner (grows to `server.max_line_bytes` if a line needs it).
+const READ_BUFFER: usize = 1024;
+/// Unparseable lines tolerated before the connection is closed.
+const MAX_BAD_LINES: u32 = 50;
+
+/// Why a session ended: one log line and one `hashgate_miner_disconnects_total{reason}`.
+#[derive(Debug)]
+enum Ending {
+    Eof,
+    Idle,
+    SlowReader,
+    LineTooLong,
+    Io(String),
+    Shutdown,
+    Command(String),
+    Reconnect,
+    NoExtranonce,
+    TooManyBadLines,
+    Drained,
+}
+
+impl Ending {
+    fn label(&self) -> &'static str {
+        match self {
+            Ending::Eof => "eof",
+            Ending::Idle => "idle",
+            Ending::SlowReader => "slow_reader",
+            Ending::LineTooLong => "line_too_long",
+            Ending::Io(_) => "io",
+            Ending::Shutdown => "shutdown",
+            Ending::Command(_) => "command",
+            Ending::Reconnect => "reconnect",
+            Ending::NoExtranonce => "extranonce_exhausted",
+            Ending::TooManyBadLines => "protocol",
+            Ending::Drained => "drained",
+        }
+    }
+}
+
+/// An accepted miner connection and what the registry gave it.
+pub struct Connection {
+    /// The session's id in the registry (grows with every connection).
+    pub id: u64,
+    /// The socket.
+    pub stream: TcpStream,
+    /// The miner's address.
+    pub peer: SocketAddr,
+    /// Commands for this session.
+    pub commands: mpsc::Receiver<SessionCommand>,
+    /// What the API shows; written only by this session.
+    pub stats: Arc<Mutex<WorkerStats>>,
+}
+
+/// Serves one miner until it leaves, misbehaves, or `cancel` stops hashgate. Its writer task
+/// runs on `tracker`, so a shutdown waits for the last lines to be flushed.
+pub async fn serve_miner(
+    connection: Connection,
+    context: Arc<Downstream>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let Connection {
+        id,
+        stream,
+        peer,
+        commands,
+        stats,
+    } = connection;
+    let span = info_span!("miner", id, %peer, worker = field::Empty, group = field::Empty);
+    async move {
+        let metrics = context.metrics.clone();
+        metrics.connections.inc();
+        let (read, write) = stream.into_split();
+        let (out_tx, out_rx) = mpsc::channel(context.settings.server.write_queue);
+        let writer = tracker.spawn(writer::write_lines(write, out_rx));
+        let mut session = Session::new(id, peer, Arc::clone(&context), out_tx, stats);
+        let ending = session.run(read, commands, cancel).await;
+        session.release_extranonce();
+        if !session.member.workers.is_empty() {
+            session.member.counters.workers.dec();
+        }
+        drop(session); // closes the queue: the writer flushes what is left and ends
+        let mut writer = writer;
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+            .await
+            .is_err()
+        {
+            // The miner does not read: do not leave a task and a socket behind.
+            writer.abort();
+        }
+        match &ending {
+            Ending::Io(error) => info!(reason = ending.label(), %error, "miner disconnected"),
+            Ending::Command(reason) => {
+                info!(reason = ending.label(), %reason, "miner disconnected")
+            }
+            _ => info!(reason = ending.label(), "miner disconnected"),
+        }
+        metrics
+            .disconnects
+            .with_label_values(&[ending.label()])
+            .inc();
+        metrics.connections.dec();
+    }
+    .instrument(span)
+    .await
+}
+
+/// BIP310 version rolling with this miner: the mask it asked for and the one in force (the
+/// request AND the pool's grant).
+#[derive(Default)]
+struct VersionRolling {
+    requested: Option<u32>,
+    mask: u32,
+}
+
+/// The miner's line discipline: activity for the idle timer, unparseable lines, submits (one in
+/// [`work::VERIFY_SAMPLE`] is timed).
+struct LineHealth {
+    last_activity: Instant,
+    bad_lines: u32,
+    submits: u32,
+}
+
+/// One miner's state, owned by its task.
+struct Session {
+    id: u64,
+    peer: SocketAddr,
+    context: Arc<Downstream>,
+    /// The writer's queue; full means the miner does not read.
+    out: mpsc::Sender<Bytes>,
+    /// What the API shows about this miner.
+    stats: Arc<Mutex<WorkerStats>>,
+    user_agent: Option<String>,
+    version: VersionRolling,
+    /// The miner takes `mining.set_extranonce` (else it is asked to reconnect).
+    extranonce_subscribed: bool,
+    difficulty: MinerDifficulty,
+    jobs: JobLedger,
+    link: WorkLink,
+    member: Membership,
+    health: LineHealth,
+}
+
+impl Session {
+    fn new(
+        id: u64,
+        peer: SocketAddr,
+        context: Arc<Downstream>,
+        out: mpsc::Sender<Bytes>,
+        stats: Arc<Mutex<WorkerStats>>,
+    ) -> Self {
+        let now = Instant::now();
+        let default_group = Arc::clone(&context.groups.default_group().name);
+        let counters = GroupCounters::new(&context.metrics, &default_group);
+        Self {
+            id,
+            peer,
+            difficulty: MinerDifficulty::new(context.settings.difficulty, now),
+            context,
+            out,
+            stats,
+            user_agent: None,
+            version: VersionRolling::default(),
+            extranonce_subscribed: false,
+            jobs: JobLedger::default(),
+            link: WorkLink::default(),
+            member: Membership::new(default_group, counters),
+            health: LineHealth {
+                last_activity: now,
+                bad_lines: 0,
+                submits: 0,
+            },
+        }
+    }
+
+    /// Updates the API's view of this miner (its own uncontended mutex).
+    fn update_stats(&self, update: impl FnOnce(&mut WorkerStats)) {
+        update(
+            &mut self
+                .stats
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+    }
+
+    /// The dispatcher: one `select!` over cancel-safe futures, the work done in the arm bodies.
+    async fn run(
+        &mut self,
+        read: OwnedReadHalf,
+        mut commands: mpsc::Receiver<SessionCommand>,
+        cancel: CancellationToken,
+    ) -> Ending {
+        // A miner's lines are a few hundred bytes: start the read buffer small (it grows up to
+        // the line limit when needed), since it is paid once per connected miner.
+        let server = &self.context.settings.server;
+        let mut lines =
+            FramedRead::with_capacity(read, LineCodec::new(server.max_line_bytes), READ_BUFFER);
+        let idle_timeout = server.idle_timeout;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            let work_changed = async {
+                match self.link.rx.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let gate_changed = async {
+                match self.member.gate.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let subscribe_deadline = async {
+                match &self.link.pending_subscribe {
+                    Some((_, deadline)) => {
+                        tokio::time::sleep_until((*deadline).into()).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let outcome = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(Ending::Shutdown),
+                Some(command) = commands.recv() => self.on_command(command),
+                alive = gate_changed => {
+                    if alive { self.on_gate_changed() } else { self.member.gate = None; Ok(()) }
+                }
+                alive = work_changed => {
+                    if alive { self.on_work_changed().await } else { self.link.rx = None; Ok(()) }
+                }
+                line = lines.next() => match line {
+                    None => Err(Ending::Eof),
+                    Some(Err(FrameError::LineTooLong { limit })) => {
+                        self.context.metrics.protocol_errors.with_label_values(&["line_too_long"]).inc();
+                        warn!(limit, "line too long");
+                        Err(Ending::LineTooLong)
+                    }
+                    Some(Err(error)) => Err(Ending::Io(error.to_string())),
+                    Some(Ok(line)) => {
+                        self.health.last_activity = Instant::now();
+                        self.on_line(&line).await
+                    }
+                },
+                _ = subscribe_deadline => self.subscribe_timed_out(),
+                _ = &mut idle => {
+                    let deadline = self.health.last_activity + idle_timeout;
+                    if Instant::now() >= deadline {
+                        Err(Ending::Idle)
+                    } else {
+                        idle.as_mut().reset(deadline.into());
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(ending) = outcome {
+                return ending;
+            }
+        }
+    }
+
+    /// Queues a line for the miner; a full queue means the miner is not reading.
+    fn send(&self, line: Bytes) -> Result<(), Ending> {
+        self.out.try_send(line).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => Ending::SlowReader,
+            mpsc::error::TrySendError::Closed(_) => Ending::Io("write failed".into()),
+        })
+    }
+
+    fn notify(&self, method: Method) -> Result<(), Ending> {
+        self.send(Request::notification(method).to_line())
+    }
+
+    fn reply(&self, id: Id, result: serde_json::Value) -> Result<(), Ending> {
+        if id.is_null() {
+            return Ok(());
+        }
+        self.send(Response::ok(id, result).to_line())
+    }
+
+    fn reply_error(&self, id: Id, code: i64, message: &str) -> Result<(), Ending> {
+        if id.is_null() {
+            return Ok(());
+        }
+        self.send(Response::error(id, code, message).to_line())
+    }
+
+    async fn on_line(&mut self, line: &[u8]) -> Result<(), Ending> {
+        let request = match Message::parse(line) {
+            Ok(Message::Request(request)) => request,
+            Ok(Message::Response(_)) => return Ok(()), // a miner answering us: nothing to do
+            Err(ProtocolError::InvalidParams { id, method, reason }) => {
+                return self.on_invalid_params(id, method, reason);
+            }
+            Err(error) => {
+                let kind = match error {
+                    ProtocolError::InvalidUtf8 { .. } => "invalid_utf8",
+                    _ => "invalid_json",
+                };
+                self.context
+                    .metrics
+                    .protocol_errors
+                    .with_label_values(&[kind])
+                    .inc();
+                self.health.bad_lines += 1;
+                warn!(%error, "unparseable line");
+                if self.health.bad_lines > MAX_BAD_LINES {
+                    return Err(Ending::TooManyBadLines);
+                }
+                return self
+                    .send(Response::error(Id::Null, code::OTHER, format!("{error}")).to_line());
+            }
+        };
+        let Request { id, method } = request;
+        match method {
+            Method::Submit(submit) => self.on_submit(id, submit),
+            Method::Configure(configure) => self.on_configure(id, configure),
+            Method::Subscribe(subscribe) => self.on_subscribe(id, subscribe).await,
+            Method::Authorize(authorize) => self.on_authorize(id, authorize),
+            Method::ExtranonceSubscribe => {
+                self.extranonce_subscribed = true;
+                self.reply(id, true.into())
+            }
+            Method::SuggestDifficulty(difficulty) => {
+                self.reply(id, true.into())?;
+                self.on_suggest_difficulty(difficulty);
+                Ok(())
+            }
+            other => {
+                debug!(method = other.name(), "unsupported method");
+                self.reply_error(
+                    id,
+                    code::OTHER,
+                    &format!("unsupported method {}", other.name()),
+                )
+            }
+        }
+    }
+
+    /// A known method whose parameters do not decode: a malformed submit is a rejected share
+    /// (error 20 with the field named), anything else error 20 with the reason.
+    fn on_invalid_params(
+        &mut self,
+        id: Id,
+        method: &'static str,
+        reason: ParamError,
+    ) -> Result<(), Ending> {
+        self.context
+            .metrics
+            .protocol_errors
+            .with_label_values(&["invalid_params"])
+            .inc();
+        if method != method::SUBMIT {
+            debug!(method, %reason, "invalid params");
+            return self.reply_error(id, code::OTHER, &format!("invalid params: {reason}"));
+        }
+        let reject = match reason {
+            ParamError::InvalidShare(bad) => Reject::Invalid(bad.into()),
+            _ => Reject::Invalid(InvalidShare::BadHex { field: "params" }),
+        };
+        self.member.counters.invalid.inc();
+        debug!(%reject, "malformed submit");
+        self.send(reject_response(id, &reject).to_line())
+    }
+
+    fn on_configure(&mut self, id: Id, configure: Configure) -> Result<(), Ending> {
+        let upstream_mask = self
+            .current_work()
+            .map_or(DEFAULT_VERSION_MASK, |w| w.version_mask);
+        self.version.requested = configure.version_rolling_mask();
+        self.version.mask = self.version.requested.map_or(0, |m| m & upstream_mask);
+        let mut result = ConfigureResult {
+            version_rolling: (self.version.requested.is_some() && self.version.mask != 0)
+                .then_some(self.version.mask),
+            extensions: Vec::new(),
+        };
+        for extension in &configure.extensions {
+            match extension.as_str() {
+                "version-rolling" => {}
+                "minimum-difficulty" => {
+                    self.difficulty.set_floor(configure.minimum_difficulty());
+                    result.extensions.push((extension.clone(), true));
+                }
+                "subscribe-extranonce" => {
+                    self.extranonce_subscribed = true;
+                    result.extensions.push((extension.clone(), true));
+                }
+                _ => result.extensions.push((extension.clone(), false)),
+            }
+        }
+        self.reply(id, result.to_value())
+    }
+
+    async fn on_subscribe(&mut self, id: Id, subscribe: Subscribe) -> Result<(), Ending> {
+        if subscribe.user_agent.is_some() {
+            self.user_agent = subscribe.user_agent;
+            let agent = self.user_agent.clone();
+            self.update_stats(|s| s.user_agent = agent);
+            self.regroup_with_user_agent()?;
+        }
+        if self.link.binding.is_some() {
+            return self.answer_subscribe(id);
+        }
+        if self.try_bind().await? {
+            self.answer_subscribe(id)?;
+            self.start_work()
+        } else {
+            // No pool yet: answer as soon as one is up (the miner's other requests are served
+            // meanwhile), or with an error at `server.subscribe_wait`.
+            let deadline = Instant::now() + self.context.settings.server.subscribe_wait;
+            self.link.pending_subscribe = Some((id, deadline));
+            Ok(())
+        }
+    }
+
+    fn subscribe_timed_out(&mut self) -> Result<(), Ending> {
+        if let Some((id, _)) = self.link.pending_subscribe.take() {
+            warn!("no pool available within server.subscribe_wait");
+            self.reply_error(id, code::OTHER, "no pool available yet, retry")?;
+        }
+        Ok(())
+    }
+
+    /// A miner's `suggest_difficulty` sets its starting difficulty. Once it has work, vardiff
+    /// decides: a miner re-suggesting a tiny difficulty must not pin itself at thousands of
+    /// shares a second.
+    fn on_suggest_difficulty(&mut self, difficulty: Difficulty) {
+        if self.link.started {
+            debug!(suggested = %difficulty, "suggest_difficulty after work started: vardiff decides");
+            return;
+        }
+        self.difficulty.suggest(difficulty);
+    }
+
+    fn on_authorize(&mut self, id: Id, authorize: Authorize) -> Result<(), Ending> {
+        let mut gate_now = None;
+        let worker = authorize.worker.trim().to_owned();
+        if worker.is_empty() {
+            return self.reply_error(id, code::UNAUTHORIZED, "empty worker name");
+        }
+        if !self.member.authorized(&worker) {
+            if self.member.workers.len() >= MAX_WORKERS_PER_CONNECTION {
+                return self.reply_error(
+                    id,
+                    code::UNAUTHORIZED,
+                    "too many workers on one connection",
+                );
+            }
+            if self.member.workers.is_empty() {
+                // The miner's group is decided here, from the first worker name (and again at
+                // subscribe if the user agent only arrives then, before any work).
+                gate_now = Some(self.join_group(&worker));
+                tracing::Span::current().record("worker", worker.as_str());
+                if self.context.settings.per_worker_metrics {
+                    self.member.worker_metrics =
+                        Some(WorkerMetrics::new(&self.context.metrics, &worker));
+                }
+                info!(user_agent = ?self.user_agent, "miner authorized");
+            }
+            self.member.workers.push(worker);
+        }
+        match gate_now.flatten() {
+            Some(gate) => self.apply_gate(gate, Some(id))?,
+            None => self.reply(id, true.into())?,
+        }
+        self.start_work()
+    }
+
+    /// Puts the miner in its group (by worker name, address and user agent): counters, the
+    /// group's gate, the API's view. Returns the gate as it is now. Held in the same update that
+    /// makes the miner visible: group control must never see a miner of a drained or resuming
+    /// group as mining.
+    fn join_group(&mut self, worker: &str) -> Option<Gate> {
+        let group = self
+            .context
+            .groups
+            .assign(worker, self.peer.ip(), self.user_agent.as_deref());
+        let group_name = Arc::clone(&group.name);
+        self.member.group = Arc::clone(&group_name);
+        self.member.counters = GroupCounters::new(&self.context.metrics, &group_name);
+        self.member.counters.workers.inc();
+        let mut gate_now = None;
+        if let Some(rx) = self.context.control.gates.subscribe(&group_name) {
+            gate_now = Some(rx.borrow().clone());
+            self.member.gate = Some(rx);
+        }
+        tracing::Span::current().record("group", &*group_name);
+        let held = gate_now.as_ref().is_some_and(|gate| gate.holds(self.id));
+        self.member.paused = held;
+        let worker = worker.to_owned();
+        self.update_stats(|s| {
+            s.group = group_name;
+            s.name = Some(worker);
+            s.paused = held;
+        });
+        gate_now
+    }
+
+    /// A miner that authorized before subscribing had no user agent yet: once it has one, and
+    /// before it gets any work, its group is decided again (a group matched by user agent must
+    /// not be escaped by the order of two requests).
+    fn regroup_with_user_agent(&mut self) -> Result<(), Ending> {
+        let Some(worker) = self.member.name().map(str::to_owned) else {
+            return Ok(());
+        };
+        if self.link.started {
+            return Ok(());
+        }
+        let assigned =
+            self.context
+                .groups
+                .assign(&worker, self.peer.ip(), self.user_agent.as_deref());
+        if assigned.name == self.member.group {
+            return Ok(());
+        }
+        self.member.counters.workers.dec();
+        match self.join_group(&worker) {
+            Some(gate @ (Gate::Closed { .. } | Gate::Redirect { .. })) => {
+                self.refused();
+                self.apply_gate(gate, None)
+            }
+            Some(gate) => self.apply_gate(gate, None),
+            None => Ok(()),
+        }
+    }
+
+    /// Obeys the group's gate. At authorize (`authorize` is the request's id) a closed group's
+    /// miner is refused: it is still hashing somewhere, and the drain's witness must know.
+    fn apply_gate(&mut self, gate: Gate, authorize: Option<Id>) -> Result<(), Ending> {
+        match gate {
+            Gate::Open | Gate::Paused | Gate::Ramp { .. } => {
+                if let Some(id) = authorize {
+                    self.reply(id, true.into())?;
+                }
+                let pause = gate.holds(self.id);
+                if pause != self.member.paused {
+                    self.set_paused(pause);
+                    if !pause && self.link.started {
+                        self.send_job(true)?;
+                    }
+                }
+                Ok(())
+            }
+            Gate::Closed { message } => {
+                self.notify(Method::ShowMessage(message.to_string()))?;
+                if let Some(id) = authorize {
+                    self.refused();
+                    self.reply_error(id, code::UNAUTHORIZED, &message)?;
+                }
+                Err(Ending::Drained)
+            }
+            Gate::Redirect {
+                host,
+                port,
+                message,
+            } => {
+                if let Some(id) = authorize {
+                    self.refused();
+                    self.reply(id, true.into())?;
+                }
+                self.notify(Method::ShowMessage(message.to_string()))?;
+                self.notify(Method::Reconnect(Reconnect {
+                    host: host.map(|h| h.to_string()),
+                    port,
+                    wait_seconds: None,
+                }))?;
+                Err(Ending::Drained)
+            }
+        }
+    }
+
+    /// A miner of a closed group came back: counted, and recorded for the drain's witness.
+    fn refused(&self) {
+        info!("miner of a drained group came back: refused");
+        self.member.counters.refused.inc();
+        let name = self.member.name().unwrap_or("");
+        self.context.control.registry().record_refused(
+            &self.member.group,
+            name,
+            &self.peer.to_string(),
+        );
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        self.member.paused = paused;
+        self.update_stats(|s| s.paused = paused);
+    }
+
+    fn on_gate_changed(&mut self) -> Result<(), Ending> {
+        match self.member.gate_changed() {
+            Some(gate) => self.apply_gate(gate, None),
+            None => Ok(()),
+        }
+    }
+
+    fn on_command(&mut self, command: SessionCommand) -> Result<(), Ending> {
+        match command {
+            SessionCommand::ShowMessage(text) => self.notify(Method::ShowMessage(text)),
+            SessionCommand::Reconnect {
+                host,
+                port,
+                wait_seconds,
+            } => {
+                self.notify(Method::Reconnect(Reconnect {
+                    host,
+                    port,
+                    wait_seconds,
+                }))?;
+                Err(Ending::Reconnect)
+            }
+            SessionCommand::Close { reason } => Err(Ending::Command(reason)),
+        }
+    }
+}
