@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::config::Groups;
 use crate::downstream::{self, Downstream, GroupGates, SessionControl, SessionSettings};
 use crate::groups::hooks::HookRunner;
+use crate::groups::state::restored_gates;
 use crate::groups::store::Store;
 use crate::groups::{ControllerParts, GroupController, GroupState, GroupsHandle};
 use crate::metrics::Metrics;
@@ -177,9 +178,9 @@ impl Proxy {
         );
         stop.tasks.spawn(router.run());
 
-        let gates = Arc::new(GroupGates::new(GroupController::restored_gates(
+        let gates = Arc::new(GroupGates::new(restored_gates(
             &group_rules,
-            &restored,
+            &restored.groups,
         )));
         let downstream = Arc::new(Downstream::new(
             SessionSettings {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DrainMode, split_host_port};
+use crate::config::{DrainMode, Groups, split_host_port};
 use crate::downstream::Gate;
 
 /// Where a group is in its lifecycle.
@@ -159,6 +159,34 @@ impl GroupRecord {
             }
         }
     }
+}
+
+impl GroupRecord {
+    /// An active group with no drain.
+    pub fn default_active(since: u64) -> GroupRecord {
+        GroupRecord {
+            state: GroupState::Active,
+            since,
+            ..GroupRecord::default()
+        }
+    }
+}
+
+/// The gate each configured group starts with, from the records the state directory held.
+pub fn restored_gates(
+    groups: &Groups,
+    records: &std::collections::BTreeMap<String, GroupRecord>,
+) -> Vec<(Arc<str>, Gate)> {
+    groups
+        .iter()
+        .map(|g| {
+            let gate = records
+                .get(&*g.name)
+                .map(GroupRecord::gate)
+                .unwrap_or_default();
+            (Arc::clone(&g.name), gate)
+        })
+        .collect()
 }
 
 /// What a miner is shown when its group is taken off mining.

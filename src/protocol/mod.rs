@@ -24,22 +24,24 @@
 
 mod codec;
 mod difficulty;
+mod error;
 mod extranonce;
 mod hex;
 mod id;
 mod message;
 mod notify;
+mod parse;
 mod share;
 
 pub use codec::{DEFAULT_MAX_LINE, FrameError, LineCodec};
 pub use difficulty::{Difficulty, DifficultyError};
+pub use error::{ParamError, ProtocolError};
 pub use extranonce::{Extranonce1, Extranonce2, ExtranonceError, MAX_EXTRANONCE_LEN};
 pub use hex::decode_u32_hex;
 pub use id::Id;
 pub use message::{
-    Authorize, Configure, ConfigureResult, Message, Method, ParamError, ProtocolError, Reconnect,
-    Request, Response, SetExtranonce, StratumError, Submit, Subscribe, SubscribeResult, code,
-    method, notify_line,
+    Authorize, Configure, ConfigureResult, Message, Method, Reconnect, Request, Response,
+    SetExtranonce, StratumError, Submit, Subscribe, SubscribeResult, code, method, notify_line,
 };
 pub use notify::{JobId, JobIdError, MAX_JOB_ID_LEN, Notify, NotifyError, PrevHash};
 pub use share::{BadShareHex, Share};

@@ -12,464 +12,46 @@
 //! succeeded and its new state is durable (see [`super::store`]); then the group's [`super::Gate`] is
 //! published and the sessions act on it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+mod audit;
+mod group;
+mod handle;
+mod hook_runs;
+mod observe;
+mod policy;
 mod schedule;
+mod schedules;
+mod status;
 
-pub use schedule::{Answer, ScheduleViews};
+pub use handle::{ControlError, DrainRequest, GroupStatus, GroupsHandle, HashingMiner};
+pub use schedules::{Answer, ScheduleViews};
 
-use super::capacity::{CapacityRequest, CapacityView, EfficiencySource, HashrateWindow};
-use super::events::{Event, EventLog, now_rfc3339};
-use super::hooks::{HookContext, HookFailure, HookRunner};
+use self::group::{GroupRuntime, Pending};
+use self::handle::{Control, Reply, Step, lock};
+use self::observe::Observed;
+use self::policy::Ramp;
+
+use super::events::{Event, EventLog};
+use super::hooks::{HookFailure, HookRunner};
 use super::state::{Claim, Drain, GroupRecord, GroupState, RosterEntry};
-use super::store::{PersistedState, Store, StoreError};
+use super::store::{PersistedState, Store};
 use crate::clock::unix_ms;
 use crate::config::Groups;
-use crate::config::windows::{WindowSpec, WindowView, check_reason};
-use crate::config::{Config, DrainMode, HookEvent};
-use crate::downstream::{Gate, RefusedMiner, SessionControl};
+use crate::config::windows::check_reason;
+use crate::config::{Config, DrainMode};
+use crate::downstream::{Gate, SessionControl};
 use crate::metrics::Metrics;
 
 /// How often the controller looks at the sessions.
 const TICK: Duration = Duration::from_millis(200);
-/// Miners listed as still hashing in a group's status (the API pages the rest by group).
-const MAX_LISTED_HASHING: usize = 100;
-
-/// Why a group command was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ControlError {
-    /// No such group.
-    #[error("no group {0:?}")]
-    UnknownGroup(String),
-    /// A transition of the group is under way (its hooks are running).
-    #[error("group {group}: {what} is in progress; retry when it is done")]
-    Busy {
-        /// The group.
-        group: String,
-        /// What is running.
-        what: String,
-    },
-    /// Others still hold the drain (the caller's own hold, if it had one, was released).
-    #[error("group {group} stays drained: {}held by {claims}: end those first (or resume with force)", released.as_ref().map(|r| format!("{r} released; still ")).unwrap_or_default())]
-    Held {
-        /// The group.
-        group: String,
-        /// The hold that was released, if the caller had one.
-        released: Option<String>,
-        /// Who holds it.
-        claims: String,
-    },
-    /// The request itself is wrong.
-    #[error("{0}")]
-    BadRequest(String),
-    /// A required hook failed: the group stayed where it was.
-    #[error("group {group} stayed {state}: {failure}")]
-    HookFailed {
-        /// The group.
-        group: String,
-        /// Where it stayed.
-        state: GroupState,
-        /// What failed.
-        failure: HookFailure,
-    },
-    /// The new state could not be saved: the change was not applied.
-    #[error("group {group}: change not applied: {source}")]
-    Store {
-        /// The group.
-        group: String,
-        /// Why.
-        #[source]
-        source: StoreError,
-    },
-    /// hashgate is stopping.
-    #[error("hashgate is stopping")]
-    Stopped,
-}
-
-/// A drain as asked for.
-#[derive(Debug, Clone)]
-pub struct DrainRequest {
-    /// How.
-    pub mode: DrainMode,
-    /// Why (shown to miners, hooks, the audit log).
-    pub reason: String,
-    /// `host:port` for `reconnect` mode.
-    pub reconnect_to: Option<String>,
-    /// Who asks.
-    pub claim: Claim,
-}
-
-type Reply = oneshot::Sender<Result<GroupStatus, ControlError>>;
-
-/// Where a group command stands once the controller has taken it.
-enum Step {
-    /// Made (or nothing to do).
-    Done,
-    /// Its hooks are running; the transition is committed when they succeed.
-    Pending,
-}
-
-/// What the controller is asked.
-enum Control {
-    Drain {
-        group: String,
-        request: DrainRequest,
-        reply: Reply,
-    },
-    Resume {
-        group: String,
-        claim: Claim,
-        force: bool,
-        reply: Reply,
-    },
-    HooksDone {
-        group: String,
-        token: u64,
-        result: Result<(), HookFailure>,
-    },
-    Schedule(schedule::ScheduleCommand),
-}
-
-/// A miner still hashing through a group that was told to stop.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HashingMiner {
-    /// Worker name.
-    pub name: String,
-    /// Address.
-    pub address: String,
-    /// Seconds since its last submit (null: none since it connected).
-    pub last_submit_seconds_ago: Option<f64>,
-}
-
-/// A group's state as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct GroupStatus {
-    /// Name.
-    pub name: String,
-    /// Lifecycle state.
-    pub state: GroupState,
-    /// Unix seconds of the last transition (0: never drained).
-    pub since: u64,
-    /// The drain's mode.
-    pub mode: Option<DrainMode>,
-    /// The drain's reason.
-    pub reason: Option<String>,
-    /// Where `reconnect` mode sends miners.
-    pub reconnect_to: Option<String>,
-    /// Who holds the drain (`manual`, `window ID`, `capacity ID`).
-    pub claims: Vec<String>,
-    /// Watts drawn by the group's mining now.
-    pub power_watts: f64,
-    /// Watts released to other loads now.
-    pub released_watts: f64,
-    /// Watts the group drew when the drain started.
-    pub watts_before: Option<f64>,
-    /// Authorized miners connected.
-    pub workers: usize,
-    /// Of those, miners mining (given work, or still submitting after being paused).
-    pub mining_workers: usize,
-    /// Miners still submitting although the group is draining or drained.
-    pub still_hashing: Vec<HashingMiner>,
-    /// Reconnects of this group's miners refused since start (disconnect/reconnect modes).
-    pub refused_reconnects: u64,
-    /// The miners refused since the drain started, most recent first (at most 100).
-    pub refused_miners: Vec<RefusedMiner>,
-    /// Unix seconds at which a draining group is called drained regardless.
-    pub drain_deadline: Option<u64>,
-    /// A transition whose hooks are running.
-    pub pending: Option<String>,
-    /// The last refused or failed transition.
-    pub last_error: Option<String>,
-    /// J/TH used to plan capacity requests.
-    pub efficiency_j_per_th: Option<f64>,
-    /// Whether that figure is measured, declared or unknown.
-    pub efficiency_source: Option<EfficiencySource>,
-}
-
-/// How the API and schedulers reach the controller.
-#[derive(Clone)]
-pub struct GroupsHandle {
-    tx: mpsc::Sender<Control>,
-    status: Arc<Mutex<Vec<GroupStatus>>>,
-    events: Arc<Mutex<EventLog>>,
-    schedules: Arc<Mutex<ScheduleViews>>,
-}
-
-impl GroupsHandle {
-    /// Drains a group (idempotent: draining a draining or drained group again changes nothing
-    /// but the mode, if another is asked for).
-    pub async fn drain(
-        &self,
-        group: &str,
-        request: DrainRequest,
-    ) -> Result<GroupStatus, ControlError> {
-        self.ask(|reply| Control::Drain {
-            group: group.to_owned(),
-            request,
-            reply,
-        })
-        .await
-    }
-
-    /// Releases `claim` on a group; the group resumes once no claim is left (or with `force`,
-    /// which drops every claim).
-    pub async fn resume(
-        &self,
-        group: &str,
-        claim: Claim,
-        force: bool,
-    ) -> Result<GroupStatus, ControlError> {
-        self.ask(|reply| Control::Resume {
-            group: group.to_owned(),
-            claim,
-            force,
-            reply,
-        })
-        .await
-    }
-
-    async fn ask(
-        &self,
-        control: impl FnOnce(Reply) -> Control,
-    ) -> Result<GroupStatus, ControlError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(control(reply))
-            .await
-            .map_err(|_| ControlError::Stopped)?;
-        answer.await.map_err(|_| ControlError::Stopped)?
-    }
-
-    /// Every group's status, configured order, `default` last.
-    pub fn statuses(&self) -> Vec<GroupStatus> {
-        lock(&self.status).clone()
-    }
-
-    /// One group's status.
-    pub fn status(&self, group: &str) -> Option<GroupStatus> {
-        lock(&self.status).iter().find(|s| s.name == group).cloned()
-    }
-
-    async fn schedule(
-        &self,
-        command: impl FnOnce(oneshot::Sender<Answer>) -> schedule::ScheduleCommand,
-    ) -> Answer {
-        let (reply, answer) = oneshot::channel();
-        let stopped = || Answer {
-            status: 503,
-            body: serde_json::json!({"error": "hashgate is stopping"}),
-        };
-        if self
-            .tx
-            .send(Control::Schedule(command(reply)))
-            .await
-            .is_err()
-        {
-            return stopped();
-        }
-        answer.await.unwrap_or_else(|_| stopped())
-    }
-
-    /// Adds a maintenance window (`key`: an `Idempotency-Key`).
-    pub async fn create_window(&self, spec: WindowSpec, key: Option<String>) -> Answer {
-        self.schedule(|reply| schedule::ScheduleCommand::CreateWindow { spec, key, reply })
-            .await
-    }
-
-    /// Deletes an API window; groups it holds resume.
-    pub async fn delete_window(&self, name: &str) -> Answer {
-        let name = name.to_owned();
-        self.schedule(|reply| schedule::ScheduleCommand::DeleteWindow { name, reply })
-            .await
-    }
-
-    /// Plans (and unless a dry run, executes) a capacity request.
-    pub async fn create_capacity(&self, request: CapacityRequest, key: Option<String>) -> Answer {
-        self.schedule(|reply| schedule::ScheduleCommand::CreateCapacity {
-            request,
-            key,
-            reply,
-        })
-        .await
-    }
-
-    /// Ends a capacity request: its groups resume (unless something else holds them).
-    pub async fn end_capacity(&self, id: &str) -> Answer {
-        let id = id.to_owned();
-        self.schedule(|reply| schedule::ScheduleCommand::EndCapacity { id, reply })
-            .await
-    }
-
-    /// Renews a capacity request's heartbeat lease.
-    pub async fn heartbeat(&self, id: &str) -> Answer {
-        let id = id.to_owned();
-        self.schedule(|reply| schedule::ScheduleCommand::Heartbeat { id, reply })
-            .await
-    }
-
-    /// Every window.
-    pub fn windows(&self) -> Vec<WindowView> {
-        lock(&self.schedules).windows.clone()
-    }
-
-    /// Every capacity request (active and recently ended).
-    pub fn capacity(&self) -> Vec<CapacityView> {
-        lock(&self.schedules).capacity.clone()
-    }
-
-    /// Events after `after`, optionally of one group, oldest first.
-    pub fn events(&self, after: u64, group: Option<&str>, limit: usize) -> Vec<Event> {
-        lock(&self.events).query(after, group, limit)
-    }
-}
-
-/// A std mutex: held to copy or replace a snapshot, never across an await.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A group's drain and ramp settings, resolved from `[drain]` and its `[[group]]`.
-#[derive(Debug, Clone)]
-struct Policy {
-    watts_per_worker: f64,
-    drain_timeout: Duration,
-    quiet_min: Duration,
-    quiet_shares: f64,
-    /// Workers per second the resume admits (the slower of the worker and watt ramps).
-    ramp_rate: f64,
-    ramp_timeout: Duration,
-    hook_retry: Duration,
-}
-
-impl Policy {
-    fn new(config: &Config, name: &str, watts_per_worker: f64) -> Self {
-        let d = &config.drain;
-        let group = config.groups.iter().find(|g| g.name == name);
-        let workers_rate = group
-            .and_then(|g| g.ramp_workers_per_second)
-            .unwrap_or(d.ramp_workers_per_second);
-        let watts_rate = group
-            .and_then(|g| g.ramp_watts_per_second)
-            .or(d.ramp_watts_per_second)
-            .filter(|_| watts_per_worker > 0.0)
-            .map(|w| w / watts_per_worker);
-        Self {
-            watts_per_worker,
-            drain_timeout: group.and_then(|g| g.drain_timeout).unwrap_or(d.timeout),
-            quiet_min: d.quiet_min,
-            quiet_shares: d.quiet_shares,
-            ramp_rate: watts_rate.map_or(workers_rate, |w| w.min(workers_rate)),
-            ramp_timeout: d.ramp_timeout,
-            hook_retry: d.hook_retry,
-        }
-    }
-
-    /// How long a miner must be silent to count as no longer hashing: `quiet_shares` of its
-    /// expected share intervals (difficulty x 2^32 / hashrate), at least `quiet_min`, at most the
-    /// drain timeout.
-    fn quiet_period(&self, difficulty: f64, hashrate: f64) -> Duration {
-        let interval = if hashrate > 0.0 && difficulty > 0.0 {
-            difficulty * 4_294_967_296.0 / hashrate
-        } else {
-            0.0
-        };
-        let quiet =
-            Duration::try_from_secs_f64(interval * self.quiet_shares).unwrap_or(self.drain_timeout);
-        quiet.clamp(self.quiet_min, self.drain_timeout.max(self.quiet_min))
-    }
-}
-
-/// A transition waiting for its hooks.
-struct Pending {
-    token: u64,
-    next: GroupRecord,
-    trigger: String,
-    reply: Option<Reply>,
-}
-
-/// The resume ramp of one group: a token bucket that fills at the group's rate and holds at most
-/// one second of it, so miners that come back late are not admitted all at once. It admits
-/// paused sessions in id order by raising the gate's watermark (see [`Gate::Ramp`]).
-struct Ramp {
-    started: Instant,
-    /// Sessions with an id up to this one are admitted.
-    admit_through: u64,
-    tokens: f64,
-    filled: Instant,
-}
-
-impl Ramp {
-    fn new() -> Ramp {
-        let now = Instant::now();
-        Ramp {
-            started: now,
-            admit_through: 0,
-            // The first miner at once.
-            tokens: 1.0,
-            filled: now,
-        }
-    }
-
-    fn fill(&mut self, rate: f64) {
-        let now = Instant::now();
-        let elapsed = now.saturating_duration_since(self.filled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
-        self.filled = now;
-    }
-}
-
-/// What the controller keeps per group besides its record.
-struct GroupRuntime {
-    name: Arc<str>,
-    policy: Policy,
-    pending: Option<Pending>,
-    /// A failed automatic transition is tried again from then.
-    retry_at: Option<Instant>,
-    /// Failures in a row (the retry backs off: a hook that keeps failing is not run, nor
-    /// logged, every few seconds for hours).
-    failures: u32,
-    last_error: Option<String>,
-    ramp: Option<Ramp>,
-    /// `efficiency_j_per_th` from the config.
-    declared_efficiency: Option<f64>,
-    /// `drain_priority` from the config.
-    drain_priority: Option<i32>,
-    /// Accepted difficulty over `capacity.efficiency_window`: the measured hashrate.
-    hashrate: HashrateWindow,
-}
-
-/// One authorized miner as the controller sees it on a tick.
-struct MinerView {
-    id: u64,
-    name: String,
-    address: String,
-    paused: bool,
-    last_submit_ms: Option<u64>,
-    difficulty: f64,
-    hashrate: f64,
-}
-
-/// A group's miners on a tick, judged against its drain.
-#[derive(Default)]
-struct Observed {
-    /// Authorized miners connected.
-    workers: usize,
-    /// Their details (groups in a drain, or when asked for).
-    miners: Vec<MinerView>,
-    mining: usize,
-    hashing: Vec<usize>,
-}
 
 /// The controller task's state.
 pub struct GroupController {
@@ -493,7 +75,7 @@ pub struct GroupController {
     /// Transitions committed.
     commits: u64,
     /// Windows and capacity requests.
-    sched: schedule::Schedules,
+    sched: schedules::Schedules,
 }
 
 /// What [`GroupController::new`] needs.
@@ -527,20 +109,9 @@ impl GroupController {
         let groups: Vec<GroupRuntime> = parts
             .groups
             .iter()
-            .map(|g| GroupRuntime {
-                name: Arc::clone(&g.name),
-                policy: Policy::new(&parts.config, &g.name, g.watts_per_worker),
-                pending: None,
-                retry_at: None,
-                failures: 0,
-                last_error: None,
-                ramp: None,
-                declared_efficiency: g.efficiency_j_per_th,
-                drain_priority: g.drain_priority,
-                hashrate: HashrateWindow::new(parts.config.capacity.efficiency_window),
-            })
+            .map(|g| GroupRuntime::new(&parts.config, g))
             .collect();
-        let sched = schedule::Schedules::new(&parts.config, &parts.restored, |g| {
+        let sched = schedules::Schedules::new(&parts.config, &parts.restored, |g| {
             groups.iter().any(|runtime| &*runtime.name == g)
         });
         let mut records = BTreeMap::new();
@@ -584,24 +155,6 @@ impl GroupController {
         };
         controller.publish(&controller.observe_all());
         (controller, handle)
-    }
-
-    /// The gate each configured group starts with, from what the state directory held.
-    pub fn restored_gates(
-        downstream_groups: &Groups,
-        restored: &PersistedState,
-    ) -> Vec<(Arc<str>, Gate)> {
-        downstream_groups
-            .iter()
-            .map(|g| {
-                let gate = restored
-                    .groups
-                    .get(&*g.name)
-                    .map(GroupRecord::gate)
-                    .unwrap_or_default();
-                (Arc::clone(&g.name), gate)
-            })
-            .collect()
     }
 
     /// Runs until cancelled.
@@ -823,12 +376,7 @@ impl GroupController {
         next: GroupRecord,
         trigger: String,
     ) -> Result<Step, ControlError> {
-        let event = match next.state {
-            GroupState::Draining => HookEvent::Draining,
-            GroupState::Drained => HookEvent::Drained,
-            GroupState::Resuming => HookEvent::Resuming,
-            GroupState::Active => HookEvent::Active,
-        };
+        let event = hook_runs::event_for(next.state);
         let name = Arc::clone(&self.groups[index].name);
         if !self.hooks.has_hooks(event, &name) {
             return match self.commit(index, next, "transition", &trigger, "") {
@@ -839,7 +387,8 @@ impl GroupController {
                 }
             };
         }
-        let context = self.hook_context(index, event, &next, &trigger);
+        let observed = self.observe(index);
+        let context = hook_runs::context(&self.groups[index], &observed, event, &next, &trigger);
         let token = self.next_token;
         self.next_token += 1;
         self.groups[index].pending = Some(Pending {
@@ -848,73 +397,15 @@ impl GroupController {
             trigger,
             reply: None,
         });
-        let hooks = Arc::clone(&self.hooks);
-        let tx = self.tx.clone();
-        let group = context.group.clone();
-        let event_name = event.as_str();
-        self.tracker.spawn(async move {
-            // In a task of its own: if a hook runner panics, the transition still gets its
-            // answer (a failure) instead of staying pending and the group Busy for good.
-            let result = tokio::spawn(async move { hooks.run(&context).await })
-                .await
-                .unwrap_or_else(|error| {
-                    Err(HookFailure {
-                        hook: "(hook runner)".into(),
-                        event: event_name,
-                        message: format!("the hook task failed: {error}"),
-                    })
-                });
-            let _ = tx
-                .send(Control::HooksDone {
-                    group,
-                    token,
-                    result,
-                })
-                .await;
-        });
+        hook_runs::spawn(
+            &self.tracker,
+            Arc::clone(&self.hooks),
+            context,
+            self.tx.clone(),
+            token,
+        );
         self.publish(&self.observe_all());
         Ok(Step::Pending)
-    }
-
-    fn hook_context(
-        &self,
-        index: usize,
-        event: HookEvent,
-        next: &GroupRecord,
-        trigger: &str,
-    ) -> HookContext {
-        let observed = self.observe(index);
-        let runtime = &self.groups[index];
-        let watts_now = observed.mining as f64 * runtime.policy.watts_per_worker;
-        let drain = next.drain.as_ref();
-        let watts_before = drain.map_or(watts_now, |d| d.watts_before);
-        let watts = match event {
-            HookEvent::Draining | HookEvent::Resuming => watts_before,
-            HookEvent::Drained => (watts_before - watts_now).max(0.0),
-            HookEvent::Active => watts_now,
-        };
-        let roster = match event {
-            HookEvent::Draining | HookEvent::Drained | HookEvent::Resuming => {
-                drain.map(|d| d.roster.clone()).unwrap_or_default()
-            }
-            HookEvent::Active => observed
-                .miners
-                .iter()
-                .map(|m| RosterEntry {
-                    name: m.name.clone(),
-                    address: m.address.clone(),
-                })
-                .collect(),
-        };
-        HookContext {
-            event,
-            group: runtime.name.to_string(),
-            reason: drain.map(|d| d.reason.clone()).unwrap_or_default(),
-            mode: drain.map(|d| d.mode),
-            trigger: trigger.to_owned(),
-            watts,
-            roster,
-        }
     }
 
     fn hooks_done(&mut self, group: &str, token: u64, result: Result<(), HookFailure>) {
@@ -954,8 +445,7 @@ impl GroupController {
                 self.log_event(
                     index,
                     "hook_failed",
-                    current,
-                    target,
+                    (current, target),
                     &pending.trigger,
                     &message,
                 );
@@ -1054,7 +544,7 @@ impl GroupController {
             _ => runtime.ramp = None,
         }
         info!(group = %name, %from, %to, trigger, kind, "group transition");
-        self.log_event(index, kind, from, to, trigger, detail);
+        self.log_event(index, kind, (from, to), trigger, detail);
         self.publish(&self.observe_all());
         Ok(())
     }
@@ -1065,46 +555,22 @@ impl GroupController {
         &mut self,
         index: usize,
         kind: &str,
-        from: GroupState,
-        to: GroupState,
+        change: (GroupState, GroupState),
         trigger: &str,
         detail: &str,
     ) {
-        let name = self.groups[index].name.to_string();
+        let runtime = &self.groups[index];
         let observed = self.observe(index);
-        let record = self.record(&name);
-        let watts_after = observed.mining as f64 * self.groups[index].policy.watts_per_worker;
-        let watts_before = self.status_of(&name).power_watts;
-        let drain = record.drain.as_ref();
-        let event = Event {
-            seq: 0,
-            time: now_rfc3339(),
-            group: name,
-            kind: kind.to_owned(),
-            from,
-            to,
-            trigger: trigger.to_owned(),
-            mode: drain.map(|d| d.mode.as_str().to_owned()),
-            reason: drain.map(|d| d.reason.clone()).unwrap_or_default(),
-            watts_before,
-            watts_after,
-            released_watts: released_watts(&record, watts_after),
-            workers: observed.workers,
-            detail: detail.to_owned(),
+        let record = self.record(&runtime.name);
+        let entry = audit::Entry {
+            kind,
+            change,
+            trigger,
+            detail,
+            watts_before: self.status_of(&runtime.name).power_watts,
         };
-        // Only this task adds events, so the sequence number cannot change between the two
-        // locks; the API's readers are not held up by the fsync.
-        let event = Event {
-            seq: lock(&self.events).next_seq(),
-            ..event
-        };
-        if let Err(error) = self.store.append_event(&event) {
-            // The transition itself is saved; the audit line is kept in memory and the
-            // failure is loud.
-            error!(%error, "audit event not saved");
-            self.metrics.state_save_failures.inc();
-        }
-        lock(&self.events).push(event);
+        let event = audit::event(runtime, &record, &observed, entry);
+        audit::append(&self.store, &self.events, &self.metrics, event);
     }
 
     fn on_tick(&mut self) {
@@ -1152,47 +618,27 @@ impl GroupController {
         now_ms: u64,
     ) {
         let Some(drain) = &record.drain else { return };
-        let policy = &self.groups[index].policy;
-        let elapsed = Duration::from_millis(now_ms.saturating_sub(drain.started_at_ms));
-        let quiet_min_ms = policy.quiet_min.as_millis() as u64;
         let last_refused = self
             .sessions
             .registry()
             .refusals(&self.groups[index].name)
             .last_unix_ms;
-        let refused_lately = last_refused > drain.started_at_ms
-            && now_ms.saturating_sub(last_refused) < quiet_min_ms;
-        let quiet = observed.hashing.is_empty() && !refused_lately && elapsed >= policy.quiet_min;
-        let timed_out = elapsed >= policy.drain_timeout;
-        if !quiet && !timed_out {
-            return;
-        }
-        let (trigger, detail) = if quiet {
-            ("quiet".to_owned(), String::new())
-        } else {
-            let names: Vec<&str> = observed
+        let policy = &self.groups[index].policy;
+        let names = || {
+            observed
                 .hashing
                 .iter()
                 .map(|&i| observed.miners[i].name.as_str())
-                .collect();
-            let detail = format!(
-                "drain timeout: {} miner(s) still hashing: {}{}",
-                names.len(),
-                names
-                    .iter()
-                    .take(20)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if refused_lately {
-                    "; reconnects still refused"
-                } else {
-                    ""
-                }
-            );
-            warn!(group = %self.groups[index].name, %detail, "drained by timeout");
-            ("timeout".to_owned(), detail)
+                .collect::<Vec<_>>()
         };
+        let Some((trigger, detail)) =
+            policy.drained(drain.started_at_ms, now_ms, last_refused, names)
+        else {
+            return;
+        };
+        if !detail.is_empty() {
+            warn!(group = %self.groups[index].name, %detail, "drained by timeout");
+        }
         let next = GroupRecord {
             state: GroupState::Drained,
             since: now_ms / 1000,
@@ -1202,13 +648,12 @@ impl GroupController {
             self.log_event(
                 index,
                 "drain_timeout",
-                GroupState::Draining,
-                GroupState::Draining,
-                &trigger,
+                (GroupState::Draining, GroupState::Draining),
+                trigger,
                 &detail,
             );
         }
-        let _ = self.begin(index, next, trigger);
+        let _ = self.begin(index, next, trigger.to_owned());
     }
 
     /// Admits paused miners at the group's rate; active once everyone is back. The ramp timeout
@@ -1220,7 +665,6 @@ impl GroupController {
         let ramp_timeout = self.groups[index].policy.ramp_timeout;
         let name = Arc::clone(&self.groups[index].name);
         let ramp = self.groups[index].ramp.get_or_insert_with(Ramp::new);
-        ramp.fill(rate);
         // Observed miners are sorted by id; those above the watermark wait, in that order.
         let waiting: Vec<u64> = observed
             .miners
@@ -1228,17 +672,17 @@ impl GroupController {
             .filter(|m| m.paused && m.id > ramp.admit_through)
             .map(|m| m.id)
             .collect();
-        let admit = (ramp.tokens.floor() as usize).min(waiting.len());
-        if admit > 0 {
-            ramp.tokens -= admit as f64;
-            ramp.admit_through = waiting[admit - 1];
+        if let Some(admit_through) = ramp.admit(rate, &waiting) {
             let gate = Gate::Ramp {
                 epoch,
-                admit_through: ramp.admit_through,
+                admit_through,
             };
             self.sessions.set_gate(&name, gate);
         }
-        let waiting = waiting.len() - admit;
+        let waiting = waiting
+            .iter()
+            .filter(|id| **id > ramp.admit_through)
+            .count();
         let admitted = ramp.admit_through;
         let missing: Vec<&str> = record
             .drain
@@ -1278,8 +722,7 @@ impl GroupController {
             self.log_event(
                 index,
                 "ramp_timeout",
-                GroupState::Resuming,
-                GroupState::Resuming,
+                (GroupState::Resuming, GroupState::Resuming),
                 trigger,
                 &detail,
             );
@@ -1288,75 +731,11 @@ impl GroupController {
         let _ = self.begin(index, next, trigger.to_owned());
     }
 
-    /// Every group's miners, judged. Active groups are only counted (a farm of 20,000 miners is
-    /// looked at five times a second); groups in a drain, and those `detailed` names, list
-    /// their miners.
+    /// Every group's miners, judged (groups in a drain, and those `detailed` names, list their
+    /// miners).
     fn observe_with(&self, detailed: impl Fn(usize) -> bool) -> Vec<Observed> {
-        let by_group: HashMap<&str, usize> = self
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (&*g.name, i))
-            .collect();
         let records: Vec<GroupRecord> = self.groups.iter().map(|g| self.record(&g.name)).collect();
-        let detail: Vec<bool> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| r.state != GroupState::Active || detailed(i))
-            .collect();
-        let mut observed: Vec<Observed> = (0..self.groups.len())
-            .map(|_| Observed::default())
-            .collect();
-        self.sessions.registry().visit(|id, stats| {
-            let Some(name) = &stats.name else { return };
-            let Some(&index) = by_group.get(&*stats.group) else {
-                return;
-            };
-            let group = &mut observed[index];
-            group.workers += 1;
-            if detail[index] {
-                group.miners.push(MinerView {
-                    id,
-                    name: name.clone(),
-                    address: stats.remote.to_string(),
-                    paused: stats.paused,
-                    last_submit_ms: stats.last_submit_unix_ms,
-                    difficulty: stats.difficulty,
-                    hashrate: stats.hashrate_15m(),
-                });
-            }
-        });
-        let now_ms = unix_ms();
-        for (index, group) in observed.iter_mut().enumerate() {
-            let record = &records[index];
-            let policy = &self.groups[index].policy;
-            let Some(drain) = record
-                .drain
-                .as_ref()
-                .filter(|_| record.state != GroupState::Active)
-            else {
-                group.mining = group.workers;
-                continue;
-            };
-            group.miners.sort_by_key(|m| m.id);
-            for (i, miner) in group.miners.iter().enumerate() {
-                let mining = if record.state == GroupState::Resuming {
-                    !miner.paused
-                } else {
-                    let reference = miner.last_submit_ms.unwrap_or(0).max(drain.started_at_ms);
-                    let quiet = policy.quiet_period(miner.difficulty, miner.hashrate);
-                    let still = now_ms.saturating_sub(reference) < quiet.as_millis() as u64;
-                    if still {
-                        group.hashing.push(i);
-                    }
-                    still
-                };
-                if mining {
-                    group.mining += 1;
-                }
-            }
-        }
-        observed
+        observe::observe(self.sessions.registry(), &self.groups, &records, detailed)
     }
 
     fn observe_all(&self) -> Vec<Observed> {
@@ -1385,144 +764,14 @@ impl GroupController {
             .zip(observed)
             .map(|(runtime, observed)| {
                 let record = self.record(&runtime.name);
-                let power = observed.mining as f64 * runtime.policy.watts_per_worker;
-                let released = released_watts(&record, power);
-                let name: &str = &runtime.name;
-                self.metrics
-                    .group_power_watts
-                    .with_label_values(&[name])
-                    .set(power);
-                self.metrics
-                    .group_released_watts
-                    .with_label_values(&[name])
-                    .set(released);
-                for state in GroupState::ALL {
-                    self.metrics
-                        .group_state
-                        .with_label_values(&[name, state.as_str()])
-                        .set(i64::from(state == record.state));
-                }
-                let drain = record.drain.as_ref();
+                let power = status::power_watts(runtime, observed);
+                status::publish_metrics(&self.metrics, &runtime.name, &record, power);
+                let refusals = self.sessions.registry().refusals(&runtime.name);
                 let efficiency = self.efficiency(runtime, power);
-                let refusals = self.sessions.registry().refusals(name);
-                GroupStatus {
-                    name: name.to_owned(),
-                    state: record.state,
-                    since: record.since,
-                    mode: drain.map(|d| d.mode),
-                    reason: drain.map(|d| d.reason.clone()),
-                    reconnect_to: drain.and_then(|d| d.reconnect_to.clone()),
-                    claims: record.claims.iter().map(Claim::to_string).collect(),
-                    power_watts: power,
-                    released_watts: released,
-                    watts_before: drain.map(|d| d.watts_before),
-                    workers: observed.workers,
-                    mining_workers: observed.mining,
-                    still_hashing: observed
-                        .hashing
-                        .iter()
-                        .take(MAX_LISTED_HASHING)
-                        .map(|&i| {
-                            let m = &observed.miners[i];
-                            HashingMiner {
-                                name: m.name.clone(),
-                                address: m.address.clone(),
-                                last_submit_seconds_ago: m
-                                    .last_submit_ms
-                                    .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
-                            }
-                        })
-                        .collect(),
-                    refused_reconnects: refusals.total,
-                    refused_miners: match drain {
-                        Some(drain) if record.state != GroupState::Active => {
-                            refusals.since(drain.started_at_ms)
-                        }
-                        _ => Vec::new(),
-                    },
-                    drain_deadline: (record.state == GroupState::Draining)
-                        .then(|| {
-                            drain.map(|d| {
-                                (d.started_at_ms / 1000) + runtime.policy.drain_timeout.as_secs()
-                            })
-                        })
-                        .flatten(),
-                    pending: runtime
-                        .pending
-                        .as_ref()
-                        .map(|p| format!("{} hooks running", p.next.state)),
-                    last_error: runtime.last_error.clone(),
-                    efficiency_j_per_th: efficiency.0,
-                    efficiency_source: Some(efficiency.1),
-                }
+                status::group_status(runtime, &record, observed, &refusals, efficiency, now_ms)
             })
             .collect();
         *lock(&self.status) = statuses;
         self.publish_schedules();
-    }
-}
-
-/// Watts a non-active group has given back: what it drew before the drain minus what it draws.
-fn released_watts(record: &GroupRecord, power_now: f64) -> f64 {
-    match (&record.state, &record.drain) {
-        (GroupState::Active, _) | (_, None) => 0.0,
-        (_, Some(drain)) => (drain.watts_before - power_now).max(0.0),
-    }
-}
-
-impl GroupRecord {
-    /// An active group with no drain.
-    fn default_active(since: u64) -> GroupRecord {
-        GroupRecord {
-            state: GroupState::Active,
-            since,
-            ..GroupRecord::default()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quiet_period_scales_with_the_expected_share_interval() {
-        let policy = Policy {
-            watts_per_worker: 3250.0,
-            drain_timeout: Duration::from_secs(600),
-            quiet_min: Duration::from_secs(30),
-            quiet_shares: 6.0,
-            ramp_rate: 10.0,
-            ramp_timeout: Duration::from_secs(300),
-            hook_retry: Duration::from_secs(10),
-        };
-        // An S19 at 100 TH/s on difficulty 230,000 submits every ~9.9 s: quiet after ~59 s.
-        let quiet = policy.quiet_period(230_000.0, 100e12);
-        assert!((quiet.as_secs_f64() - 59.3).abs() < 0.5, "{quiet:?}");
-        // A fast miner is held to quiet_min, a slow one to the drain timeout.
-        assert_eq!(policy.quiet_period(1.0, 100e12), Duration::from_secs(30));
-        assert_eq!(policy.quiet_period(1e9, 1e9), Duration::from_secs(600));
-        // No hashrate known: quiet_min.
-        assert_eq!(policy.quiet_period(65536.0, 0.0), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn released_watts_only_while_not_active() {
-        let mut record = GroupRecord {
-            state: GroupState::Drained,
-            drain: Some(Drain {
-                mode: DrainMode::Pause,
-                reason: String::new(),
-                reconnect_to: None,
-                started_at_ms: 0,
-                watts_before: 6500.0,
-                roster: Vec::new(),
-            }),
-            ..GroupRecord::default()
-        };
-        assert_eq!(released_watts(&record, 0.0), 6500.0);
-        assert_eq!(released_watts(&record, 3250.0), 3250.0);
-        record.state = GroupState::Active;
-        assert_eq!(released_watts(&record, 0.0), 0.0);
     }
 }

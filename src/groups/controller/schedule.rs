@@ -8,190 +8,25 @@
 //! is simply taken on a later tick. The answers to POSTs are HTTP-shaped (status and JSON body)
 //! because that is what an `Idempotency-Key` must replay.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
 use std::time::Instant;
 
-use serde::Serialize;
-use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use serde_json::json;
 use tracing::{info, warn};
 
-use super::super::capacity::{
-    Candidate, Capacity, CapacityRequest, CapacityView, EfficiencySource, plan,
+use super::schedules::{
+    Answer, ENDED_WINDOW_KEPT_MS, MAX_API_WINDOWS, MAX_ENDED_CAPACITY, ScheduleCommand,
+    ScheduleViews,
 };
-use super::super::events::now_rfc3339;
-use super::super::state::{Claim, GroupState};
-use super::super::store::{PersistedState, StoredAnswer};
 use super::{ControlError, DrainRequest, GroupController, lock};
 use crate::clock::unix_ms;
 use crate::config::DrainMode;
 use crate::config::windows::{Window, WindowSpec, WindowView, check_reason, parse_time};
-
-/// Idempotency keys remembered (the oldest are forgotten first); every state write carries them.
-const MAX_IDEMPOTENCY_KEYS: usize = 200;
-/// Idempotency keys are forgotten after this.
-const IDEMPOTENCY_KEPT_MS: u64 = 24 * 3600 * 1000;
-/// Ended capacity requests kept for the API.
-const MAX_ENDED_CAPACITY: usize = 100;
-/// Windows the API may hold (config windows are not counted).
-const MAX_API_WINDOWS: usize = 1000;
-/// Ended one-off API windows are forgotten this long after their end.
-const ENDED_WINDOW_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
-
-/// An HTTP-shaped answer: what the API sends, and what an idempotent retry gets again.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Answer {
-    /// HTTP status.
-    pub status: u16,
-    /// JSON body.
-    pub body: Value,
-}
-
-impl Answer {
-    fn new(status: u16, body: impl Serialize) -> Answer {
-        Answer {
-            status,
-            body: serde_json::to_value(body).unwrap_or(Value::Null),
-        }
-    }
-
-    fn error(status: u16, message: impl std::fmt::Display) -> Answer {
-        Answer {
-            status,
-            body: json!({ "error": message.to_string() }),
-        }
-    }
-}
-
-/// Window and capacity commands.
-pub(super) enum ScheduleCommand {
-    CreateWindow {
-        spec: WindowSpec,
-        key: Option<String>,
-        reply: oneshot::Sender<Answer>,
-    },
-    DeleteWindow {
-        name: String,
-        reply: oneshot::Sender<Answer>,
-    },
-    CreateCapacity {
-        request: CapacityRequest,
-        key: Option<String>,
-        reply: oneshot::Sender<Answer>,
-    },
-    EndCapacity {
-        id: String,
-        reply: oneshot::Sender<Answer>,
-    },
-    Heartbeat {
-        id: String,
-        reply: oneshot::Sender<Answer>,
-    },
-}
-
-/// What the API reads about windows and capacity requests.
-#[derive(Debug, Default, Clone)]
-pub struct ScheduleViews {
-    /// Every window.
-    pub windows: Vec<WindowView>,
-    /// Every capacity request (active and recently ended).
-    pub capacity: Vec<CapacityView>,
-}
-
-/// Windows, capacity requests and their bookkeeping, owned by the controller.
-pub(super) struct Schedules {
-    pub(super) windows: Vec<Window>,
-    /// Saved windows that no longer validate (a group renamed, say): kept with their claims so a
-    /// restart does not resume their groups early; shown in the API and ended by DELETE.
-    pub(super) broken: Vec<(WindowSpec, String)>,
-    pub(super) window_acted: BTreeMap<String, u64>,
-    pub(super) capacity: Vec<Capacity>,
-    pub(super) idempotency: BTreeMap<String, StoredAnswer>,
-    pub(super) next_id: u64,
-    /// Capacity requests whose lapsed lease was already logged.
-    lapsed: HashSet<String>,
-    /// Drains a window or capacity request has asked for whose hooks are still running: kept
-    /// out of the state file until the claim is made, so a crash meanwhile retries them.
-    pub(super) inflight: HashSet<(String, Claim)>,
-    pub(super) tolerance: f64,
-    pub(super) views: Arc<Mutex<ScheduleViews>>,
-}
-
-impl Schedules {
-    /// From the config's windows and what the state file held.
-    pub(super) fn new(
-        config: &crate::config::Config,
-        restored: &PersistedState,
-        known_group: impl Fn(&str) -> bool + Copy,
-    ) -> Schedules {
-        let mut windows = Vec::new();
-        for spec in &config.windows {
-            // Validated with the config: an error here cannot happen.
-            match Window::new(spec.clone(), true, known_group) {
-                Ok(window) => windows.push(window),
-                Err(error) => warn!(window = %spec.name, %error, "window skipped"),
-            }
-        }
-        let mut broken = Vec::new();
-        for spec in &restored.windows {
-            match Window::new(spec.clone(), false, known_group) {
-                Ok(window) => windows.push(window),
-                Err(error) => {
-                    warn!(window = %spec.name, %error, "saved window no longer valid: its groups stay held until it is deleted");
-                    broken.push((spec.clone(), error.to_string()));
-                }
-            }
-        }
-        Schedules {
-            windows,
-            broken,
-            window_acted: restored.window_acted.clone(),
-            capacity: restored.capacity.clone(),
-            idempotency: restored.idempotency.clone(),
-            next_id: restored.next_id,
-            lapsed: HashSet::new(),
-            inflight: HashSet::new(),
-            tolerance: config.capacity.tolerance,
-            views: Arc::default(),
-        }
-    }
-
-    /// What goes into the state file.
-    pub(super) fn persist_into(&self, state: &mut PersistedState) {
-        state.windows = self
-            .windows
-            .iter()
-            .filter(|w| !w.from_config)
-            .map(|w| w.spec.clone())
-            .chain(self.broken.iter().map(|(spec, _)| spec.clone()))
-            .collect();
-        let inflight =
-            |group: &str, claim: Claim| self.inflight.contains(&(group.to_owned(), claim));
-        state.window_acted = self
-            .window_acted
-            .iter()
-            .filter(|(key, _)| {
-                key.split_once('/').is_none_or(|(window, group)| {
-                    !inflight(group, Claim::Window(window.to_owned()))
-                })
-            })
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        state.capacity = self
-            .capacity
-            .iter()
-            .map(|c| {
-                let mut c = c.clone();
-                c.claimed
-                    .retain(|group| !inflight(group, Claim::Capacity(c.id.clone())));
-                c
-            })
-            .collect();
-        state.idempotency = self.idempotency.clone();
-        state.next_id = self.next_id;
-    }
-}
+use crate::groups::capacity::{
+    Candidate, Capacity, CapacityRequest, CapacityView, EfficiencySource, plan,
+};
+use crate::groups::events::now_rfc3339;
+use crate::groups::state::{Claim, GroupState};
 
 impl GroupController {
     pub(super) fn on_schedule(&mut self, command: ScheduleCommand) {
@@ -271,47 +106,13 @@ impl GroupController {
                 && answer.status < 500
                 && answer.status != 409
             {
-                self.remember(&key, &fingerprint, &answer);
+                self.sched.remember(&key, &fingerprint, &answer);
                 if let Err(error) = self.save() {
                     warn!(%error, "idempotency key not saved");
                 }
             }
         }
         answer
-    }
-
-    /// Keeps an answer for its idempotency key (the oldest keys are forgotten first). Saved with
-    /// the next write.
-    fn remember(&mut self, key: &str, fingerprint: &str, answer: &Answer) {
-        let now = unix_ms();
-        let idempotency = &mut self.sched.idempotency;
-        idempotency.retain(|_, a| now.saturating_sub(a.at_ms) < IDEMPOTENCY_KEPT_MS);
-        let seq = idempotency.values().map(|a| a.seq).max().unwrap_or(0) + 1;
-        idempotency.insert(
-            key.to_owned(),
-            StoredAnswer {
-                seq,
-                fingerprint: fingerprint.to_owned(),
-                at_ms: now,
-                status: answer.status,
-                body: answer.body.clone(),
-            },
-        );
-        while idempotency.len() > MAX_IDEMPOTENCY_KEYS {
-            let Some(oldest) = idempotency
-                .iter()
-                .min_by_key(|(_, a)| a.seq)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            idempotency.remove(&oldest);
-        }
-    }
-
-    fn next_id(&mut self, prefix: &str) -> String {
-        self.sched.next_id += 1;
-        format!("{prefix}-{}", self.sched.next_id)
     }
 
     fn create_window(&mut self, mut spec: WindowSpec, key: Option<(&str, &str)>) -> Answer {
@@ -323,7 +124,7 @@ impl GroupController {
             );
         }
         if spec.name.is_empty() {
-            spec.name = self.next_id("win");
+            spec.name = self.sched.next_id("win");
         }
         if self.sched.windows.iter().any(|w| w.spec.name == spec.name)
             || self.sched.broken.iter().any(|(b, _)| b.name == spec.name)
@@ -338,7 +139,7 @@ impl GroupController {
         let answer = Answer::new(201, &view);
         self.sched.windows.push(window);
         if let Some((key, fingerprint)) = key {
-            self.remember(key, fingerprint, &answer);
+            self.sched.remember(key, fingerprint, &answer);
         }
         if let Err(error) = self.save() {
             self.sched.windows.pop();
@@ -439,7 +240,7 @@ impl GroupController {
                 }),
             );
         }
-        let id = self.next_id("cap");
+        let id = self.sched.next_id("cap");
         let now = unix_ms();
         let capacity = Capacity {
             id: id.clone(),
@@ -454,7 +255,7 @@ impl GroupController {
         let answer = Answer::new(201, self.capacity_view(&capacity));
         self.sched.capacity.push(capacity.clone());
         if let Some((key, fingerprint)) = key {
-            self.remember(key, fingerprint, &answer);
+            self.sched.remember(key, fingerprint, &answer);
         }
         // Durable (with its idempotency key) before any group is touched: after a crash the
         // claims have an owner and a retry gets this answer.
@@ -782,8 +583,7 @@ impl GroupController {
                                 self.log_event(
                                     index,
                                     "heartbeat_lapsed",
-                                    state,
-                                    state,
+                                    (state, state),
                                     &Claim::Capacity(capacity.id.clone()).to_string(),
                                     "the scheduler stopped renewing its lease; the group stays drained",
                                 );

@@ -1,0 +1,60 @@
+//! What the controller keeps per group besides its record: settings, the transition waiting for
+//! its hooks, retries, the ramp, and the measured hashrate.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::handle::Reply;
+use super::policy::{Policy, Ramp};
+use crate::config::{Config, Group};
+use crate::groups::capacity::HashrateWindow;
+use crate::groups::state::GroupRecord;
+
+/// A transition waiting for its hooks.
+pub(super) struct Pending {
+    /// Which hook run (a stale report of an earlier run is ignored).
+    pub token: u64,
+    /// The record committed when the hooks succeed.
+    pub next: GroupRecord,
+    pub trigger: String,
+    /// The API caller waiting for the outcome, if any.
+    pub reply: Option<Reply>,
+}
+
+/// What the controller keeps per group besides its record.
+pub(super) struct GroupRuntime {
+    pub name: Arc<str>,
+    pub policy: Policy,
+    pub pending: Option<Pending>,
+    /// A failed automatic transition is tried again from then.
+    pub retry_at: Option<Instant>,
+    /// Failures in a row (the retry backs off: a hook that keeps failing is not run, nor
+    /// logged, every few seconds for hours).
+    pub failures: u32,
+    pub last_error: Option<String>,
+    pub ramp: Option<Ramp>,
+    /// `efficiency_j_per_th` from the config.
+    pub declared_efficiency: Option<f64>,
+    /// `drain_priority` from the config.
+    pub drain_priority: Option<i32>,
+    /// Accepted difficulty over `capacity.efficiency_window`: the measured hashrate.
+    pub hashrate: HashrateWindow,
+}
+
+impl GroupRuntime {
+    /// A configured group, nothing under way.
+    pub fn new(config: &Config, group: &Group) -> Self {
+        Self {
+            name: Arc::clone(&group.name),
+            policy: Policy::new(config, &group.name, group.watts_per_worker),
+            pending: None,
+            retry_at: None,
+            failures: 0,
+            last_error: None,
+            ramp: None,
+            declared_efficiency: group.efficiency_j_per_th,
+            drain_priority: group.drain_priority,
+            hashrate: HashrateWindow::new(config.capacity.efficiency_window),
+        }
+    }
+}

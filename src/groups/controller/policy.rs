@@ -1,0 +1,182 @@
+//! A group's drain and ramp settings, and the resume ramp's token bucket: the arithmetic of a
+//! drain, apart from the task that applies it.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+
+/// A group's drain and ramp settings, resolved from `[drain]` and its `[[group]]`.
+#[derive(Debug, Clone)]
+pub(super) struct Policy {
+    /// Declared watts of one mining worker.
+    pub watts_per_worker: f64,
+    /// A draining group is drained after this at the latest.
+    pub drain_timeout: Duration,
+    /// Shortest silence that counts as quiet.
+    pub quiet_min: Duration,
+    /// Expected share intervals of silence that count as quiet.
+    pub quiet_shares: f64,
+    /// Workers per second the resume admits (the slower of the worker and watt ramps).
+    pub ramp_rate: f64,
+    /// A resuming group is active after this at the latest.
+    pub ramp_timeout: Duration,
+    /// A failed required hook is retried after this (doubling).
+    pub hook_retry: Duration,
+}
+
+impl Policy {
+    pub(super) fn new(config: &Config, name: &str, watts_per_worker: f64) -> Self {
+        let d = &config.drain;
+        let group = config.groups.iter().find(|g| g.name == name);
+        let workers_rate = group
+            .and_then(|g| g.ramp_workers_per_second)
+            .unwrap_or(d.ramp_workers_per_second);
+        let watts_rate = group
+            .and_then(|g| g.ramp_watts_per_second)
+            .or(d.ramp_watts_per_second)
+            .filter(|_| watts_per_worker > 0.0)
+            .map(|w| w / watts_per_worker);
+        Self {
+            watts_per_worker,
+            drain_timeout: group.and_then(|g| g.drain_timeout).unwrap_or(d.timeout),
+            quiet_min: d.quiet_min,
+            quiet_shares: d.quiet_shares,
+            ramp_rate: watts_rate.map_or(workers_rate, |w| w.min(workers_rate)),
+            ramp_timeout: d.ramp_timeout,
+            hook_retry: d.hook_retry,
+        }
+    }
+
+    /// How long a miner must be silent to count as no longer hashing: `quiet_shares` of its
+    /// expected share intervals (difficulty x 2^32 / hashrate), at least `quiet_min`, at most the
+    /// drain timeout.
+    pub(super) fn quiet_period(&self, difficulty: f64, hashrate: f64) -> Duration {
+        let interval = if hashrate > 0.0 && difficulty > 0.0 {
+            difficulty * 4_294_967_296.0 / hashrate
+        } else {
+            0.0
+        };
+        let quiet =
+            Duration::try_from_secs_f64(interval * self.quiet_shares).unwrap_or(self.drain_timeout);
+        quiet.clamp(self.quiet_min, self.drain_timeout.max(self.quiet_min))
+    }
+}
+
+impl Policy {
+    /// Whether a draining group (drain started at `started_ms`) is drained at `now_ms`: every
+    /// miner quiet, none refused for `quiet_min`, and `quiet_min` passed (trigger `quiet`); or
+    /// the drain timeout reached (trigger `timeout`, with a detail naming who still hashes).
+    pub(super) fn drained<'a>(
+        &self,
+        started_ms: u64,
+        now_ms: u64,
+        last_refused_ms: u64,
+        still_hashing: impl FnOnce() -> Vec<&'a str>,
+    ) -> Option<(&'static str, String)> {
+        let elapsed = Duration::from_millis(now_ms.saturating_sub(started_ms));
+        let quiet_min_ms = u64::try_from(self.quiet_min.as_millis()).unwrap_or(u64::MAX);
+        let refused_lately =
+            last_refused_ms > started_ms && now_ms.saturating_sub(last_refused_ms) < quiet_min_ms;
+        let names = still_hashing();
+        if names.is_empty() && !refused_lately && elapsed >= self.quiet_min {
+            return Some(("quiet", String::new()));
+        }
+        if elapsed < self.drain_timeout {
+            return None;
+        }
+        let listed: Vec<&str> = names.iter().take(20).copied().collect();
+        let refused = if refused_lately {
+            "; reconnects still refused"
+        } else {
+            ""
+        };
+        Some((
+            "timeout",
+            format!(
+                "drain timeout: {} miner(s) still hashing: {}{refused}",
+                names.len(),
+                listed.join(", ")
+            ),
+        ))
+    }
+}
+
+/// The resume ramp of one group: a token bucket that fills at the group's rate and holds at most
+/// one second of it, so miners that come back late are not admitted all at once. It admits
+/// paused sessions in id order by raising the gate's watermark (see [`Gate::Ramp`]).
+pub(super) struct Ramp {
+    /// When the resume began (for `ramp_timeout`).
+    pub started: Instant,
+    /// Sessions with an id up to this one are admitted.
+    pub admit_through: u64,
+    tokens: f64,
+    filled: Instant,
+}
+
+impl Ramp {
+    pub(super) fn new() -> Ramp {
+        let now = Instant::now();
+        Ramp {
+            started: now,
+            admit_through: 0,
+            // The first miner at once.
+            tokens: 1.0,
+            filled: now,
+        }
+    }
+
+    /// Admits waiting sessions (ids sorted ascending, all above the watermark) as far as the
+    /// bucket allows at `rate` per second; the new watermark when it moved.
+    pub(super) fn admit(&mut self, rate: f64, waiting: &[u64]) -> Option<u64> {
+        self.fill(rate);
+        let admit = (self.tokens.floor() as usize).min(waiting.len());
+        if admit == 0 {
+            return None;
+        }
+        self.tokens -= admit as f64;
+        self.admit_through = waiting[admit - 1];
+        Some(self.admit_through)
+    }
+
+    fn fill(&mut self, rate: f64) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.filled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
+        self.filled = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_period_scales_with_the_expected_share_interval() {
+        let policy = Policy {
+            watts_per_worker: 3250.0,
+            drain_timeout: Duration::from_secs(600),
+            quiet_min: Duration::from_secs(30),
+            quiet_shares: 6.0,
+            ramp_rate: 10.0,
+            ramp_timeout: Duration::from_secs(300),
+            hook_retry: Duration::from_secs(10),
+        };
+        // An S19 at 100 TH/s on difficulty 230,000 submits every ~9.9 s: quiet after ~59 s.
+        let quiet = policy.quiet_period(230_000.0, 100e12);
+        assert!((quiet.as_secs_f64() - 59.3).abs() < 0.5, "{quiet:?}");
+        // A fast miner is held to quiet_min, a slow one to the drain timeout.
+        assert_eq!(policy.quiet_period(1.0, 100e12), Duration::from_secs(30));
+        assert_eq!(policy.quiet_period(1e9, 1e9), Duration::from_secs(600));
+        // No hashrate known: quiet_min.
+        assert_eq!(policy.quiet_period(65536.0, 0.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_ramp_admits_at_its_rate_in_id_order() {
+        let mut ramp = Ramp::new();
+        // One token at the start: the lowest waiting id.
+        assert_eq!(ramp.admit(2.0, &[4, 9, 12]), Some(4));
+        assert_eq!(ramp.admit(2.0, &[9, 12]), None, "no token yet");
+        assert_eq!(ramp.admit_through, 4);
+    }
+}

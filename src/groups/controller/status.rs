@@ -1,0 +1,132 @@
+//! A group's status as the API shows it, and its power and state series, from its record and
+//! what was observed on the tick.
+
+use super::GroupRuntime;
+use super::handle::{GroupStatus, HashingMiner};
+use super::observe::Observed;
+use crate::downstream::Refusals;
+use crate::groups::capacity::EfficiencySource;
+use crate::groups::state::{Claim, GroupRecord, GroupState};
+use crate::metrics::Metrics;
+
+/// Miners listed as still hashing in a group's status (the API pages the rest by group).
+const MAX_LISTED_HASHING: usize = 100;
+
+/// Watts a group's mining draws now, by its declared figure.
+pub(super) fn power_watts(runtime: &GroupRuntime, observed: &Observed) -> f64 {
+    observed.mining as f64 * runtime.policy.watts_per_worker
+}
+
+/// Watts a non-active group has given back: what it drew before the drain minus what it draws.
+pub(super) fn released_watts(record: &GroupRecord, power_now: f64) -> f64 {
+    match (&record.state, &record.drain) {
+        (GroupState::Active, _) | (_, None) => 0.0,
+        (_, Some(drain)) => (drain.watts_before - power_now).max(0.0),
+    }
+}
+
+/// Sets the group's power, released power and state series.
+pub(super) fn publish_metrics(metrics: &Metrics, name: &str, record: &GroupRecord, power: f64) {
+    metrics
+        .group_power_watts
+        .with_label_values(&[name])
+        .set(power);
+    metrics
+        .group_released_watts
+        .with_label_values(&[name])
+        .set(released_watts(record, power));
+    for state in GroupState::ALL {
+        metrics
+            .group_state
+            .with_label_values(&[name, state.as_str()])
+            .set(i64::from(state == record.state));
+    }
+}
+
+/// The group's status now.
+pub(super) fn group_status(
+    runtime: &GroupRuntime,
+    record: &GroupRecord,
+    observed: &Observed,
+    refusals: &Refusals,
+    efficiency: (Option<f64>, EfficiencySource),
+    now_ms: u64,
+) -> GroupStatus {
+    let power = power_watts(runtime, observed);
+    let drain = record.drain.as_ref();
+    GroupStatus {
+        name: runtime.name.to_string(),
+        state: record.state,
+        since: record.since,
+        mode: drain.map(|d| d.mode),
+        reason: drain.map(|d| d.reason.clone()),
+        reconnect_to: drain.and_then(|d| d.reconnect_to.clone()),
+        claims: record.claims.iter().map(Claim::to_string).collect(),
+        power_watts: power,
+        released_watts: released_watts(record, power),
+        watts_before: drain.map(|d| d.watts_before),
+        workers: observed.workers,
+        mining_workers: observed.mining,
+        still_hashing: observed
+            .hashing
+            .iter()
+            .take(MAX_LISTED_HASHING)
+            .map(|&i| {
+                let m = &observed.miners[i];
+                HashingMiner {
+                    name: m.name.clone(),
+                    address: m.address.clone(),
+                    last_submit_seconds_ago: m
+                        .last_submit_ms
+                        .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
+                }
+            })
+            .collect(),
+        refused_reconnects: refusals.total,
+        refused_miners: match drain {
+            Some(drain) if record.state != GroupState::Active => {
+                refusals.since(drain.started_at_ms)
+            }
+            _ => Vec::new(),
+        },
+        drain_deadline: (record.state == GroupState::Draining)
+            .then(|| {
+                drain.map(|d| (d.started_at_ms / 1000) + runtime.policy.drain_timeout.as_secs())
+            })
+            .flatten(),
+        pending: runtime
+            .pending
+            .as_ref()
+            .map(|p| format!("{} hooks running", p.next.state)),
+        last_error: runtime.last_error.clone(),
+        efficiency_j_per_th: efficiency.0,
+        efficiency_source: Some(efficiency.1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DrainMode;
+    use crate::groups::state::Drain;
+
+    #[test]
+    fn released_watts_only_while_not_active() {
+        let mut record = GroupRecord {
+            state: GroupState::Drained,
+            drain: Some(Drain {
+                mode: DrainMode::Pause,
+                reason: String::new(),
+                reconnect_to: None,
+                started_at_ms: 0,
+                watts_before: 6500.0,
+                roster: Vec::new(),
+            }),
+            ..GroupRecord::default()
+        };
+        assert_eq!(released_watts(&record, 0.0), 6500.0);
+        assert_eq!(released_watts(&record, 3250.0), 3250.0);
+        record.state = GroupState::Active;
+        assert_eq!(released_watts(&record, 0.0), 0.0);
+    }
+}
