@@ -616,7 +616,8 @@ async fn upstreams(State(state): State<Arc<ApiState>>) -> Response {
     let counter = |name: &str, result: &str| {
         state
             .metrics
-            .upstream_shares
+            .upstream
+            .shares
             .get_metric_with_label_values(&[name, result])
             .map(|c| c.get())
             .unwrap_or(0)

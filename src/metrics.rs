@@ -10,10 +10,23 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Every metric hashgate exports.
+/// Every metric hashgate exports, by the part of hashgate that updates it.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Miner sessions: connections, shares, verification, per-worker series.
+    pub miners: MinerMetrics,
+    /// Pool connections and failover.
+    pub upstream: UpstreamMetrics,
+    /// Groups, drains, hooks, windows and capacity requests.
+    pub groups: GroupMetrics,
+    /// Build version.
+    pub build_info: IntGaugeVec,
+}
+
+/// The series miner sessions update.
+#[derive(Clone)]
+pub struct MinerMetrics {
     /// Miners connected, by group.
     pub workers_connected: IntGaugeVec,
     /// Share outcomes by group and result (accepted, stale, duplicate, low_difficulty, invalid,
@@ -21,16 +34,6 @@ pub struct Metrics {
     pub shares: IntCounterVec,
     /// Sum of accepted share difficulties by group: hashrate = rate(...) * 2^32.
     pub accepted_difficulty: prometheus::CounterVec,
-    /// 1 while the upstream's connection is up and subscribed.
-    pub upstream_connected: IntGaugeVec,
-    /// The upstream's current share difficulty.
-    pub upstream_difficulty: GaugeVec,
-    /// Forwarded shares by upstream and result (accepted, rejected, lost).
-    pub upstream_shares: IntCounterVec,
-    /// Pool round trip of forwarded shares.
-    pub upstream_submit_seconds: HistogramVec,
-    /// Shares that met the network target, by upstream.
-    pub blocks_found: IntCounterVec,
     /// Job in from the pool to written to a miner's queue, per miner.
     pub job_broadcast_seconds: Histogram,
     /// Time to verify a share (sampled).
@@ -40,26 +43,59 @@ pub struct Metrics {
     pub disconnects: IntCounterVec,
     /// Lines from miners that did not parse, by kind.
     pub protocol_errors: IntCounterVec,
-    /// The upstream currently serving miners (1) by name.
-    pub upstream_active: IntGaugeVec,
-    /// Failovers between upstreams.
-    pub failovers: IntCounter,
     /// Miners that could not get an extranonce prefix.
     pub extranonce_exhausted: IntCounter,
+    /// Per-worker shares by result: only filled with `api.per_worker_metrics = true` (a farm of
+    /// 100,000 workers would otherwise create 100,000s of series).
+    pub worker_shares: IntCounterVec,
+    /// Per-worker accepted difficulty, same condition.
+    pub worker_accepted_difficulty: prometheus::CounterVec,
+    /// Miners currently connected, all groups.
+    pub connections: IntGauge,
+    /// Current estimated share rate target, for dashboards.
+    pub target_share_interval_seconds: Gauge,
+}
+
+/// The series pool connections and the router update.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    /// 1 while the upstream's connection is up and subscribed.
+    pub connected: IntGaugeVec,
+    /// The upstream's current share difficulty.
+    pub difficulty: GaugeVec,
+    /// Forwarded shares by upstream and result (accepted, rejected, lost).
+    pub shares: IntCounterVec,
+    /// Pool round trip of forwarded shares.
+    pub submit_seconds: HistogramVec,
+    /// Shares that met the network target, by upstream.
+    pub blocks_found: IntCounterVec,
+    /// The upstream currently serving miners (1) by name.
+    pub active: IntGaugeVec,
+    /// Failovers between upstreams.
+    pub failovers: IntCounter,
+    /// Unix time of the upstream's last job (alerts on a pool that goes silent).
+    pub last_job: GaugeVec,
+    /// Pool connections that went down, by upstream and cause (refused, io, job_timeout, ...).
+    pub disconnects: IntCounterVec,
+}
+
+/// The series the group controller and its hooks update.
+#[derive(Clone)]
+pub struct GroupMetrics {
     /// Group state (1 for the current state), filled by the groups module.
-    pub group_state: IntGaugeVec,
+    pub state: IntGaugeVec,
     /// Watts drawn by a group's mining.
-    pub group_power_watts: GaugeVec,
+    pub power_watts: GaugeVec,
     /// Hook runs by event and result.
     pub hook_runs: IntCounterVec,
     /// Hook run time by event.
     pub hook_seconds: HistogramVec,
     /// Transitions a required hook stopped, by group and the state it would have entered.
-    pub group_blocked_transitions: IntCounterVec,
+    pub blocked_transitions: IntCounterVec,
     /// State or audit-log writes that failed (the change was not applied).
     pub state_save_failures: IntCounter,
     /// Miners of a closed (drained) group refused at authorize, by group.
-    pub group_refused_miners: IntCounterVec,
+    pub refused_miners: IntCounterVec,
     /// Active capacity requests.
     pub capacity_requests: IntGauge,
     /// Watts active capacity requests asked for.
@@ -70,22 +106,9 @@ pub struct Metrics {
     pub capacity_heartbeat_lapsed: IntGauge,
     /// Maintenance windows whose span is open.
     pub windows_open: IntGauge,
-    /// Build version.
-    pub build_info: IntGaugeVec,
-    /// Unix time of the upstream's last job (alerts on a pool that goes silent).
-    pub upstream_last_job: GaugeVec,
     /// Watts a drained group has released to other loads (what it drew before the drain minus
     /// what it draws now).
-    pub group_released_watts: GaugeVec,
-    /// Per-worker shares by result: only filled with `api.per_worker_metrics = true` (a farm of
-    /// 100,000 workers would otherwise create 100,000s of series).
-    pub worker_shares: IntCounterVec,
-    /// Per-worker accepted difficulty, same condition.
-    pub worker_accepted_difficulty: prometheus::CounterVec,
-    /// Miners currently connected, all groups.
-    pub connections: IntGauge,
-    /// Current estimated share rate target, for dashboards.
-    pub target_share_interval_seconds: Gauge,
+    pub released_watts: GaugeVec,
 }
 
 impl Metrics {
@@ -100,7 +123,7 @@ impl Metrics {
         let latency_buckets = vec![
             0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
         ];
-        let m = Metrics {
+        let miners = MinerMetrics {
             workers_connected: register(
                 &registry,
                 IntGaugeVec::new(
@@ -128,62 +151,6 @@ impl Metrics {
                         "Sum of accepted share difficulties; hashrate = rate(...) * 2^32.",
                     ),
                     &["group"],
-                )
-                .expect("valid metric"),
-            ),
-            upstream_connected: register(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "hashgate_upstream_connected",
-                        "1 while the upstream is connected and subscribed.",
-                    ),
-                    &["upstream"],
-                )
-                .expect("valid metric"),
-            ),
-            upstream_difficulty: register(
-                &registry,
-                GaugeVec::new(
-                    Opts::new(
-                        "hashgate_upstream_difficulty",
-                        "The upstream's share difficulty.",
-                    ),
-                    &["upstream"],
-                )
-                .expect("valid metric"),
-            ),
-            upstream_shares: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "hashgate_upstream_shares_total",
-                        "Shares forwarded upstream by result (accepted, rejected, lost).",
-                    ),
-                    &["upstream", "result"],
-                )
-                .expect("valid metric"),
-            ),
-            upstream_submit_seconds: register(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "hashgate_upstream_submit_seconds",
-                        "Pool round trip of forwarded shares.",
-                    )
-                    .buckets(latency_buckets.clone()),
-                    &["upstream"],
-                )
-                .expect("valid metric"),
-            ),
-            blocks_found: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "hashgate_blocks_found_total",
-                        "Shares that met the network target.",
-                    ),
-                    &["upstream"],
                 )
                 .expect("valid metric"),
             ),
@@ -234,7 +201,108 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            upstream_active: register(
+            extranonce_exhausted: register(
+                &registry,
+                IntCounter::new(
+                    "hashgate_extranonce_exhausted_total",
+                    "Miners refused because no extranonce prefix was free.",
+                )
+                .expect("valid metric"),
+            ),
+            worker_shares: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_worker_shares_total",
+                        "Shares by worker and result (only with api.per_worker_metrics).",
+                    ),
+                    &["worker", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            worker_accepted_difficulty: register(
+                &registry,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        "hashgate_worker_accepted_difficulty_total",
+                        "Accepted difficulty by worker (only with api.per_worker_metrics).",
+                    ),
+                    &["worker"],
+                )
+                .expect("valid metric"),
+            ),
+            connections: register(
+                &registry,
+                IntGauge::new("hashgate_connections", "Miner TCP connections open.")
+                    .expect("valid metric"),
+            ),
+            target_share_interval_seconds: register(
+                &registry,
+                Gauge::new(
+                    "hashgate_target_share_interval_seconds",
+                    "The share interval vardiff aims at.",
+                )
+                .expect("valid metric"),
+            ),
+        };
+        let upstream = UpstreamMetrics {
+            connected: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "hashgate_upstream_connected",
+                        "1 while the upstream is connected and subscribed.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            difficulty: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "hashgate_upstream_difficulty",
+                        "The upstream's share difficulty.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            shares: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_upstream_shares_total",
+                        "Shares forwarded upstream by result (accepted, rejected, lost).",
+                    ),
+                    &["upstream", "result"],
+                )
+                .expect("valid metric"),
+            ),
+            submit_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "hashgate_upstream_submit_seconds",
+                        "Pool round trip of forwarded shares.",
+                    )
+                    .buckets(latency_buckets.clone()),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            blocks_found: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_blocks_found_total",
+                        "Shares that met the network target.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            active: register(
                 &registry,
                 IntGaugeVec::new(
                     Opts::new(
@@ -253,15 +321,31 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            extranonce_exhausted: register(
+            last_job: register(
                 &registry,
-                IntCounter::new(
-                    "hashgate_extranonce_exhausted_total",
-                    "Miners refused because no extranonce prefix was free.",
+                GaugeVec::new(
+                    Opts::new(
+                        "hashgate_upstream_last_job_timestamp_seconds",
+                        "Unix time of the last job received from the upstream.",
+                    ),
+                    &["upstream"],
                 )
                 .expect("valid metric"),
             ),
-            group_state: register(
+            disconnects: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_upstream_disconnects_total",
+                        "Pool connections that went down, by upstream and cause.",
+                    ),
+                    &["upstream", "cause"],
+                )
+                .expect("valid metric"),
+            ),
+        };
+        let groups = GroupMetrics {
+            state: register(
                 &registry,
                 IntGaugeVec::new(
                     Opts::new("hashgate_group_state", "1 for the group's current state."),
@@ -269,7 +353,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            group_power_watts: register(
+            power_watts: register(
                 &registry,
                 GaugeVec::new(
                     Opts::new(
@@ -298,7 +382,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            group_blocked_transitions: register(
+            blocked_transitions: register(
                 &registry,
                 IntCounterVec::new(
                     Opts::new(
@@ -314,6 +398,17 @@ impl Metrics {
                 IntCounter::new(
                     "hashgate_state_save_failures_total",
                     "State or audit-log writes that failed (the change was not applied).",
+                )
+                .expect("valid metric"),
+            ),
+            refused_miners: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "hashgate_group_refused_miners_total",
+                        "Miners of a drained group refused when they came back.",
+                    ),
+                    &["group"],
                 )
                 .expect("valid metric"),
             ),
@@ -357,37 +452,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            group_refused_miners: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "hashgate_group_refused_miners_total",
-                        "Miners of a drained group refused when they came back.",
-                    ),
-                    &["group"],
-                )
-                .expect("valid metric"),
-            ),
-            build_info: register(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new("hashgate_build_info", "Build information."),
-                    &["version"],
-                )
-                .expect("valid metric"),
-            ),
-            upstream_last_job: register(
-                &registry,
-                GaugeVec::new(
-                    Opts::new(
-                        "hashgate_upstream_last_job_timestamp_seconds",
-                        "Unix time of the last job received from the upstream.",
-                    ),
-                    &["upstream"],
-                )
-                .expect("valid metric"),
-            ),
-            group_released_watts: register(
+            released_watts: register(
                 &registry,
                 GaugeVec::new(
                     Opts::new(
@@ -398,38 +463,16 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            worker_shares: register(
+        };
+        let m = Metrics {
+            miners,
+            upstream,
+            groups,
+            build_info: register(
                 &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "hashgate_worker_shares_total",
-                        "Shares by worker and result (only with api.per_worker_metrics).",
-                    ),
-                    &["worker", "result"],
-                )
-                .expect("valid metric"),
-            ),
-            worker_accepted_difficulty: register(
-                &registry,
-                prometheus::CounterVec::new(
-                    Opts::new(
-                        "hashgate_worker_accepted_difficulty_total",
-                        "Accepted difficulty by worker (only with api.per_worker_metrics).",
-                    ),
-                    &["worker"],
-                )
-                .expect("valid metric"),
-            ),
-            connections: register(
-                &registry,
-                IntGauge::new("hashgate_connections", "Miner TCP connections open.")
-                    .expect("valid metric"),
-            ),
-            target_share_interval_seconds: register(
-                &registry,
-                Gauge::new(
-                    "hashgate_target_share_interval_seconds",
-                    "The share interval vardiff aims at.",
+                IntGaugeVec::new(
+                    Opts::new("hashgate_build_info", "Build information."),
+                    &["version"],
                 )
                 .expect("valid metric"),
             ),
@@ -443,9 +486,9 @@ impl Metrics {
         m.register_group(crate::config::DEFAULT_GROUP);
         for event in ["draining", "drained", "resuming", "active"] {
             for result in ["success", "failure", "timeout"] {
-                m.hook_runs.with_label_values(&[event, result]);
+                m.groups.hook_runs.with_label_values(&[event, result]);
             }
-            m.hook_seconds.with_label_values(&[event]);
+            m.groups.hook_seconds.with_label_values(&[event]);
         }
         #[cfg(target_os = "linux")]
         {
@@ -458,19 +501,23 @@ impl Metrics {
 
     /// Declares a group's series (state active, no power yet) so they exist before any miner.
     pub fn register_group(&self, name: &str) {
-        self.group_state.with_label_values(&[name, "active"]).set(1);
+        self.groups
+            .state
+            .with_label_values(&[name, "active"])
+            .set(1);
         for state in ["draining", "drained", "resuming"] {
-            self.group_state.with_label_values(&[name, state]).set(0);
+            self.groups.state.with_label_values(&[name, state]).set(0);
         }
-        self.group_power_watts.with_label_values(&[name]);
-        self.group_released_watts.with_label_values(&[name]);
-        self.group_refused_miners.with_label_values(&[name]);
+        self.groups.power_watts.with_label_values(&[name]);
+        self.groups.released_watts.with_label_values(&[name]);
+        self.groups.refused_miners.with_label_values(&[name]);
         for to in ["draining", "drained", "resuming", "active"] {
-            self.group_blocked_transitions
+            self.groups
+                .blocked_transitions
                 .with_label_values(&[name, to]);
         }
-        self.workers_connected.with_label_values(&[name]);
-        self.accepted_difficulty.with_label_values(&[name]);
+        self.miners.workers_connected.with_label_values(&[name]);
+        self.miners.accepted_difficulty.with_label_values(&[name]);
         for result in [
             "accepted",
             "stale",
@@ -479,20 +526,20 @@ impl Metrics {
             "invalid",
             "unauthorized",
         ] {
-            self.shares.with_label_values(&[name, result]);
+            self.miners.shares.with_label_values(&[name, result]);
         }
     }
 
     /// Declares an upstream's series at zero, so they exist before its first event.
     pub fn register_upstream(&self, name: &str) {
-        self.upstream_connected.with_label_values(&[name]).set(0);
-        self.upstream_active.with_label_values(&[name]).set(0);
-        self.upstream_difficulty.with_label_values(&[name]);
-        self.upstream_last_job.with_label_values(&[name]);
-        self.blocks_found.with_label_values(&[name]);
-        self.upstream_submit_seconds.with_label_values(&[name]);
+        self.upstream.connected.with_label_values(&[name]).set(0);
+        self.upstream.active.with_label_values(&[name]).set(0);
+        self.upstream.difficulty.with_label_values(&[name]);
+        self.upstream.last_job.with_label_values(&[name]);
+        self.upstream.blocks_found.with_label_values(&[name]);
+        self.upstream.submit_seconds.with_label_values(&[name]);
         for result in ["accepted", "rejected", "lost"] {
-            self.upstream_shares.with_label_values(&[name, result]);
+            self.upstream.shares.with_label_values(&[name, result]);
         }
     }
 

@@ -175,7 +175,7 @@ impl Proxy {
             metrics.clone(),
             stop.rest.child_token(),
             stop.tasks.clone(),
-        );
+        )?;
         stop.tasks.spawn(router.run());
 
         let gates = Arc::new(GroupGates::new(restored_gates(

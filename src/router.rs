@@ -26,10 +26,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, UpstreamConfig};
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::protocol::{Difficulty, Extranonce1, JobId, notify_line};
-use crate::upstream::{ConnKey, ConnectionSettings, PoolSession, UpstreamEvent, run_connection};
+use crate::upstream::{
+    ConnKey, ConnectionSettings, PoolSession, PoolTarget, UpstreamEvent, run_connection,
+};
 use crate::work::{
     DEFAULT_JOB_HISTORY, ExtranonceAllocator, ExtranonceSplit, ForwardShare, JobBook, Threshold,
 };
@@ -237,7 +239,7 @@ struct ConnState {
 }
 
 struct Pool {
-    config: Arc<UpstreamConfig>,
+    target: Arc<PoolTarget>,
     /// One entry per slot; None while that connection is down.
     conns: Vec<Option<ConnState>>,
     /// Since when slot 0's connection is up with a job.
@@ -277,7 +279,7 @@ impl Router {
         metrics: Metrics,
         cancel: CancellationToken,
         tracker: TaskTracker,
-    ) -> (Router, RouterHandle) {
+    ) -> Result<(Router, RouterHandle), ConfigError> {
         let (events_tx, events) = mpsc::channel(1024);
         let (requests_tx, requests) = mpsc::channel(64);
         let slots = Arc::new(RwLock::new(Vec::new()));
@@ -285,14 +287,19 @@ impl Router {
         let pools = config
             .upstreams_by_priority()
             .into_iter()
-            .map(|upstream| Pool {
-                config: Arc::new(upstream),
-                conns: Vec::new(),
-                healthy_since: None,
-                ready_since: None,
-                failed: false,
+            .map(|upstream| {
+                Ok(Pool {
+                    target: Arc::new(PoolTarget {
+                        endpoint: upstream.endpoint()?,
+                        config: upstream,
+                    }),
+                    conns: Vec::new(),
+                    healthy_since: None,
+                    ready_since: None,
+                    failed: false,
+                })
             })
-            .collect();
+            .collect::<Result<_, ConfigError>>()?;
         for upstream in &config.upstreams {
             metrics.register_upstream(&upstream.name);
         }
@@ -327,7 +334,7 @@ impl Router {
             requests: requests_tx,
             upstreams: upstream_records,
         };
-        (router, handle)
+        Ok((router, handle))
     }
 
     /// Runs until cancelled.
@@ -374,9 +381,9 @@ impl Router {
                     "down"
                 };
                 UpstreamRecord {
-                    name: pool.config.name.clone(),
-                    url: pool.config.url.clone(),
-                    priority: pool.config.priority,
+                    name: pool.target.config.name.clone(),
+                    url: pool.target.config.url.clone(),
+                    priority: pool.target.config.priority,
                     state,
                     connections: pool.conns.iter().filter(|c| c.is_some()).count(),
                     difficulty: first.map(|c| c.difficulty.get()),
@@ -440,7 +447,7 @@ impl Router {
             let key = ConnKey { pool: index, slot };
             self.tracker.spawn(run_connection(
                 key,
-                Arc::clone(&pool.config),
+                Arc::clone(&pool.target),
                 Arc::clone(&self.connection_settings),
                 self.events_tx.clone(),
                 self.metrics.clone(),
@@ -459,7 +466,7 @@ impl Router {
     fn on_event(&mut self, event: UpstreamEvent) {
         match event {
             UpstreamEvent::Ready { key, session } => {
-                let name = self.pools[key.pool].config.name.clone();
+                let name = self.pools[key.pool].target.config.name.clone();
                 let split = match ExtranonceSplit::new(
                     session.extranonce1.len(),
                     session.extranonce2_size,
@@ -542,8 +549,9 @@ impl Router {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64());
                     self.metrics
-                        .upstream_last_job
-                        .with_label_values(&[&self.pools[key.pool].config.name])
+                        .upstream
+                        .last_job
+                        .with_label_values(&[&self.pools[key.pool].target.config.name])
                         .set(now);
                 }
                 if key.slot == 0 && self.pools[key.pool].healthy_since.is_none() {
@@ -566,7 +574,7 @@ impl Router {
                 let configured = self.config.server.extranonce_prefix_size;
                 let max = self.config.server.max_extranonce2_size;
                 let epoch = self.take_epoch();
-                let name = self.pools[key.pool].config.name.clone();
+                let name = self.pools[key.pool].target.config.name.clone();
                 let Some(conn) = self.conn_mut(key) else {
                     return;
                 };
@@ -602,7 +610,7 @@ impl Router {
                     self.publish_if_serving(key);
                 }
             }
-            UpstreamEvent::Down { key, reason } => {
+            UpstreamEvent::Down { key, cause } => {
                 let pool = &mut self.pools[key.pool];
                 if let Some(slot) = pool.conns.get_mut(key.slot) {
                     *slot = None;
@@ -612,7 +620,14 @@ impl Router {
                     pool.ready_since = None;
                     pool.failed = true;
                 }
-                warn!(upstream = %pool.config.name, slot = key.slot, %reason, "upstream connection down");
+                let reason = cause.describe();
+                let kind = cause.error.label();
+                self.metrics
+                    .upstream
+                    .disconnects
+                    .with_label_values(&[&pool.target.config.name, kind])
+                    .inc();
+                warn!(upstream = %pool.target.config.name, slot = key.slot, cause = kind, %reason, "upstream connection down");
                 self.choose_active();
                 self.publish_if_serving(key);
             }
@@ -693,21 +708,26 @@ impl Router {
         if chosen == self.active {
             return;
         }
-        let from = self.active.map(|i| self.pools[i].config.name.clone());
-        let to = chosen.map(|i| self.pools[i].config.name.clone());
+        let from = self
+            .active
+            .map(|i| self.pools[i].target.config.name.clone());
+        let to = chosen.map(|i| self.pools[i].target.config.name.clone());
         match (&from, &to) {
             (None, Some(to)) => info!(%to, "serving upstream"),
             (Some(from), Some(to)) => warn!(%from, %to, "serving upstream changed (failover)"),
             (_, None) => error!(from = ?from, "no healthy upstream: miners keep their last work"),
         }
         if self.active.is_some() {
-            self.metrics.failovers.inc();
+            self.metrics.upstream.failovers.inc();
         }
         for pool in &self.pools {
             self.metrics
-                .upstream_active
-                .with_label_values(&[&pool.config.name])
-                .set(i64::from(to.as_deref() == Some(pool.config.name.as_str())));
+                .upstream
+                .active
+                .with_label_values(&[&pool.target.config.name])
+                .set(i64::from(
+                    to.as_deref() == Some(pool.target.config.name.as_str()),
+                ));
         }
         self.active = chosen;
         if chosen.is_some() {
@@ -730,7 +750,7 @@ impl Router {
         let state = pool.conns.get(slot).and_then(Option::as_ref).map(|conn| {
             Arc::new(WorkState {
                 epoch: conn.epoch,
-                upstream: Arc::from(pool.config.name.as_str()),
+                upstream: Arc::from(pool.target.config.name.as_str()),
                 pool_extranonce1: conn.session.extranonce1,
                 split: conn.split,
                 allocator: Arc::clone(&conn.allocator),

@@ -126,7 +126,8 @@ async fn pause_drain_stops_new_work_for_one_group_while_the_other_mines_then_res
     assert_eq!(
         proxy
             .metrics
-            .group_released_watts
+            .groups
+            .released_watts
             .with_label_values(&["c07"])
             .get(),
         3250.0
@@ -134,7 +135,8 @@ async fn pause_drain_stops_new_work_for_one_group_while_the_other_mines_then_res
     assert_eq!(
         proxy
             .metrics
-            .group_state
+            .groups
+            .state
             .with_label_values(&["c07", "drained"])
             .get(),
         1
@@ -236,7 +238,8 @@ async fn disconnect_drain_closes_the_group_and_refuses_it_until_resumed() {
     assert_eq!(
         proxy
             .metrics
-            .group_refused_miners
+            .groups
+            .refused_miners
             .with_label_values(&["c07"])
             .get(),
         1
@@ -467,7 +470,8 @@ async fn a_user_agent_sent_after_authorize_still_decides_the_group() {
     assert_eq!(
         proxy
             .metrics
-            .group_refused_miners
+            .groups
+            .refused_miners
             .with_label_values(&["bitaxes"])
             .get(),
         1

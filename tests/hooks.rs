@@ -120,6 +120,7 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     assert_eq!(
         proxy
             .metrics
+            .groups
             .hook_runs
             .with_label_values(&["draining", "success"])
             .get(),
@@ -128,6 +129,7 @@ async fn command_hooks_get_the_transition_and_the_workers_file() {
     assert_eq!(
         proxy
             .metrics
+            .groups
             .hook_seconds
             .with_label_values(&["drained"])
             .get_sample_count(),
@@ -188,7 +190,8 @@ async fn a_failing_or_hanging_required_hook_blocks_the_transition() {
     assert_eq!(
         proxy
             .metrics
-            .group_blocked_transitions
+            .groups
+            .blocked_transitions
             .with_label_values(&["gpu", "draining"])
             .get(),
         1
@@ -196,6 +199,7 @@ async fn a_failing_or_hanging_required_hook_blocks_the_transition() {
     assert_eq!(
         proxy
             .metrics
+            .groups
             .hook_runs
             .with_label_values(&["draining", "failure"])
             .get(),
@@ -221,6 +225,7 @@ async fn a_failing_or_hanging_required_hook_blocks_the_transition() {
     assert_eq!(
         proxy
             .metrics
+            .groups
             .hook_runs
             .with_label_values(&["draining", "timeout"])
             .get(),

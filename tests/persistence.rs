@@ -291,7 +291,7 @@ async fn a_change_that_cannot_be_saved_is_not_applied() {
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("not applied"), "{body}");
     assert_eq!(state_of(&proxy, "c07").await, "active");
-    assert!(proxy.metrics.state_save_failures.get() >= 1);
+    assert!(proxy.metrics.groups.state_save_failures.get() >= 1);
     // The miner still mines: the drain was not applied.
     let share = c07.find_share(1, true, None);
     c07.send(&RawMiner::submit_line(5, "farm.c07-0001", &share))

@@ -32,7 +32,7 @@ fn spawn_miners(
 }
 
 fn upstream(metrics: &Metrics, result: &str) -> u64 {
-    Metrics::sum_counter(&metrics.upstream_shares, "result", result)
+    Metrics::sum_counter(&metrics.upstream.shares, "result", result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,7 +382,7 @@ async fn a_pool_that_stops_sending_jobs_is_down() {
         silent.stats.connections.load(Ordering::Relaxed) >= 2
     })
     .await;
-    assert!(Metrics::sum_counter(&proxy.metrics.upstream_shares, "result", "lost") == 0);
+    assert!(Metrics::sum_counter(&proxy.metrics.upstream.shares, "result", "lost") == 0);
     eventually("the backup serves", || {
         proxy.router.serving_upstream().as_deref() == Some("pool1")
     })
@@ -540,7 +540,7 @@ async fn a_miner_that_does_not_read_is_dropped_without_slowing_the_others() {
     }
     assert!(jobs > 200, "the healthy miner kept getting jobs: {jobs}");
     eventually("the stuck miner is disconnected as a slow reader", || {
-        Metrics::sum_counter(&proxy.metrics.disconnects, "reason", "slow_reader") == 1
+        Metrics::sum_counter(&proxy.metrics.miners.disconnects, "reason", "slow_reader") == 1
     })
     .await;
     drop(stuck);
@@ -558,7 +558,7 @@ async fn a_freed_prefix_is_not_reused_while_its_jobs_are_live() {
     let first_extranonce = first.extranonce1.unwrap();
     drop(first);
     eventually("the first miner's session ended", || {
-        proxy.metrics.connections.get() == 0
+        proxy.metrics.miners.connections.get() == 0
     })
     .await;
     let mut second = RawMiner::connect(&proxy).await;

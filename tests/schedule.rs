@@ -336,7 +336,7 @@ async fn capacity_heartbeats_alert_only_and_until_resumes_when_asked() {
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let view = api.get_ok(&format!("/api/v1/capacity/{id}")).await;
     assert_eq!(view["heartbeat_lapsed"], true, "{view}");
-    assert_eq!(proxy.metrics.capacity_heartbeat_lapsed.get(), 1);
+    assert_eq!(proxy.metrics.groups.capacity_heartbeat_lapsed.get(), 1);
     assert_eq!(api.state("c07").await, "drained");
     let (status, _) = api
         .call(

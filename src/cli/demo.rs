@@ -88,9 +88,9 @@ pub(crate) async fn demo(
     proxy.shutdown().await;
     let _ = std::fs::remove_dir_all(&state_dir);
 
-    let forwarded_accepted = Metrics::sum_counter(&metrics.upstream_shares, "result", "accepted");
-    let forwarded_rejected = Metrics::sum_counter(&metrics.upstream_shares, "result", "rejected");
-    let forwarded_lost = Metrics::sum_counter(&metrics.upstream_shares, "result", "lost");
+    let forwarded_accepted = Metrics::sum_counter(&metrics.upstream.shares, "result", "accepted");
+    let forwarded_rejected = Metrics::sum_counter(&metrics.upstream.shares, "result", "rejected");
+    let forwarded_lost = Metrics::sum_counter(&metrics.upstream.shares, "result", "lost");
     let pool_accepted = pool.stats.accepted.load(Ordering::Relaxed);
     let pool_rejected = pool.stats.rejected.load(Ordering::Relaxed);
     let miner_accepted: u64 = stats
@@ -128,7 +128,7 @@ pub(crate) async fn demo(
 
 fn status_line(proxy: &Proxy, started: Instant) -> String {
     let m = &proxy.metrics;
-    let accepted = Metrics::sum_counter(&m.shares, "result", "accepted");
+    let accepted = Metrics::sum_counter(&m.miners.shares, "result", "accepted");
     let rejected: Vec<String> = [
         "stale",
         "duplicate",
@@ -137,13 +137,14 @@ fn status_line(proxy: &Proxy, started: Instant) -> String {
         "unauthorized",
     ]
     .iter()
-    .map(|r| (r, Metrics::sum_counter(&m.shares, "result", r)))
+    .map(|r| (r, Metrics::sum_counter(&m.miners.shares, "result", r)))
     .filter(|(_, n)| *n > 0)
     .map(|(r, n)| format!("{r} {n}"))
     .collect();
     let difficulty: f64 = {
         use prometheus::core::Collector;
-        m.accepted_difficulty
+        m.miners
+            .accepted_difficulty
             .collect()
             .iter()
             .flat_map(|f| f.get_metric())
@@ -160,7 +161,7 @@ fn status_line(proxy: &Proxy, started: Instant) -> String {
     format!(
         "[{:>4.0}s] miners {} | shares accepted {} rejected {} | ~{:.2} MH/s | upstream: {} ({} forwarded, {} accepted) | metrics http://{}/metrics",
         elapsed,
-        m.connections.get(),
+        m.miners.connections.get(),
         accepted,
         if rejected.is_empty() {
             "0".into()
@@ -169,10 +170,10 @@ fn status_line(proxy: &Proxy, started: Instant) -> String {
         },
         hashrate / 1e6,
         upstream,
-        Metrics::sum_counter(&m.upstream_shares, "result", "accepted")
-            + Metrics::sum_counter(&m.upstream_shares, "result", "rejected")
-            + Metrics::sum_counter(&m.upstream_shares, "result", "lost"),
-        Metrics::sum_counter(&m.upstream_shares, "result", "accepted"),
+        Metrics::sum_counter(&m.upstream.shares, "result", "accepted")
+            + Metrics::sum_counter(&m.upstream.shares, "result", "rejected")
+            + Metrics::sum_counter(&m.upstream.shares, "result", "lost"),
+        Metrics::sum_counter(&m.upstream.shares, "result", "accepted"),
         proxy.api_addr
     )
 }

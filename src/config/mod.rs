@@ -24,7 +24,7 @@ pub use drain::{CapacityConfig, DrainConfig, DrainMode};
 pub use groups::{DEFAULT_GROUP, Group, GroupConfig, GroupError, GroupKind, Groups};
 pub use hooks::{HookConfig, HookEvent};
 pub use server::{ApiConfig, ServerConfig, StateConfig};
-pub use upstream::{FailoverConfig, UpstreamConfig, parse_stratum_url, split_host_port};
+pub use upstream::{Endpoint, FailoverConfig, UpstreamConfig, parse_stratum_url, split_host_port};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -272,10 +272,12 @@ user = "farm.proxy"
         assert_eq!(config.upstreams[0].job_timeout, Duration::from_secs(120));
         assert_eq!(config.upstreams[0].password, "x");
         assert_eq!(config.api.listen, "127.0.0.1:9100".parse().unwrap());
+        let endpoint = config.upstreams[0].endpoint().unwrap();
         assert_eq!(
-            config.upstreams[0].endpoint().unwrap(),
-            ("pool.example".into(), 3333)
+            (endpoint.host.as_str(), endpoint.port),
+            ("pool.example", 3333)
         );
+        assert_eq!(endpoint.to_string(), "pool.example:3333");
     }
 
     #[test]

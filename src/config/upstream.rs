@@ -78,12 +78,39 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
-    /// Host and port from the validated url.
-    pub fn endpoint(&self) -> Result<(String, u16), ConfigError> {
-        parse_stratum_url(&self.url).map_err(|message| ConfigError::Invalid {
+    /// Host and port from the url (checked by `validate`; the error names the key).
+    pub fn endpoint(&self) -> Result<Endpoint, ConfigError> {
+        Endpoint::parse(&self.url).map_err(|message| ConfigError::Invalid {
             key: format!("upstream[{}].url", self.name),
             message,
         })
+    }
+}
+
+/// A pool's host and port, parsed from `stratum+tcp://host:port` once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address (an IPv6 address without its brackets).
+    pub host: String,
+    /// TCP port, never 0.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `stratum+tcp://host:port` (the scheme may be omitted); the message says what is
+    /// wrong.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        parse_stratum_url(url).map(|(host, port)| Endpoint { host, port })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 

@@ -126,6 +126,7 @@ impl Downstream {
         gates: Arc<GroupGates>,
     ) -> Self {
         metrics
+            .miners
             .target_share_interval_seconds
             .set(settings.difficulty.target_share_interval.as_secs_f64());
         Self {

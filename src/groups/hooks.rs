@@ -193,6 +193,7 @@ impl HookRunner {
             };
             let event = context.event.as_str();
             self.metrics
+                .groups
                 .hook_seconds
                 .with_label_values(&[event])
                 .observe(started.elapsed().as_secs_f64());
@@ -202,6 +203,7 @@ impl HookRunner {
                 Err(HookError::Failed(_)) => "failure",
             };
             self.metrics
+                .groups
                 .hook_runs
                 .with_label_values(&[event, result])
                 .inc();

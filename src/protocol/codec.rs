@@ -26,7 +26,7 @@ pub enum FrameError {
         limit: usize,
     },
     /// The socket failed.
-    #[error("i/o error: {0}")]
+    #[error("i/o error")]
     Io(#[from] std::io::Error),
 }
 

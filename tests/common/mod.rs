@@ -116,7 +116,8 @@ pub async fn wait_power(proxy: &Proxy, group: &str, watts: f64) {
     eventually(&format!("{group} to draw {watts} W"), || {
         proxy
             .metrics
-            .group_power_watts
+            .groups
+            .power_watts
             .with_label_values(&[group])
             .get()
             == watts

@@ -22,7 +22,7 @@ pub(super) struct GroupCounters {
 
 impl GroupCounters {
     pub fn new(metrics: &Metrics, group: &str) -> Self {
-        let shares = |result: &str| metrics.shares.with_label_values(&[group, result]);
+        let shares = |result: &str| metrics.miners.shares.with_label_values(&[group, result]);
         Self {
             accepted: shares("accepted"),
             stale: shares("stale"),
@@ -31,9 +31,12 @@ impl GroupCounters {
             invalid: shares("invalid"),
             unauthorized: shares("unauthorized"),
             not_subscribed: shares("not_subscribed"),
-            accepted_difficulty: metrics.accepted_difficulty.with_label_values(&[group]),
-            workers: metrics.workers_connected.with_label_values(&[group]),
-            refused: metrics.group_refused_miners.with_label_values(&[group]),
+            accepted_difficulty: metrics
+                .miners
+                .accepted_difficulty
+                .with_label_values(&[group]),
+            workers: metrics.miners.workers_connected.with_label_values(&[group]),
+            refused: metrics.groups.refused_miners.with_label_values(&[group]),
         }
     }
 
@@ -61,12 +64,15 @@ impl WorkerMetrics {
     pub fn new(metrics: &Metrics, worker: &str) -> Self {
         Self {
             accepted: metrics
+                .miners
                 .worker_shares
                 .with_label_values(&[worker, "accepted"]),
             rejected: metrics
+                .miners
                 .worker_shares
                 .with_label_values(&[worker, "rejected"]),
             accepted_difficulty: metrics
+                .miners
                 .worker_accepted_difficulty
                 .with_label_values(&[worker]),
         }

@@ -116,7 +116,7 @@ pub async fn serve_miner(
     let span = info_span!("miner", id, %peer, worker = field::Empty, group = field::Empty);
     async move {
         let metrics = context.metrics.clone();
-        metrics.connections.inc();
+        metrics.miners.connections.inc();
         let (read, write) = stream.into_split();
         let (out_tx, out_rx) = mpsc::channel(context.settings.server.write_queue);
         let writer = tracker.spawn(writer::write_lines(write, out_rx));
@@ -143,10 +143,11 @@ pub async fn serve_miner(
             _ => info!(reason = ending.label(), "miner disconnected"),
         }
         metrics
+            .miners
             .disconnects
             .with_label_values(&[ending.label()])
             .inc();
-        metrics.connections.dec();
+        metrics.miners.connections.dec();
     }
     .instrument(span)
     .await
@@ -279,7 +280,7 @@ impl Session {
                 line = lines.next() => match line {
                     None => Err(Ending::Eof),
                     Some(Err(FrameError::LineTooLong { limit })) => {
-                        self.context.metrics.protocol_errors.with_label_values(&["line_too_long"]).inc();
+                        self.context.metrics.miners.protocol_errors.with_label_values(&["line_too_long"]).inc();
                         warn!(limit, "line too long");
                         Err(Ending::LineTooLong)
                     }
@@ -346,6 +347,7 @@ impl Session {
                 };
                 self.context
                     .metrics
+                    .miners
                     .protocol_errors
                     .with_label_values(&[kind])
                     .inc();
@@ -394,6 +396,7 @@ impl Session {
     ) -> Result<(), Ending> {
         self.context
             .metrics
+            .miners
             .protocol_errors
             .with_label_values(&["invalid_params"])
             .inc();

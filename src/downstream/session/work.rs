@@ -61,7 +61,7 @@ impl Session {
                 Ok(false)
             }
             None => {
-                self.context.metrics.extranonce_exhausted.inc();
+                self.context.metrics.miners.extranonce_exhausted.inc();
                 Err(Ending::NoExtranonce)
             }
         }
@@ -138,6 +138,7 @@ impl Session {
         self.send(line)?;
         self.context
             .metrics
+            .miners
             .job_broadcast_seconds
             .observe(published.received.elapsed().as_secs_f64());
         Ok(())
@@ -278,6 +279,7 @@ impl Session {
         if let Some(started) = started {
             self.context
                 .metrics
+                .miners
                 .share_verify_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
@@ -328,7 +330,8 @@ impl Session {
         let lost = |reason: &str| {
             self.context
                 .metrics
-                .upstream_shares
+                .upstream
+                .shares
                 .with_label_values(&[&work.upstream, "lost"])
                 .inc();
             warn!(upstream = %work.upstream, reason, "forwarded share lost");

@@ -64,7 +64,7 @@ pub(super) fn append(store: &Store, log: &Mutex<EventLog>, metrics: &Metrics, ev
     if let Err(error) = store.append_event(&event) {
         // The transition itself is saved; the audit line is kept in memory.
         error!(%error, "audit event not saved");
-        metrics.state_save_failures.inc();
+        metrics.groups.state_save_failures.inc();
     }
     lock(log).push(event);
 }

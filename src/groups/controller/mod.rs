@@ -432,7 +432,8 @@ impl GroupController {
                 let current = self.record(group).state;
                 let target = pending.next.state;
                 self.metrics
-                    .group_blocked_transitions
+                    .groups
+                    .blocked_transitions
                     .with_label_values(&[group, target.as_str()])
                     .inc();
                 let error = ControlError::HookFailed {
@@ -492,7 +493,7 @@ impl GroupController {
     fn save(&mut self) -> Result<(), super::store::StoreError> {
         let state = self.persisted();
         self.store.save(&state).inspect_err(|_| {
-            self.metrics.state_save_failures.inc();
+            self.metrics.groups.state_save_failures.inc();
         })
     }
 
@@ -519,7 +520,7 @@ impl GroupController {
         state.groups.insert(name.to_string(), next.clone());
         if let Err(source) = self.store.save(&state) {
             error!(group = %name, %source, "state not saved: transition not applied");
-            self.metrics.state_save_failures.inc();
+            self.metrics.groups.state_save_failures.inc();
             for claim in &established {
                 self.forget_attempt(&name, claim);
             }
@@ -579,6 +580,7 @@ impl GroupController {
         for runtime in &mut self.groups {
             let accepted = self
                 .metrics
+                .miners
                 .accepted_difficulty
                 .with_label_values(&[&*runtime.name])
                 .get();

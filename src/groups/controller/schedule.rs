@@ -593,7 +593,7 @@ impl GroupController {
                 }
             }
         }
-        self.metrics.capacity_heartbeat_lapsed.set(lapsed);
+        self.metrics.groups.capacity_heartbeat_lapsed.set(lapsed);
     }
 
     /// A capacity request with its groups' states now.
@@ -663,14 +663,20 @@ impl GroupController {
             .iter()
             .filter(|c| c.capacity.state == "active")
             .collect();
-        self.metrics.capacity_requests.set(active.len() as i64);
         self.metrics
+            .groups
+            .capacity_requests
+            .set(active.len() as i64);
+        self.metrics
+            .groups
             .capacity_watts_requested
             .set(active.iter().map(|c| c.capacity.request.watts).sum());
         self.metrics
+            .groups
             .capacity_watts_released
             .set(active.iter().map(|c| c.released_watts).sum());
         self.metrics
+            .groups
             .windows_open
             .set(windows.iter().filter(|w| w.state == "open").count() as i64);
         *lock(&self.sched.views) = ScheduleViews { windows, capacity };

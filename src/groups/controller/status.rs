@@ -28,16 +28,19 @@ pub(super) fn released_watts(record: &GroupRecord, power_now: f64) -> f64 {
 /// Sets the group's power, released power and state series.
 pub(super) fn publish_metrics(metrics: &Metrics, name: &str, record: &GroupRecord, power: f64) {
     metrics
-        .group_power_watts
+        .groups
+        .power_watts
         .with_label_values(&[name])
         .set(power);
     metrics
-        .group_released_watts
+        .groups
+        .released_watts
         .with_label_values(&[name])
         .set(released_watts(record, power));
     for state in GroupState::ALL {
         metrics
-            .group_state
+            .groups
+            .state
             .with_label_values(&[name, state.as_str()])
             .set(i64::from(state == record.state));
     }

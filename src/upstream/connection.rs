@@ -1,0 +1,325 @@
+//! A connected pool: its notifications followed, forwarded shares submitted and tracked by id
+//! until the pool answers, the submit times out or the connection dies.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{ConnKey, PoolStream, UpstreamError, UpstreamEvent};
+use crate::config::{Endpoint, FailoverConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+use crate::protocol::{Extranonce1, Id, Message, Method, Request, Response, Submit};
+use crate::work::ForwardShare;
+
+/// A share sent upstream, waiting for the pool's answer.
+pub(super) struct Pending {
+    share: ForwardShare,
+    sent: Instant,
+}
+
+pub(super) struct Connection<'a> {
+    pub key: ConnKey,
+    pub config: &'a UpstreamConfig,
+    /// Where it is connected (the pool's own host for a `client.reconnect` without one).
+    pub endpoint: &'a Endpoint,
+    pub failover: &'a FailoverConfig,
+    pub shutdown_grace: Duration,
+    pub events: &'a mpsc::Sender<UpstreamEvent>,
+    pub metrics: &'a Metrics,
+    pub pending: HashMap<u64, Pending>,
+    pub next_id: u64,
+    pub last_job: Instant,
+    /// The extranonce1 the pool gave this connection now (shares made under another are void).
+    pub extranonce1: Extranonce1,
+}
+
+impl Connection<'_> {
+    pub async fn serve(
+        &mut self,
+        framed: &mut PoolStream,
+        submits: &mut mpsc::Receiver<ForwardShare>,
+        cancel: &CancellationToken,
+    ) -> Result<(), UpstreamError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.drain_for_shutdown(framed, submits).await;
+                    return Ok(());
+                }
+                // Reads before submits: under a flood of submits, the pool's answers and jobs
+                // must still be read.
+                line = framed.next() => {
+                    let line = match line {
+                        Some(Ok(line)) => line,
+                        Some(Err(e)) => return Err(UpstreamError::Io(e)),
+                        None => return Err(UpstreamError::Closed),
+                    };
+                    match Message::parse(&line) {
+                        Ok(message) => self.on_message(framed, message).await?,
+                        Err(error) => warn!(%error, "unparseable line from pool"),
+                    }
+                }
+                share = submits.recv() => {
+                    // The sender lives in the router's state; None means the router is gone.
+                    let Some(share) = share else { return Ok(()) };
+                    self.submit(framed, share).await?;
+                }
+                _ = tick.tick() => {
+                    self.expire_pending();
+                    if self.last_job.elapsed() > self.config.job_timeout {
+                        return Err(UpstreamError::JobTimeout(self.config.job_timeout));
+                    }
+                }
+            }
+        }
+    }
+
+    /// At shutdown: send the shares already queued, then wait up to the grace period for the
+    /// pool's answers. Whatever is still unanswered is counted lost by the caller.
+    async fn drain_for_shutdown(
+        &mut self,
+        framed: &mut PoolStream,
+        submits: &mut mpsc::Receiver<ForwardShare>,
+    ) {
+        submits.close();
+        while let Ok(share) = submits.try_recv() {
+            if self.submit(framed, share).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        while !self.pending.is_empty() {
+            match tokio::time::timeout_at(deadline, framed.next()).await {
+                Ok(Some(Ok(line))) => {
+                    if let Ok(Message::Response(response)) = Message::parse(&line) {
+                        self.on_response(response);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    async fn submit(
+        &mut self,
+        framed: &mut PoolStream,
+        share: ForwardShare,
+    ) -> Result<(), UpstreamError> {
+        if share.pool_extranonce1 != self.extranonce1 {
+            // Verified on work from before the pool's set_extranonce, and still queued when it
+            // came: its coinbase is not the pool's any more. Counted, not sent to be rejected.
+            self.count_lost_share(&share, "the pool changed the extranonce before it was sent");
+            return Ok(());
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request {
+            id: Id::from(id),
+            method: Method::Submit(Submit {
+                worker: self.config.user.clone(),
+                share: share.to_share(),
+            }),
+        };
+        if share.is_block {
+            info!(worker = %share.worker, job = %share.job_id, "submitting a block candidate");
+        }
+        // Tracked before the write: if the write fails, the share is counted lost with the rest.
+        self.pending.insert(
+            id,
+            Pending {
+                share,
+                sent: Instant::now(),
+            },
+        );
+        self.write(framed, request.to_line()).await
+    }
+
+    /// Writes a line; a pool that stops reading for `submit_timeout` is a dead pool.
+    async fn write(&self, framed: &mut PoolStream, line: Bytes) -> Result<(), UpstreamError> {
+        match tokio::time::timeout(self.failover.submit_timeout, framed.send(line)).await {
+            Ok(result) => result.map_err(UpstreamError::Io),
+            Err(_) => Err(UpstreamError::WriteTimeout(self.failover.submit_timeout)),
+        }
+    }
+
+    pub async fn on_message(
+        &mut self,
+        framed: &mut PoolStream,
+        message: Message,
+    ) -> Result<(), UpstreamError> {
+        match message {
+            Message::Response(response) => {
+                self.on_response(response);
+                Ok(())
+            }
+            Message::Request(request) => self.on_request(framed, request).await,
+        }
+    }
+
+    fn on_response(&mut self, response: Response) {
+        let Id::Number(number) = &response.id else {
+            return;
+        };
+        let Some(pending) = number.as_u64().and_then(|id| self.pending.remove(&id)) else {
+            return;
+        };
+        let name = self.config.name.as_str();
+        self.metrics
+            .upstream
+            .submit_seconds
+            .with_label_values(&[name])
+            .observe(pending.sent.elapsed().as_secs_f64());
+        if response.is_ok() {
+            self.metrics
+                .upstream
+                .shares
+                .with_label_values(&[name, "accepted"])
+                .inc();
+            if pending.share.is_block {
+                self.metrics
+                    .upstream
+                    .blocks_found
+                    .with_label_values(&[name])
+                    .inc();
+                info!(worker = %pending.share.worker, "block accepted by the pool");
+            }
+            debug!(worker = %pending.share.worker, job = %pending.share.job_id, "pool accepted share");
+        } else {
+            self.metrics
+                .upstream
+                .shares
+                .with_label_values(&[name, "rejected"])
+                .inc();
+            let (code, message) = response
+                .error
+                .map(|e| (e.code, e.message))
+                .unwrap_or((0, "result false".into()));
+            warn!(worker = %pending.share.worker, job = %pending.share.job_id, code, %message, "pool rejected share");
+        }
+    }
+
+    async fn on_request(
+        &mut self,
+        framed: &mut PoolStream,
+        request: Request,
+    ) -> Result<(), UpstreamError> {
+        let key = self.key;
+        let event = match request.method {
+            Method::Notify(notify) => {
+                self.last_job = Instant::now();
+                Some(UpstreamEvent::Job {
+                    key,
+                    notify,
+                    received: Instant::now(),
+                })
+            }
+            Method::SetDifficulty(difficulty) => {
+                self.metrics
+                    .upstream
+                    .difficulty
+                    .with_label_values(&[&self.config.name])
+                    .set(difficulty.get());
+                Some(UpstreamEvent::Difficulty { key, difficulty })
+            }
+            Method::SetExtranonce(set) => Some({
+                self.extranonce1 = set.extranonce1;
+                UpstreamEvent::Extranonce {
+                    key,
+                    extranonce1: set.extranonce1,
+                    extranonce2_size: set.extranonce2_size,
+                }
+            }),
+            Method::SetVersionMask(mask) => Some(UpstreamEvent::VersionMask { key, mask }),
+            Method::ShowMessage(text) => {
+                info!(message = %text, "pool message");
+                None
+            }
+            Method::Reconnect(reconnect) => {
+                let host = reconnect.host.unwrap_or_else(|| self.endpoint.host.clone());
+                let port = reconnect.port.unwrap_or(self.endpoint.port);
+                // The wait happens after the connection is closed and reported down, so the
+                // router can fail over meanwhile.
+                return Err(UpstreamError::Reconnect {
+                    target: format!("{host}:{port}"),
+                    wait: reconnect
+                        .wait_seconds
+                        .map(|w| Duration::from_secs(w.min(300))),
+                });
+            }
+            Method::Unknown(name) => {
+                if !request.id.is_null() {
+                    let reply = if name == "client.get_version" {
+                        Response::ok(
+                            request.id,
+                            format!("hashgate/{}", env!("CARGO_PKG_VERSION")).into(),
+                        )
+                    } else {
+                        Response::error(
+                            request.id,
+                            crate::protocol::code::OTHER,
+                            "unsupported method",
+                        )
+                    };
+                    self.write(framed, reply.to_line()).await?;
+                }
+                None
+            }
+            other => {
+                debug!(
+                    method = other.name(),
+                    "ignoring miner-side method from pool"
+                );
+                None
+            }
+        };
+        if let Some(event) = event {
+            if self.events.send(event).await.is_err() {
+                return Err(UpstreamError::RouterGone);
+            }
+        }
+        Ok(())
+    }
+
+    /// Shares the pool has not answered within `submit_timeout` are lost.
+    fn expire_pending(&mut self) {
+        let timeout = self.failover.submit_timeout;
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.sent.elapsed() > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(pending) = self.pending.remove(&id) {
+                self.count_lost(&pending, "no answer within failover.submit_timeout");
+            }
+        }
+    }
+
+    pub fn lose_pending(&mut self, reason: &str) {
+        let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        for share in &pending {
+            self.count_lost(share, reason);
+        }
+    }
+
+    fn count_lost(&self, pending: &Pending, reason: &str) {
+        self.count_lost_share(&pending.share, reason);
+    }
+
+    pub fn count_lost_share(&self, share: &ForwardShare, reason: &str) {
+        self.metrics
+            .upstream
+            .shares
+            .with_label_values(&[&self.config.name, "lost"])
+            .inc();
+        warn!(worker = %share.worker, job = %share.job_id, reason, "forwarded share lost");
+    }
+}
