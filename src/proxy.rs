@@ -40,10 +40,10 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A `[[group]]` rule does not compile (validation should have caught it).
-    #[error("groups: {0}")]
+    #[error(transparent)]
     Groups(#[from] crate::config::GroupError),
     /// The state directory is unusable or holds a corrupt state file.
-    #[error("{0}")]
+    #[error(transparent)]
     State(#[from] crate::groups::store::StoreError),
     /// The state file holds a drain of a group the config no longer has: its machines would
     /// mine again at full power under another group.
@@ -62,7 +62,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// A hook could not be prepared (its secret file).
-    #[error("{0}")]
+    #[error(transparent)]
     Hooks(#[from] crate::groups::hooks::HookSetupError),
     /// `api.token_file` could not be read.
     #[error("api.token_file {path}: {source}")]
@@ -105,10 +105,13 @@ pub struct Proxy {
     stop: Stop,
 }
 
-/// What [`Proxy::shutdown`] stops, in order: the listener and the sessions first (no new shares),
-/// then the router, the pool connections (they send what is queued and wait for the pool's
-/// answers), the controller and the API.
+/// What [`Proxy::shutdown`] stops, in order: the group controller first (no transition is judged
+/// on a farm whose sessions are going away: leaving miners are not "quiet"), then the listener and
+/// the sessions (no new shares), then the router, the pool connections (they send what is queued
+/// and wait for the pool's answers) and the API.
 struct Stop {
+    control: CancellationToken,
+    controller: tokio::task::JoinHandle<()>,
     sessions: CancellationToken,
     session_tasks: TaskTracker,
     rest: CancellationToken,
@@ -163,20 +166,18 @@ impl Proxy {
             crate::groups::hooks::workers_dir(store.dir()),
         )?;
 
-        let stop = Stop {
-            sessions: CancellationToken::new(),
-            session_tasks: TaskTracker::new(),
-            rest: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            grace: config.server.shutdown_grace,
-        };
+        let control = CancellationToken::new();
+        let sessions_cancel = CancellationToken::new();
+        let session_tasks = TaskTracker::new();
+        let rest = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let (router, handle) = Router::new(
             Arc::clone(&config),
             metrics.clone(),
-            stop.rest.child_token(),
-            stop.tasks.clone(),
+            rest.child_token(),
+            tasks.clone(),
         )?;
-        stop.tasks.spawn(router.run());
+        tasks.spawn(router.run());
 
         let gates = Arc::new(GroupGates::new(restored_gates(
             &group_rules,
@@ -203,17 +204,17 @@ impl Proxy {
             restored,
             events,
             metrics: metrics.clone(),
-            cancel: stop.rest.child_token(),
-            tracker: stop.tasks.clone(),
+            cancel: control.clone(),
+            tracker: tasks.clone(),
         });
-        stop.tasks.spawn(controller.run());
-        stop.session_tasks.spawn(downstream::listen(
+        let controller = tasks.spawn(controller.run());
+        session_tasks.spawn(downstream::listen(
             miners,
             downstream,
-            stop.sessions.clone(),
-            stop.session_tasks.clone(),
+            sessions_cancel.clone(),
+            session_tasks.clone(),
         ));
-        stop.tasks.spawn(api::serve(
+        tasks.spawn(api::serve(
             api_listener,
             ApiState {
                 metrics: metrics.clone(),
@@ -223,8 +224,17 @@ impl Proxy {
                 groups: groups.clone(),
                 token,
             },
-            stop.rest.child_token(),
+            rest.child_token(),
         ));
+        let stop = Stop {
+            control,
+            controller,
+            sessions: sessions_cancel,
+            session_tasks,
+            rest,
+            tasks,
+            grace: config.server.shutdown_grace,
+        };
         Ok(Proxy {
             miner_addr,
             api_addr,
@@ -237,12 +247,15 @@ impl Proxy {
         })
     }
 
-    /// Graceful stop, in order: stop accepting and end every session (each flushes its last
-    /// lines), and only once they are gone (no share can be forwarded any more) stop the pool
+    /// Graceful stop, in order: the group controller (it decides no more transitions on a farm
+    /// whose sessions are going away), then stop accepting and end every session (each flushes
+    /// its last lines); only once they are gone (no share can be forwarded any more) the pool
     /// connections, which send what is queued and wait up to `server.shutdown_grace` for the
-    /// pool's answers; then the controller and the API. Every forwarded share ends counted.
+    /// pool's answers, then the API. Every forwarded share ends counted.
     pub async fn shutdown(self) {
         let stop = self.stop;
+        stop.control.cancel();
+        let _ = stop.controller.await;
         stop.sessions.cancel();
         stop.session_tasks.close();
         if tokio::time::timeout(stop.grace, stop.session_tasks.wait())
@@ -265,6 +278,7 @@ impl Proxy {
     /// cannot send as lost), for SIGINT or a second signal.
     pub async fn abort(self) {
         let stop = self.stop;
+        stop.control.cancel();
         stop.sessions.cancel();
         stop.rest.cancel();
         stop.session_tasks.close();

@@ -250,6 +250,13 @@ struct Pool {
     failed: bool,
 }
 
+/// Counters the router hands out: the next epoch (a miner's extranonce changes with it) and the
+/// last job id.
+struct Ids {
+    epoch: u64,
+    job: u64,
+}
+
 /// The router task's state.
 pub struct Router {
     config: Arc<Config>,
@@ -263,8 +270,8 @@ pub struct Router {
     events: mpsc::Receiver<UpstreamEvent>,
     requests: mpsc::Receiver<RouterRequest>,
     metrics: Metrics,
-    next_epoch: u64,
-    next_job_id: u64,
+    /// Epochs and hashgate's job ids, both unique for the life of the process.
+    ids: Ids,
     /// When the router started: at startup, better pools get a moment to come up first.
     started: Instant,
     cancel: CancellationToken,
@@ -319,8 +326,7 @@ impl Router {
             events,
             requests,
             metrics,
-            next_epoch: 1,
-            next_job_id: 0,
+            ids: Ids { epoch: 1, job: 0 },
             started: Instant::now(),
             cancel,
             tracker,
@@ -650,13 +656,13 @@ impl Router {
     }
 
     fn take_job_id(&mut self) -> JobId {
-        self.next_job_id += 1;
-        JobId::new(&format!("{:x}", self.next_job_id)).expect("a short hex string is a valid id")
+        self.ids.job += 1;
+        JobId::new(&format!("{:x}", self.ids.job)).expect("a short hex string is a valid id")
     }
 
     fn take_epoch(&mut self) -> u64 {
-        let epoch = self.next_epoch;
-        self.next_epoch += 1;
+        let epoch = self.ids.epoch;
+        self.ids.epoch += 1;
         epoch
     }
 

@@ -1,6 +1,8 @@
 //! The `hashgate` binary as an operator runs it.
 
-use std::process::Command;
+mod common;
+
+use common::daemon::{Daemon, hashgate};
 
 const VECTOR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -9,7 +11,7 @@ const VECTOR: &str = concat!(
 
 #[test]
 fn verify_share_accepts_the_mainnet_block() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+    let out = hashgate()
         .args(["verify-share", VECTOR, "--difficulty", "65536"])
         .output()
         .expect("binary runs");
@@ -21,23 +23,19 @@ fn verify_share_accepts_the_mainnet_block() {
 
 #[test]
 fn verify_share_rejects_at_an_impossible_difficulty_and_reports_bad_files() {
-    let out = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+    let out = hashgate()
         .args(["verify-share", VECTOR, "--difficulty", "1e17"])
         .output()
         .expect("binary runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("rejected (23)"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_hashgate"))
+    let out = hashgate()
         .args(["verify-share", "/nonexistent/share.json"])
         .output()
         .expect("binary runs");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/share.json"));
-}
-
-fn hashgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hashgate"))
 }
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
@@ -194,47 +192,17 @@ fn run_stops_gracefully_on_sigterm() {
             hashgate::sim::SimPoolConfig::default(),
         ))
         .unwrap();
-    let miners = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let miner_addr = miners.local_addr().unwrap();
-    drop(miners);
     let state = std::env::temp_dir().join(format!("hashgate-cli-state-{}", std::process::id()));
     let text = format!(
-        "[server]\nlisten = \"{miner_addr}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n[[upstream]]\nname = \"p\"\nurl = \"{}\"\nuser = \"u\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n[[upstream]]\nname = \"p\"\nurl = \"{}\"\nuser = \"u\"\n",
         state.display(),
         pool.url()
     );
     let path = write_config("run.toml", &text);
-    let mut child = hashgate()
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until it accepts miners.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(miner_addr).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "hashgate run did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "hashgate run did not stop on SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    // It accepts miners once it says it runs (its log names the address it bound).
+    let daemon = Daemon::start(&path);
+    assert!(std::net::TcpStream::connect(daemon.miners).is_ok());
+    let exit = daemon.terminate();
     assert!(exit.success(), "exit status {exit:?}");
     drop(pool);
 }

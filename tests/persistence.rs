@@ -5,10 +5,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::daemon::{self, Daemon, wait_until};
 use common::{Http, RawMiner, blocking, config_for, pool_with, proxy, state_dir};
 use hashgate::protocol::{Message, Method, Request};
 use serde_json::Value;
@@ -121,32 +121,8 @@ async fn a_drained_group_stays_drained_across_a_restart() {
     );
 }
 
-fn hashgate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hashgate"))
-}
-
-fn free_port() -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-fn start(config: &std::path::Path, api: std::net::SocketAddr) -> Child {
-    let child = hashgate()
-        .args(["run", "--config"])
-        .arg(config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(api).is_err() {
-        assert!(Instant::now() < deadline, "hashgate run did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
 fn cli(args: &[&str], api: std::net::SocketAddr) -> (bool, String) {
-    let out = hashgate()
+    let out = daemon::hashgate()
         .args(args)
         .args(["--api", &format!("http://{api}")])
         .env("HASHGATE_API_TOKEN", "t0ken")
@@ -190,19 +166,19 @@ fn a_drain_survives_kill_9_and_the_cli_drives_it() {
             hashgate::sim::SimPoolConfig::default(),
         ))
         .unwrap();
-    let (miners, api) = (free_port(), free_port());
     let dir = state_dir();
     let config = dir.with_extension("toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{miners}\"\n[api]\nlisten = \"{api}\"\ntoken = \"t0ken\"\n[state]\ndir = \"{}\"\n{GROUPS}\n[[upstream]]\nname = \"p\"\nurl = \"{}\"\nuser = \"u\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n[state]\ndir = \"{}\"\n{GROUPS}\n[[upstream]]\nname = \"p\"\nurl = \"{}\"\nuser = \"u\"\n",
             dir.display(),
             pool.url()
         ),
     )
     .unwrap();
-    let mut child = start(&config, api);
+    let daemon = Daemon::start(&config);
+    let api = daemon.api;
 
     let (ok, text) = cli(
         &[
@@ -224,11 +200,10 @@ fn a_drain_survives_kill_9_and_the_cli_drives_it() {
     );
 
     // kill -9: no chance to write anything more.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut child = start(&config, api);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    daemon.kill();
+    let daemon = Daemon::start(&config);
+    let (miners, api) = (daemon.miners, daemon.api);
+    wait_until("c07 drained after the restart", || {
         let (ok, text) = cli(&["groups"], api);
         assert!(ok, "{text}");
         let line = text
@@ -236,38 +211,32 @@ fn a_drain_survives_kill_9_and_the_cli_drives_it() {
             .find(|l| l.starts_with("c07"))
             .unwrap_or("")
             .to_owned();
-        if line.contains("drained") {
-            assert!(
-                line.contains("disconnect") && line.contains("AI lease 12"),
-                "{text}"
-            );
-            break;
+        assert!(
+            line.contains("draining") || line.contains("drained"),
+            "c07 lost its drain: {text}"
+        );
+        if !line.contains("drained") {
+            return false;
         }
-        assert!(line.contains("draining"), "c07 lost its drain: {text}");
-        assert!(Instant::now() < deadline, "{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        assert!(
+            line.contains("disconnect") && line.contains("AI lease 12"),
+            "{text}"
+        );
+        true
+    });
     let refused = authorize_answer(miners);
     assert!(refused.contains("24"), "drained after kill -9: {refused}");
 
     let (ok, text) = cli(&["resume", "c07"], api);
     assert!(ok, "{text}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until("c07 active", || {
         let (_, text) = cli(&["groups"], api);
-        if text
-            .lines()
+        text.lines()
             .any(|l| l.starts_with("c07") && l.contains("active"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     let answer = authorize_answer(miners);
     assert!(answer.contains("\"result\":true"), "{answer}");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    daemon.kill();
     drop(pool);
 }
 

@@ -346,12 +346,14 @@ async fn failover_to_the_backup_and_back_without_double_counting() {
     })
     .await;
     cancel.cancel();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let pools_accepted = primary.stats.accepted.load(Ordering::Relaxed)
-        + backup.stats.accepted.load(Ordering::Relaxed)
-        + revived.stats.accepted.load(Ordering::Relaxed);
+    // The miners are stopped: once the shares in flight are answered, proxy and pools agree.
+    let pools_accepted = || {
+        primary.stats.accepted.load(Ordering::Relaxed)
+            + backup.stats.accepted.load(Ordering::Relaxed)
+            + revived.stats.accepted.load(Ordering::Relaxed)
+    };
     eventually("proxy and pools agree", || {
-        upstream(&proxy.metrics, "accepted") == pools_accepted
+        upstream(&proxy.metrics, "accepted") == pools_accepted()
     })
     .await;
     for pool in [&primary, &backup, &revived] {
@@ -420,7 +422,13 @@ async fn upstream_set_extranonce_is_followed() {
     })
     .await;
     cancel.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every share forwarded so far has its answer from the pool (none is still in flight).
+    eventually("the pool answered every forwarded share", || {
+        let answered = pool.stats.accepted.load(Ordering::Relaxed)
+            + pool.stats.rejected.load(Ordering::Relaxed);
+        answered == upstream(&proxy.metrics, "accepted") + upstream(&proxy.metrics, "rejected")
+    })
+    .await;
     assert_eq!(pool.stats.rejected.load(Ordering::Relaxed), 0);
     for m in &miners {
         let codes = m.rejected_codes();
@@ -498,7 +506,17 @@ async fn miners_connecting_before_any_pool_are_answered_and_get_work_when_it_com
     assert!(r.is_ok(), "{r:?}");
     let r = miner.response(Id::from(2)).await;
     assert!(r.is_ok(), "{r:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The proxy has tried the pool that is not there yet, and the subscribe waits.
+    eventually("a failed connection attempt", || {
+        proxy
+            .metrics
+            .upstream
+            .disconnects
+            .with_label_values(&["pool0", "connect"])
+            .get()
+            >= 1
+    })
+    .await;
     let pool = common::pool_with(|c| {
         c.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     })

@@ -162,7 +162,7 @@ pub(crate) fn groups(api: &str) -> Result<ExitCode> {
             "{:<16} {:<9} {:<10} {:>7} {:>7} {:>11.0} {:>11.0}  {:<18} {}",
             s.name,
             s.state,
-            s.mode.map_or("-", |m| m.as_str()),
+            s.drain.mode.map_or("-", |m| m.as_str()),
             s.workers,
             s.mining_workers,
             s.power_watts,
@@ -172,18 +172,18 @@ pub(crate) fn groups(api: &str) -> Result<ExitCode> {
             } else {
                 s.claims.join(",")
             },
-            s.reason.as_deref().unwrap_or("")
+            s.drain.reason.as_deref().unwrap_or("")
         );
         if let Some(error) = &s.last_error {
             println!("    last error: {error}");
         }
-        for miner in &s.refused_miners {
+        for miner in &s.witness.refused_miners {
             println!(
                 "    came back, refused: {} ({}), {} time(s)",
                 miner.name, miner.address, miner.count
             );
         }
-        for miner in &s.still_hashing {
+        for miner in &s.witness.still_hashing {
             println!(
                 "    still hashing: {} ({}), last submit {}",
                 miner.name,

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -19,14 +20,15 @@ pub enum Gate {
     Open,
     /// Hand out no new work (keep the connection; shares on old work still count).
     Paused,
-    /// The resume ramp: sessions with an id up to `admit_through` get work, the others wait.
-    /// Session ids grow with every connection, so a miner that connects during the ramp waits
-    /// its turn, and the ramp admits more by raising the watermark: one value, no per-session
-    /// command to reconcile with a drain that crosses it.
+    /// The resume ramp: sessions whose ramp ticket is up to `admit_through` get work, the
+    /// others wait. A session takes a ticket when it joins its group ([`GroupGates::ticket`]),
+    /// and tickets only grow, so a miner that joins during the ramp waits its turn behind those
+    /// already waiting; the ramp admits more by raising the watermark: one value, no
+    /// per-session command to reconcile with a drain that crosses it.
     Ramp {
         /// Which ramp (its drain's start, unix ms): a new drain is a new gate value.
         epoch: u64,
-        /// The highest session id admitted so far (0: none yet).
+        /// The highest ticket admitted so far (0: none yet).
         admit_through: u64,
     },
     /// Show the message, close, and refuse reconnects.
@@ -46,12 +48,12 @@ pub enum Gate {
 }
 
 impl Gate {
-    /// Whether session `id` is held without new work under this gate (closing gates end the
-    /// session instead).
-    pub fn holds(&self, id: u64) -> bool {
+    /// Whether the session with ramp ticket `ticket` is held without new work under this gate
+    /// (closing gates end the session instead).
+    pub fn holds(&self, ticket: u64) -> bool {
         match self {
             Gate::Open => false,
-            Gate::Ramp { admit_through, .. } => id > *admit_through,
+            Gate::Ramp { admit_through, .. } => ticket > *admit_through,
             Gate::Paused | Gate::Closed { .. } | Gate::Redirect { .. } => true,
         }
     }
@@ -61,6 +63,8 @@ impl Gate {
 #[derive(Debug, Default)]
 pub struct GroupGates {
     gates: HashMap<Arc<str>, watch::Sender<Gate>>,
+    /// The last ramp ticket handed out.
+    tickets: AtomicU64,
 }
 
 impl GroupGates {
@@ -70,7 +74,16 @@ impl GroupGates {
             .into_iter()
             .map(|(name, gate)| (name, watch::Sender::new(gate)))
             .collect();
-        Self { gates }
+        Self {
+            gates,
+            tickets: AtomicU64::new(0),
+        }
+    }
+
+    /// A new ramp ticket (1, 2, ...): a session takes one each time it joins a group, so the
+    /// resume ramp admits in the order miners joined, never one that joined after its raise.
+    pub fn ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// A group's gate and its changes, for one of its sessions.
@@ -105,5 +118,21 @@ mod tests {
         assert!(!ramp.holds(3) && !ramp.holds(12));
         assert!(ramp.holds(13), "a miner above the watermark waits");
         assert!(Gate::Paused.holds(1) && !Gate::Open.holds(1));
+    }
+
+    #[test]
+    fn tickets_grow_so_a_late_joiner_waits_behind_the_watermark() {
+        let gates = GroupGates::new([(Arc::from("c07"), Gate::default())]);
+        let first = gates.ticket();
+        let second = gates.ticket();
+        assert!(second > first && first >= 1);
+        let ramp = Gate::Ramp {
+            epoch: 1,
+            admit_through: second,
+        };
+        assert!(
+            ramp.holds(gates.ticket()),
+            "joined after the raise: waits its turn"
+        );
     }
 }

@@ -93,6 +93,8 @@ pub struct WorkerStats {
     /// Whether the miner is held without new work (its group is paused, or waits for the resume
     /// ramp).
     pub paused: bool,
+    /// The ramp ticket it took when it joined its group (see `Gate::Ramp`).
+    pub ramp_ticket: u64,
     hashrate_1m: RateEstimator,
     hashrate_15m: RateEstimator,
 }
@@ -113,6 +115,7 @@ impl WorkerStats {
             last_share: None,
             last_submit_unix_ms: None,
             paused: false,
+            ramp_ticket: 0,
             hashrate_1m: RateEstimator::new(60.0),
             hashrate_15m: RateEstimator::new(900.0),
         }

@@ -121,6 +121,7 @@ impl UpstreamError {
             UpstreamError::JobTimeout(_) => "job_timeout",
             UpstreamError::Protocol(_) | UpstreamError::SubscribeResult(_) => "protocol",
             UpstreamError::Reconnect { .. } => "reconnect",
+            UpstreamError::Io(FrameError::LineTooLong { .. }) => "protocol",
             UpstreamError::Io(_) => "io",
             UpstreamError::WriteTimeout(_) => "write_timeout",
             UpstreamError::RouterGone => "internal",

@@ -158,7 +158,7 @@ pub async fn run_connection(
             if connected_at.elapsed() > failover.backoff_max {
                 backoff = failover.backoff_min;
             }
-            let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+            let jitter = |step: Duration| step.mul_f64(fastrand::f64() * 0.5);
             let delay = match (&error, error.retry()) {
                 (_, Retry::Never) => return,
                 (UpstreamError::Reconnect { target: to, wait }, _) => {
@@ -171,17 +171,17 @@ pub async fn run_connection(
                     }
                     backoff = failover.backoff_min;
                     // The pool's requested wait stands in for the first backoff step.
-                    wait.unwrap_or(backoff + jitter)
+                    wait.unwrap_or(backoff + jitter(backoff))
                 }
                 (_, Retry::Slowly) => failover.backoff_max,
-                _ => backoff + jitter,
+                _ => backoff + jitter(backoff),
             };
             let cause = DownCause {
                 error: Arc::new(error),
             };
             let reason = cause.describe();
             if cause.error.retry() == Retry::Slowly {
-                error!(%reason, retry_in = ?delay, "the pool refuses this connection: check upstream user and password");
+                error!(%reason, retry_in = ?delay, "the pool refuses this connection (check the upstream's user and password)");
             } else {
                 warn!(%reason, cause = cause.error.label(), retry_in = ?delay, "upstream down");
             }

@@ -2,6 +2,8 @@
 //! line-level miner that asserts on what crosses the socket.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod daemon;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,6 +20,8 @@ pub(super) struct Membership {
     pub gate: Option<watch::Receiver<Gate>>,
     /// Held without new work by the gate.
     pub paused: bool,
+    /// The ramp ticket taken when it joined the group.
+    pub ticket: u64,
     /// Authorized worker names, the first one names the miner.
     pub workers: Vec<String>,
     /// Per-worker series, resolved at authorize when `api.per_worker_metrics` is on.
@@ -33,6 +35,7 @@ impl Membership {
             counters,
             gate: None,
             paused: false,
+            ticket: 0,
             workers: Vec::new(),
             worker_metrics: None,
         }

@@ -529,19 +529,23 @@ impl Session {
         self.member.group = Arc::clone(&group_name);
         self.member.counters = GroupCounters::new(&self.context.metrics, &group_name);
         self.member.counters.workers.inc();
+        let gates = &self.context.control.gates;
+        let ticket = gates.ticket();
+        self.member.ticket = ticket;
         let mut gate_now = None;
-        if let Some(rx) = self.context.control.gates.subscribe(&group_name) {
+        if let Some(rx) = gates.subscribe(&group_name) {
             gate_now = Some(rx.borrow().clone());
             self.member.gate = Some(rx);
         }
         tracing::Span::current().record("group", &*group_name);
-        let held = gate_now.as_ref().is_some_and(|gate| gate.holds(self.id));
+        let held = gate_now.as_ref().is_some_and(|gate| gate.holds(ticket));
         self.member.paused = held;
         let worker = worker.to_owned();
         self.update_stats(|s| {
             s.group = group_name;
             s.name = Some(worker);
             s.paused = held;
+            s.ramp_ticket = ticket;
         });
         gate_now
     }
@@ -582,7 +586,7 @@ impl Session {
                 if let Some(id) = authorize {
                     self.reply(id, true.into())?;
                 }
-                let pause = gate.holds(self.id);
+                let pause = gate.holds(self.member.ticket);
                 if pause != self.member.paused {
                     self.set_paused(pause);
                     if !pause && self.link.started {

@@ -123,7 +123,7 @@ pub struct HashingMiner {
     pub last_submit_seconds_ago: Option<f64>,
 }
 
-/// A group's state as the API shows it.
+/// A group's state as the API shows it (one JSON object: the parts below are flattened into it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct GroupStatus {
     /// Name.
@@ -132,36 +132,60 @@ pub struct GroupStatus {
     pub state: GroupState,
     /// Unix seconds of the last transition (0: never drained).
     pub since: u64,
-    /// The drain's mode.
-    pub mode: Option<DrainMode>,
-    /// The drain's reason.
-    pub reason: Option<String>,
-    /// Where `reconnect` mode sends miners.
-    pub reconnect_to: Option<String>,
     /// Who holds the drain (`manual`, `window ID`, `capacity ID`).
     pub claims: Vec<String>,
     /// Watts drawn by the group's mining now.
     pub power_watts: f64,
     /// Watts released to other loads now.
     pub released_watts: f64,
-    /// Watts the group drew when the drain started.
-    pub watts_before: Option<f64>,
     /// Authorized miners connected.
     pub workers: usize,
     /// Of those, miners mining (given work, or still submitting after being paused).
     pub mining_workers: usize,
+    /// The drain, while there is one.
+    #[serde(flatten)]
+    pub drain: DrainStatus,
+    /// Who still hashes through a group told to stop.
+    #[serde(flatten)]
+    pub witness: DrainWitness,
+    /// A transition whose hooks are running.
+    pub pending: Option<String>,
+    /// The last refused or failed transition.
+    pub last_error: Option<String>,
+    /// The efficiency capacity requests are planned with.
+    #[serde(flatten)]
+    pub efficiency: EfficiencyStatus,
+}
+
+/// The drain of a group (all null while it is active and was never drained).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DrainStatus {
+    /// The drain's mode.
+    pub mode: Option<DrainMode>,
+    /// The drain's reason.
+    pub reason: Option<String>,
+    /// Where `reconnect` mode sends miners.
+    pub reconnect_to: Option<String>,
+    /// Watts the group drew when the drain started.
+    pub watts_before: Option<f64>,
+    /// Unix seconds at which a draining group is called drained regardless.
+    pub drain_deadline: Option<u64>,
+}
+
+/// The drain's witness: miners still submitting, and miners refused when they came back.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct DrainWitness {
     /// Miners still submitting although the group is draining or drained.
     pub still_hashing: Vec<HashingMiner>,
     /// Reconnects of this group's miners refused since start (disconnect/reconnect modes).
     pub refused_reconnects: u64,
     /// The miners refused since the drain started, most recent first (at most 100).
     pub refused_miners: Vec<RefusedMiner>,
-    /// Unix seconds at which a draining group is called drained regardless.
-    pub drain_deadline: Option<u64>,
-    /// A transition whose hooks are running.
-    pub pending: Option<String>,
-    /// The last refused or failed transition.
-    pub last_error: Option<String>,
+}
+
+/// A group's efficiency as capacity planning uses it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct EfficiencyStatus {
     /// J/TH used to plan capacity requests.
     pub efficiency_j_per_th: Option<f64>,
     /// Whether that figure is measured, declared or unknown.

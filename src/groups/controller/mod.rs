@@ -31,7 +31,10 @@ mod schedule;
 mod schedules;
 mod status;
 
-pub use handle::{ControlError, DrainRequest, GroupStatus, GroupsHandle, HashingMiner};
+pub use handle::{
+    ControlError, DrainRequest, DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus,
+    GroupsHandle, HashingMiner,
+};
 pub use schedules::{Answer, ScheduleViews};
 
 use self::group::{GroupRuntime, Pending};
@@ -53,6 +56,16 @@ use crate::metrics::Metrics;
 /// How often the controller looks at the sessions.
 const TICK: Duration = Duration::from_millis(200);
 
+/// What the controller has started and committed: a tick that saw either change publish its own
+/// status knows not to publish an older one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    /// The token the next hook run gets.
+    next_token: u64,
+    /// Transitions committed.
+    commits: u64,
+}
+
 /// The controller task's state.
 pub struct GroupController {
     rx: mpsc::Receiver<Control>,
@@ -70,10 +83,8 @@ pub struct GroupController {
     metrics: Metrics,
     cancel: CancellationToken,
     tracker: TaskTracker,
-    /// Hook runs started (their tokens).
-    next_token: u64,
-    /// Transitions committed.
-    commits: u64,
+    /// Hook runs started and transitions committed.
+    progress: Progress,
     /// Windows and capacity requests.
     sched: schedules::Schedules,
 }
@@ -149,8 +160,10 @@ impl GroupController {
             metrics: parts.metrics,
             cancel: parts.cancel,
             tracker: parts.tracker,
-            next_token: 1,
-            commits: 0,
+            progress: Progress {
+                next_token: 1,
+                commits: 0,
+            },
             sched,
         };
         controller.publish(&controller.observe_all());
@@ -389,8 +402,8 @@ impl GroupController {
         }
         let observed = self.observe(index);
         let context = hook_runs::context(&self.groups[index], &observed, event, &next, &trigger);
-        let token = self.next_token;
-        self.next_token += 1;
+        let token = self.progress.next_token;
+        self.progress.next_token += 1;
         self.groups[index].pending = Some(Pending {
             token,
             next,
@@ -532,7 +545,7 @@ impl GroupController {
         let (from, to) = (previous.state, next.state);
         self.sessions.set_gate(&name, next.gate());
         self.records.insert(name.to_string(), next);
-        self.commits += 1;
+        self.progress.commits += 1;
         let runtime = &mut self.groups[index];
         runtime.retry_at = None;
         runtime.failures = 0;
@@ -588,7 +601,7 @@ impl GroupController {
         }
         self.reconcile_schedules(now_ms);
         let observed = self.observe_all();
-        let changes = (self.next_token, self.commits);
+        let changes = self.progress;
         for (index, observed) in observed.iter().enumerate() {
             // Hooks running or a failed transition waiting for its retry: no new transition (the
             // ramp still admits miners meanwhile, at its rate).
@@ -606,7 +619,7 @@ impl GroupController {
             }
         }
         // A transition published its own fresh status; otherwise this tick's view is current.
-        if (self.next_token, self.commits) == changes {
+        if self.progress == changes {
             self.publish(&observed);
         }
     }
@@ -667,13 +680,14 @@ impl GroupController {
         let ramp_timeout = self.groups[index].policy.ramp_timeout;
         let name = Arc::clone(&self.groups[index].name);
         let ramp = self.groups[index].ramp.get_or_insert_with(Ramp::new);
-        // Observed miners are sorted by id; those above the watermark wait, in that order.
-        let waiting: Vec<u64> = observed
+        // Miners above the watermark wait, in the order they joined (their tickets).
+        let mut waiting: Vec<u64> = observed
             .miners
             .iter()
-            .filter(|m| m.paused && m.id > ramp.admit_through)
-            .map(|m| m.id)
+            .filter(|m| m.paused && m.ticket > ramp.admit_through)
+            .map(|m| m.ticket)
             .collect();
+        waiting.sort_unstable();
         if let Some(admit_through) = ramp.admit(rate, &waiting) {
             let gate = Gate::Ramp {
                 epoch,
@@ -683,7 +697,7 @@ impl GroupController {
         }
         let waiting = waiting
             .iter()
-            .filter(|id| **id > ramp.admit_through)
+            .filter(|ticket| **ticket > ramp.admit_through)
             .count();
         let admitted = ramp.admit_through;
         let missing: Vec<&str> = record
@@ -694,7 +708,7 @@ impl GroupController {
                 !observed
                     .miners
                     .iter()
-                    .any(|m| m.name == entry.name && (!m.paused || m.id <= admitted))
+                    .any(|m| m.name == entry.name && (!m.paused || m.ticket <= admitted))
             })
             .map(|entry| entry.name.as_str())
             .collect();

@@ -17,6 +17,8 @@ pub(super) struct MinerView {
     pub last_submit_ms: Option<u64>,
     pub difficulty: f64,
     pub hashrate: f64,
+    /// Its ramp ticket (the resume ramp admits in ticket order).
+    pub ticket: u64,
 }
 
 /// A group's miners on a tick, judged against its drain.
@@ -66,6 +68,7 @@ pub(super) fn observe(
                 last_submit_ms: stats.last_submit_unix_ms,
                 difficulty: stats.difficulty,
                 hashrate: stats.hashrate_15m(),
+                ticket: stats.ramp_ticket,
             });
         }
     });

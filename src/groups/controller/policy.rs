@@ -107,7 +107,7 @@ impl Policy {
 pub(super) struct Ramp {
     /// When the resume began (for `ramp_timeout`).
     pub started: Instant,
-    /// Sessions with an id up to this one are admitted.
+    /// Sessions with a ramp ticket up to this one are admitted.
     pub admit_through: u64,
     tokens: f64,
     filled: Instant,
@@ -125,8 +125,8 @@ impl Ramp {
         }
     }
 
-    /// Admits waiting sessions (ids sorted ascending, all above the watermark) as far as the
-    /// bucket allows at `rate` per second; the new watermark when it moved.
+    /// Admits waiting sessions (their ramp tickets sorted ascending, all above the watermark) as
+    /// far as the bucket allows at `rate` per second; the new watermark when it moved.
     pub(super) fn admit(&mut self, rate: f64, waiting: &[u64]) -> Option<u64> {
         self.fill(rate);
         let admit = (self.tokens.floor() as usize).min(waiting.len());
@@ -172,9 +172,9 @@ mod tests {
     }
 
     #[test]
-    fn the_ramp_admits_at_its_rate_in_id_order() {
+    fn the_ramp_admits_at_its_rate_in_ticket_order() {
         let mut ramp = Ramp::new();
-        // One token at the start: the lowest waiting id.
+        // One token at the start: the lowest waiting ticket.
         assert_eq!(ramp.admit(2.0, &[4, 9, 12]), Some(4));
         assert_eq!(ramp.admit(2.0, &[9, 12]), None, "no token yet");
         assert_eq!(ramp.admit_through, 4);

@@ -2,7 +2,7 @@
 //! what was observed on the tick.
 
 use super::GroupRuntime;
-use super::handle::{GroupStatus, HashingMiner};
+use super::handle::{DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus, HashingMiner};
 use super::observe::Observed;
 use crate::downstream::Refusals;
 use crate::groups::capacity::EfficiencySource;
@@ -61,49 +61,55 @@ pub(super) fn group_status(
         name: runtime.name.to_string(),
         state: record.state,
         since: record.since,
-        mode: drain.map(|d| d.mode),
-        reason: drain.map(|d| d.reason.clone()),
-        reconnect_to: drain.and_then(|d| d.reconnect_to.clone()),
         claims: record.claims.iter().map(Claim::to_string).collect(),
         power_watts: power,
         released_watts: released_watts(record, power),
-        watts_before: drain.map(|d| d.watts_before),
         workers: observed.workers,
         mining_workers: observed.mining,
-        still_hashing: observed
-            .hashing
-            .iter()
-            .take(MAX_LISTED_HASHING)
-            .map(|&i| {
-                let m = &observed.miners[i];
-                HashingMiner {
-                    name: m.name.clone(),
-                    address: m.address.clone(),
-                    last_submit_seconds_ago: m
-                        .last_submit_ms
-                        .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
-                }
-            })
-            .collect(),
-        refused_reconnects: refusals.total,
-        refused_miners: match drain {
-            Some(drain) if record.state != GroupState::Active => {
-                refusals.since(drain.started_at_ms)
-            }
-            _ => Vec::new(),
+        drain: DrainStatus {
+            mode: drain.map(|d| d.mode),
+            reason: drain.map(|d| d.reason.clone()),
+            reconnect_to: drain.and_then(|d| d.reconnect_to.clone()),
+            watts_before: drain.map(|d| d.watts_before),
+            drain_deadline: (record.state == GroupState::Draining)
+                .then(|| {
+                    drain.map(|d| (d.started_at_ms / 1000) + runtime.policy.drain_timeout.as_secs())
+                })
+                .flatten(),
         },
-        drain_deadline: (record.state == GroupState::Draining)
-            .then(|| {
-                drain.map(|d| (d.started_at_ms / 1000) + runtime.policy.drain_timeout.as_secs())
-            })
-            .flatten(),
+        witness: DrainWitness {
+            still_hashing: observed
+                .hashing
+                .iter()
+                .take(MAX_LISTED_HASHING)
+                .map(|&i| {
+                    let m = &observed.miners[i];
+                    HashingMiner {
+                        name: m.name.clone(),
+                        address: m.address.clone(),
+                        last_submit_seconds_ago: m
+                            .last_submit_ms
+                            .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
+                    }
+                })
+                .collect(),
+            refused_reconnects: refusals.total,
+            refused_miners: match drain {
+                Some(drain) if record.state != GroupState::Active => {
+                    refusals.since(drain.started_at_ms)
+                }
+                _ => Vec::new(),
+            },
+        },
         pending: runtime
             .pending
             .as_ref()
             .map(|p| format!("{} hooks running", p.next.state)),
         last_error: runtime.last_error.clone(),
-        efficiency_j_per_th: efficiency.0,
-        efficiency_source: Some(efficiency.1),
+        efficiency: EfficiencyStatus {
+            efficiency_j_per_th: efficiency.0,
+            efficiency_source: Some(efficiency.1),
+        },
     }
 }
 
