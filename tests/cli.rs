@@ -210,10 +210,7 @@ fn run_stops_gracefully_on_sigterm() {
 /// `hashgate status` reads a running proxy's API and prints its tables.
 #[test]
 fn status_prints_upstreams_groups_and_workers() {
-    let api = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // The demo binds port 0 for both listeners and prints where (no port probed, then lost).
     let mut demo = hashgate()
         .args([
             "demo",
@@ -224,11 +221,28 @@ fn status_prints_upstreams_groups_and_workers() {
             "--listen",
             "127.0.0.1:0",
             "--api",
+            "127.0.0.1:0",
         ])
-        .arg(api.to_string())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let api = loop {
+        let line = lines
+            .next()
+            .expect("the demo prints its addresses")
+            .unwrap();
+        if let Some(url) = line.trim().strip_prefix("metrics") {
+            break url
+                .trim()
+                .trim_start_matches("http://")
+                .trim_end_matches("/metrics")
+                .to_owned();
+        }
+    };
+    // Keep reading the demo's output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let stdout = loop {
         let out = hashgate()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{config_for, eventually, pool, proxy};
+use common::{config_for, eventually, http_get, pool, proxy};
 use hashgate::sim::{SimMinerConfig, SimMinerStats, run_sim_miner};
 use tokio_util::sync::CancellationToken;
 
@@ -150,20 +150,6 @@ async fn proxy_with_traffic() -> Traffic {
         proxy,
         cancel,
         _pool: pool,
-    }
-}
-
-fn http_get(url: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    match agent.get(url).call() {
-        Ok(mut response) => (
-            response.status().as_u16(),
-            response.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(_) => (0, String::new()),
     }
 }
 

@@ -215,8 +215,9 @@ impl Store {
         Ok(state)
     }
 
-    /// Writes the whole state atomically; Ok only once it is durable. The write and its fsyncs
-    /// run off the async workers (see [`off_the_runtime`]).
+    /// Writes the whole state atomically; Ok only once it is durable. It runs on the caller's
+    /// thread (the controller's worker): `block_in_place` was measured to add about 1 ms to a
+    /// 200-miner drain (BENCHMARKS.md), so moving it off the workers waits for an async commit.
     pub fn save(&mut self, state: &PersistedState) -> Result<(), StoreError> {
         let state = PersistedState {
             version: STATE_VERSION,
@@ -236,11 +237,9 @@ impl Store {
             self.writes,
             fastrand::u64(..)
         ));
-        let result = off_the_runtime(|| {
-            write_durably(&temp, &text)
-                .and_then(|()| std::fs::rename(&temp, &self.state_path))
-                .and_then(|()| File::open(&self.dir)?.sync_all())
-        });
+        let result = write_durably(&temp, &text)
+            .and_then(|()| std::fs::rename(&temp, &self.state_path))
+            .and_then(|()| File::open(&self.dir)?.sync_all());
         if let Err(source) = result {
             let _ = std::fs::remove_file(&temp);
             return Err(StoreError::Write {
@@ -258,20 +257,18 @@ impl Store {
             source: std::io::Error::other(e),
         })?;
         line.push(b'\n');
-        off_the_runtime(|| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.events_path)
-                .and_then(|mut file| {
-                    file.write_all(&line)?;
-                    file.sync_data()
-                })
-        })
-        .map_err(|source| StoreError::Write {
-            path: self.events_path.clone(),
-            source,
-        })
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.events_path)
+            .and_then(|mut file| {
+                file.write_all(&line)?;
+                file.sync_data()
+            })
+            .map_err(|source| StoreError::Write {
+                path: self.events_path.clone(),
+                source,
+            })
     }
 
     /// The newest events of the log. A torn tail (a crash mid-append, or the zeros a power loss
@@ -353,19 +350,6 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-/// Runs blocking file work (a write and its fsyncs, milliseconds on a loaded disk) so that it
-/// does not stall the tasks of the async worker it is called on: `block_in_place` on the
-/// multi-thread runtime (the worker's other tasks move to another thread meanwhile), inline
-/// where there is no such runtime (a current-thread test runtime, a command-line tool).
-fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ impl Difficulty {
     }
 
     /// The plain number.
+    #[inline]
     pub fn get(self) -> f64 {
         self.0
     }

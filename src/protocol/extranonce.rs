@@ -52,6 +52,7 @@ impl InlineBytes {
         })
     }
 
+    #[inline]
     fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
@@ -92,16 +93,19 @@ macro_rules! extranonce_type {
             }
 
             /// The raw bytes, in coinbase order.
+            #[inline]
             pub fn as_bytes(&self) -> &[u8] {
                 self.0.as_slice()
             }
 
             /// Number of bytes.
+            #[inline]
             pub fn len(&self) -> usize {
                 self.0.len as usize
             }
 
             /// Whether it has no bytes (legal: some pools send an empty extranonce1).
+            #[inline]
             pub fn is_empty(&self) -> bool {
                 self.0.len == 0
             }

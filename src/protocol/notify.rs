@@ -46,6 +46,7 @@ impl JobId {
     }
 
     /// The id as sent.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -85,11 +86,13 @@ impl PrevHash {
     }
 
     /// The bytes as sent on the wire.
+    #[inline]
     pub fn wire_bytes(&self) -> &[u8; 32] {
         &self.wire
     }
 
     /// The bytes as they go into the block header (internal order): each word swapped back.
+    #[inline]
     pub fn header_bytes(&self) -> [u8; 32] {
         swap_words(self.wire)
     }

@@ -343,6 +343,21 @@ impl RawMiner {
     }
 }
 
+/// One GET of any URL (a Prometheus server, the API); `(0, "")` while nothing listens there.
+pub fn http_get(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    match agent.get(url).call() {
+        Ok(mut response) => (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(_) => (0, String::new()),
+    }
+}
+
 /// A blocking HTTP client for the API (run it through [`blocking`] from async tests).
 pub struct Http {
     agent: ureq::Agent,

@@ -552,7 +552,7 @@ impl GroupController {
         runtime.last_error = None;
         match to {
             GroupState::Resuming if from != GroupState::Resuming => {
-                runtime.ramp = Some(Ramp::new());
+                runtime.ramp = Some(Ramp::new(Instant::now()));
             }
             GroupState::Resuming => {}
             _ => runtime.ramp = None,
@@ -679,7 +679,10 @@ impl GroupController {
         let rate = self.groups[index].policy.ramp_rate;
         let ramp_timeout = self.groups[index].policy.ramp_timeout;
         let name = Arc::clone(&self.groups[index].name);
-        let ramp = self.groups[index].ramp.get_or_insert_with(Ramp::new);
+        let now = Instant::now();
+        let ramp = self.groups[index]
+            .ramp
+            .get_or_insert_with(|| Ramp::new(now));
         // Miners above the watermark wait, in the order they joined (their tickets).
         let mut waiting: Vec<u64> = observed
             .miners
@@ -688,7 +691,7 @@ impl GroupController {
             .map(|m| m.ticket)
             .collect();
         waiting.sort_unstable();
-        if let Some(admit_through) = ramp.admit(rate, &waiting) {
+        if let Some(admit_through) = ramp.admit(now, rate, &waiting) {
             let gate = Gate::Ramp {
                 epoch,
                 admit_through,

@@ -103,7 +103,8 @@ impl Policy {
 
 /// The resume ramp of one group: a token bucket that fills at the group's rate and holds at most
 /// one second of it, so miners that come back late are not admitted all at once. It admits
-/// paused sessions in id order by raising the gate's watermark (see [`Gate::Ramp`]).
+/// paused sessions in the order they joined by raising the gate's watermark (see
+/// `downstream::Gate::Ramp`). Time is passed in, so the arithmetic is tested without a clock.
 pub(super) struct Ramp {
     /// When the resume began (for `ramp_timeout`).
     pub started: Instant,
@@ -114,8 +115,7 @@ pub(super) struct Ramp {
 }
 
 impl Ramp {
-    pub(super) fn new() -> Ramp {
-        let now = Instant::now();
+    pub(super) fn new(now: Instant) -> Ramp {
         Ramp {
             started: now,
             admit_through: 0,
@@ -127,8 +127,8 @@ impl Ramp {
 
     /// Admits waiting sessions (their ramp tickets sorted ascending, all above the watermark) as
     /// far as the bucket allows at `rate` per second; the new watermark when it moved.
-    pub(super) fn admit(&mut self, rate: f64, waiting: &[u64]) -> Option<u64> {
-        self.fill(rate);
+    pub(super) fn admit(&mut self, now: Instant, rate: f64, waiting: &[u64]) -> Option<u64> {
+        self.fill(now, rate);
         let admit = (self.tokens.floor() as usize).min(waiting.len());
         if admit == 0 {
             return None;
@@ -138,8 +138,7 @@ impl Ramp {
         Some(self.admit_through)
     }
 
-    fn fill(&mut self, rate: f64) {
-        let now = Instant::now();
+    fn fill(&mut self, now: Instant, rate: f64) {
         let elapsed = now.saturating_duration_since(self.filled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
         self.filled = now;
@@ -173,10 +172,21 @@ mod tests {
 
     #[test]
     fn the_ramp_admits_at_its_rate_in_ticket_order() {
-        let mut ramp = Ramp::new();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut ramp = Ramp::new(start);
         // One token at the start: the lowest waiting ticket.
-        assert_eq!(ramp.admit(2.0, &[4, 9, 12]), Some(4));
-        assert_eq!(ramp.admit(2.0, &[9, 12]), None, "no token yet");
-        assert_eq!(ramp.admit_through, 4);
+        assert_eq!(ramp.admit(at(0), 2.0, &[4, 9, 12, 15, 20]), Some(4));
+        assert_eq!(
+            ramp.admit(at(200), 2.0, &[9, 12, 15, 20]),
+            None,
+            "0.4 tokens"
+        );
+        // 2 per second: one more by 500 ms, then two a second.
+        assert_eq!(ramp.admit(at(500), 2.0, &[9, 12, 15, 20]), Some(9));
+        assert_eq!(ramp.admit(at(1500), 2.0, &[12, 15, 20]), Some(15));
+        // A long quiet spell does not bank a backlog: at most a second's worth (2) at once.
+        assert_eq!(ramp.admit(at(60_000), 2.0, &[20, 21, 22, 23]), Some(21));
+        assert_eq!(ramp.admit_through, 21);
     }
 }
