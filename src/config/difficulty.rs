@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, defaults, invalid};
+use super::defaults;
+use super::error::{ConfigError, invalid};
 use crate::protocol::Difficulty;
 
 /// `[difficulty]`: per-miner share difficulty and vardiff.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, defaults, invalid};
+use super::defaults;
+use super::error::{ConfigError, invalid};
 
 /// How a group stops mining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

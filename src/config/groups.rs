@@ -15,7 +15,7 @@ use ipnet::IpNet;
 
 use serde::Deserialize;
 
-use super::{ConfigError, invalid};
+use super::error::{ConfigError, invalid};
 
 /// The group of unmatched miners.
 pub const DEFAULT_GROUP: &str = "default";

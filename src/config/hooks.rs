@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::defaults;
+use super::error::ConfigError;
 use super::groups::DEFAULT_GROUP;
-use super::{ConfigError, defaults};
 
 /// A group transition a hook can be run on.
 #[derive(

@@ -5,7 +5,7 @@
 //! back to a default). [`Config::validate`] names the key of every problem, e.g.
 //! `upstream[1].url: expected stratum+tcp://host:port, got "http://pool"`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -13,6 +13,7 @@ use serde::Deserialize;
 mod defaults;
 mod difficulty;
 mod drain;
+mod error;
 mod groups;
 mod hooks;
 mod server;
@@ -21,6 +22,7 @@ pub mod windows;
 
 pub use difficulty::{DifficultyConfig, DifficultyPolicy};
 pub use drain::{CapacityConfig, DrainConfig, DrainMode};
+pub use error::ConfigError;
 pub use groups::{DEFAULT_GROUP, Group, GroupConfig, GroupError, GroupKind, Groups};
 pub use hooks::{HookConfig, HookEvent};
 pub use server::{ApiConfig, ServerConfig, StateConfig};
@@ -63,50 +65,6 @@ pub struct Config {
     /// How capacity requests are planned.
     #[serde(default)]
     pub capacity: CapacityConfig,
-}
-
-/// A configuration problem, naming the file or key.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// TOML syntax or type error, with the line.
-    #[error("{path}:{line}:{column}: {message}")]
-    Syntax {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// The parser's message (names the key for type errors).
-        message: String,
-    },
-    /// A value that parses but is not acceptable.
-    #[error("{key}: {message}")]
-    Invalid {
-        /// Key path, e.g. `difficulty.min`.
-        key: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A problem in a named file.
-    #[error("{path}: {source}")]
-    InFile {
-        /// The file.
-        path: PathBuf,
-        /// The problem.
-        #[source]
-        source: Box<ConfigError>,
-    },
 }
 
 impl Config {
@@ -217,14 +175,6 @@ impl Config {
         let mut upstreams = self.upstreams.clone();
         upstreams.sort_by_key(|u| u.priority);
         upstreams
-    }
-}
-
-/// A value that parses but is not acceptable, at `key`.
-fn invalid(key: &str, message: String) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        message,
     }
 }
 

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, defaults, invalid};
+use super::defaults;
+use super::error::{ConfigError, invalid};
 
 /// `[failover]`: pool connection timing.
 #[derive(Debug, Clone, Deserialize)]

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
 use super::drain::DrainMode;
+use super::error::ConfigError;
 use super::groups::DEFAULT_GROUP;
 
 /// A window as configured or posted.
@@ -203,7 +203,7 @@ impl Window {
             && spec
                 .reconnect_to
                 .as_deref()
-                .and_then(super::split_host_port)
+                .and_then(super::upstream::split_host_port)
                 .is_none()
         {
             return Err(invalid(

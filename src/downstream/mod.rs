@@ -12,6 +12,9 @@
 //! API's reconnect and close), and read-only copies of each session's stats and of the refused
 //! reconnects ([`SessionRegistry`]). Nothing outside writes into a session.
 
+mod command;
+mod context;
+mod control;
 mod gate;
 mod registry;
 mod reject;
@@ -28,116 +31,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{DifficultyPolicy, Groups, ServerConfig};
-use crate::metrics::Metrics;
-use crate::router::RouterHandle;
-
+pub use command::SessionCommand;
+pub use context::{Downstream, SessionSettings};
+pub use control::SessionControl;
 pub use gate::{Gate, GroupGates};
 pub use registry::{Refusals, RefusedMiner, SessionEntry, SessionRegistry};
 pub use reject::{reject_code, reject_response};
 pub use session::{Connection, serve_miner};
 pub use stats::{WorkerSnapshot, WorkerStats};
-
-/// What a session can be told to do from outside, one session at a time (a group's sessions
-/// are told through its [`Gate`]).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum SessionCommand {
-    /// `client.show_message`.
-    ShowMessage(String),
-    /// `client.reconnect` to another host (or the same when `host` is None), then close.
-    Reconnect {
-        /// Host.
-        host: Option<String>,
-        /// Port.
-        port: Option<u16>,
-        /// Seconds the miner should wait.
-        wait_seconds: Option<u64>,
-    },
-    /// Close the connection.
-    Close {
-        /// Logged and counted.
-        reason: String,
-    },
-}
-
-/// The narrow handle on the sessions that group control and the API hold: set a group's gate,
-/// read the sessions, command one of them. Nothing else of a session is reachable from outside.
-#[derive(Clone)]
-pub struct SessionControl {
-    sessions: Arc<SessionRegistry>,
-    gates: Arc<GroupGates>,
-}
-
-impl SessionControl {
-    /// A handle on `sessions` and the groups' `gates`.
-    pub fn new(sessions: Arc<SessionRegistry>, gates: Arc<GroupGates>) -> Self {
-        Self { sessions, gates }
-    }
-
-    /// The live sessions (stats, commands, refusals).
-    pub fn registry(&self) -> &SessionRegistry {
-        &self.sessions
-    }
-
-    /// Sets a group's gate: every session of the group acts on it in its own task.
-    pub fn set_gate(&self, group: &str, gate: Gate) {
-        self.gates.set(group, gate);
-    }
-
-    /// A group's gate now.
-    pub fn gate(&self, group: &str) -> Option<Gate> {
-        self.gates.current(group)
-    }
-}
-
-/// The session settings, from `[server]`, `[difficulty]` and `api.per_worker_metrics`.
-#[derive(Debug, Clone)]
-pub struct SessionSettings {
-    /// `[server]`.
-    pub server: ServerConfig,
-    /// `[difficulty]`, typed.
-    pub difficulty: DifficultyPolicy,
-    /// Whether sessions export per-worker series (`api.per_worker_metrics`).
-    pub per_worker_metrics: bool,
-}
-
-/// What every session shares, read-only, built once before the first accept.
-pub struct Downstream {
-    /// How sessions behave.
-    pub settings: SessionSettings,
-    /// Where work comes from.
-    pub router: RouterHandle,
-    /// Counters.
-    pub metrics: Metrics,
-    /// The hardware groups miners are assigned to at authorize.
-    pub groups: Groups,
-    /// Live sessions and each group's gate.
-    pub control: SessionControl,
-}
-
-impl Downstream {
-    /// Everything the listener and its sessions share.
-    pub fn new(
-        settings: SessionSettings,
-        router: RouterHandle,
-        metrics: Metrics,
-        groups: Groups,
-        gates: Arc<GroupGates>,
-    ) -> Self {
-        metrics
-            .miners
-            .target_share_interval_seconds
-            .set(settings.difficulty.target_share_interval.as_secs_f64());
-        Self {
-            settings,
-            router,
-            metrics,
-            groups,
-            control: SessionControl::new(Arc::default(), gates),
-        }
-    }
-}
 
 /// Accepts miners until `cancel`, at most `server.max_miners` at once; each session runs on
 /// `tracker` and stops with `cancel` too.

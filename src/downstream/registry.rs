@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
-use super::SessionCommand;
+use super::command::SessionCommand;
 use super::stats::{WorkerSnapshot, WorkerStats};
 use crate::clock::unix_ms;
 

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{ConnKey, PoolStream, UpstreamError, UpstreamEvent};
+use super::error::UpstreamError;
+use super::events::{ConnKey, PoolStream, UpstreamEvent};
 use crate::config::{Endpoint, FailoverConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::protocol::{Extranonce1, Id, Message, Method, Request, Response, Submit};

@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 
-use super::{PoolStream, UpstreamError};
+use super::error::UpstreamError;
+use super::events::PoolStream;
 use crate::config::UpstreamConfig;
 use crate::protocol::{
     Authorize, Configure, ConfigureResult, Extranonce1, Id, Message, Method, Request, Response,

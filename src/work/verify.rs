@@ -8,7 +8,7 @@
 //!
 //! Header byte order (the part proxies get wrong): version, ntime, nbits and nonce arrive as
 //! big-endian hex and are written little-endian; prevhash is word-swapped on the wire
-//! ([`PrevHash`](super::PrevHash)); merkle branch hashes are used as their raw bytes.
+//! ([`PrevHash`](crate::protocol::PrevHash)); merkle branch hashes are used as their raw bytes.
 
 use std::fmt;
 

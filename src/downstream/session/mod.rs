@@ -34,9 +34,11 @@ use self::counters::{GroupCounters, WorkerMetrics};
 use self::difficulty::MinerDifficulty;
 use self::jobs::JobLedger;
 use self::membership::{MAX_WORKERS_PER_CONNECTION, Membership};
+use super::command::SessionCommand;
+use super::context::Downstream;
+use super::gate::Gate;
 use super::reject::reject_response;
 use super::stats::WorkerStats;
-use super::{Downstream, Gate, SessionCommand};
 use crate::protocol::{
     Authorize, Configure, ConfigureResult, Difficulty, FrameError, Id, LineCodec, Message, Method,
     ParamError, ProtocolError, Reconnect, Request, Response, Subscribe, code, method,
@@ -529,7 +531,7 @@ impl Session {
         self.member.group = Arc::clone(&group_name);
         self.member.counters = GroupCounters::new(&self.context.metrics, &group_name);
         self.member.counters.workers.inc();
-        let gates = &self.context.control.gates;
+        let gates = self.context.control.gates();
         let ticket = gates.ticket();
         self.member.ticket = ticket;
         let mut gate_now = None;

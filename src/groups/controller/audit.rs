@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use tracing::error;
 
-use super::GroupRuntime;
+use super::group::GroupRuntime;
 use super::handle::lock;
 use super::observe::Observed;
 use super::status::{power_watts, released_watts};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
-use super::GroupRuntime;
+use super::group::GroupRuntime;
 use super::handle::Control;
 use super::observe::Observed;
 use super::status::power_watts;

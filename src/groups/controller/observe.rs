@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::GroupRuntime;
+use super::group::GroupRuntime;
 use crate::clock::unix_ms;
 use crate::downstream::SessionRegistry;
 use crate::groups::state::{GroupRecord, GroupState};

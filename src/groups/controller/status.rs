@@ -1,7 +1,7 @@
 //! A group's status as the API shows it, and its power and state series, from its record and
 //! what was observed on the tick.
 
-use super::GroupRuntime;
+use super::group::GroupRuntime;
 use super::handle::{DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus, HashingMiner};
 use super::observe::Observed;
 use crate::downstream::Refusals;
