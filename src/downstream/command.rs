@@ -1,7 +1,7 @@
 //! What one session can be told from outside.
 
 /// What a session can be told to do from outside, one session at a time (a group's sessions
-/// are told through its [`Gate`]).
+/// are told through its [`super::Gate`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum SessionCommand {

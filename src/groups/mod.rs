@@ -4,14 +4,16 @@
 //! A farm groups machines the way they are wired (a container, a row, a PDU) because that is the
 //! unit whose power moves between mining and AI. The pieces, one job each:
 //!
-//! - [`assign`]: which group a miner is in (decided at authorize).
+//! - which group a miner is in is decided at authorize by the session, from the compiled rules
+//!   of [`crate::config::Groups`]; the group's gate is [`crate::downstream::Gate`].
 //! - [`state`]: the lifecycle `active -> draining -> drained -> resuming -> active` as data, and
 //!   the `downstream::Gate` each state sets for a group's sessions.
 //! - [`controller`]: the one task that moves groups between states, witnesses drains (who is
 //!   still submitting), ramps resumes, and publishes power and state.
 //! - [`hooks`]: commands and webhooks run on transitions (the actual power switch).
-//! - [`windows`], [`capacity`]: scheduled maintenance windows, and capacity requests from an AI
-//!   scheduler (least efficient groups first); both hold groups through claims.
+//! - [`capacity`] (and the windows of [`crate::config::windows`]): capacity requests from an AI
+//!   scheduler (least efficient groups first) and scheduled maintenance windows; both hold groups
+//!   through claims.
 //! - [`store`], [`events`]: the state that survives a restart or a crash, and the audit log.
 //!
 //! Only a machine's firmware or its PDU can cut its power: a miner without new work keeps hashing

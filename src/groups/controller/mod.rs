@@ -9,7 +9,7 @@
 //! transitions (drained once every miner is quiet or the drain timed out; active once the ramp
 //! is done). Hooks run in their own tasks and report back, so a slow PDU script never stalls
 //! another group's drain or the miners. A transition is committed only after its required hooks
-//! succeeded and its new state is durable (see [`super::store`]); then the group's [`super::Gate`] is
+//! succeeded and its new state is durable (see [`super::store`]); then the group's [`crate::downstream::Gate`] is
 //! published and the sessions act on it.
 
 use std::collections::BTreeMap;
