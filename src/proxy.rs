@@ -75,6 +75,14 @@ pub enum StartError {
     },
 }
 
+/// Closes `tasks` and waits for them, at most `grace`; says so when some are left.
+async fn finish(tasks: &TaskTracker, grace: std::time::Duration, what: &str) {
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(what, "some tasks did not end within server.shutdown_grace");
+    }
+}
+
 /// Binds a listener; the error names the config key the address came from.
 async fn bind(address: SocketAddr, key: &'static str) -> Result<TcpListener, StartError> {
     TcpListener::bind(address)
@@ -257,21 +265,9 @@ impl Proxy {
         stop.control.cancel();
         let _ = stop.controller.await;
         stop.sessions.cancel();
-        stop.session_tasks.close();
-        if tokio::time::timeout(stop.grace, stop.session_tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some miner sessions did not end within server.shutdown_grace");
-        }
+        finish(&stop.session_tasks, stop.grace, "miner sessions").await;
         stop.rest.cancel();
-        stop.tasks.close();
-        if tokio::time::timeout(stop.grace, stop.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some tasks did not finish within server.shutdown_grace");
-        }
+        finish(&stop.tasks, stop.grace, "pool connections, router and API").await;
     }
 
     /// Fast stop: everything is cancelled at once (the pool connections still count what they
