@@ -124,9 +124,19 @@ impl SessionRegistry {
             .record(name, address, unix_ms());
     }
 
-    /// The refusals of a group so far.
-    pub fn refusals(&self, group: &str) -> Refusals {
-        lock(&self.refusals).get(group).cloned().unwrap_or_default()
+    /// The refusals of a group: the count and the last one, and the miners refused since
+    /// `listed_since` (none when `None`: a group not in a drain lists nobody, and the controller
+    /// asks every tick, so the list is only copied when it is shown).
+    pub fn refusals(&self, group: &str, listed_since: Option<u64>) -> Refusals {
+        let refusals = lock(&self.refusals);
+        let Some(found) = refusals.get(group) else {
+            return Refusals::default();
+        };
+        Refusals {
+            total: found.total,
+            last_unix_ms: found.last_unix_ms,
+            miners: listed_since.map_or_else(Vec::new, |since| found.since(since)),
+        }
     }
 
     /// The command channel of a session.

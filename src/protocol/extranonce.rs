@@ -146,30 +146,6 @@ extranonce_type!(
     Extranonce2
 );
 
-impl Extranonce1 {
-    /// `self ++ extra`: the extranonce1 a miner behind a proxy receives (the pool's, then the
-    /// miner's prefix).
-    pub fn extended_with(&self, extra: &[u8]) -> Result<Self, ExtranonceError> {
-        let mut bytes = [0u8; MAX_EXTRANONCE_LEN * 2];
-        let own = self.as_bytes();
-        bytes[..own.len()].copy_from_slice(own);
-        bytes[own.len()..own.len() + extra.len()].copy_from_slice(extra);
-        Self::from_bytes(&bytes[..own.len() + extra.len()])
-    }
-}
-
-impl Extranonce2 {
-    /// `extra ++ self`: the extranonce2 a miner's share carries upstream (the miner's prefix,
-    /// then its own bytes).
-    pub fn prefixed_by(&self, extra: &[u8]) -> Result<Self, ExtranonceError> {
-        let mut bytes = [0u8; MAX_EXTRANONCE_LEN * 2];
-        let own = self.as_bytes();
-        bytes[..extra.len()].copy_from_slice(extra);
-        bytes[extra.len()..extra.len() + own.len()].copy_from_slice(own);
-        Self::from_bytes(&bytes[..extra.len() + own.len()])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,6 +185,7 @@ impl ExtranonceAllocator {
 mod tests {
     use super::*;
     use crate::protocol::{Extranonce1, Extranonce2};
+    use crate::work::ExtranonceSplit;
     use std::collections::HashSet;
 
     #[test]
@@ -193,11 +194,13 @@ mod tests {
         allocator.allocate().unwrap();
         let prefix = allocator.allocate().unwrap();
         assert_eq!(prefix.as_bytes(), &[0x00, 0x01]);
+        // A pool extranonce2 of 6 bytes: the 2-byte prefix and 4 for the miner, no padding.
+        let split = ExtranonceSplit::new(4, 6, Some(2), 8).unwrap();
         let pool_en1 = Extranonce1::from_hex("9b19f82f").unwrap();
-        let miner_en1 = pool_en1.extended_with(prefix.as_bytes()).unwrap();
+        let miner_en1 = split.miner_extranonce1(&pool_en1, &prefix).unwrap();
         assert_eq!(miner_en1.to_hex(), "9b19f82f0001");
         let miner_en2 = Extranonce2::from_hex("aabbccdd").unwrap();
-        let upstream_en2 = miner_en2.prefixed_by(prefix.as_bytes()).unwrap();
+        let upstream_en2 = split.upstream_extranonce2(&prefix, &miner_en2).unwrap();
         assert_eq!(upstream_en2.to_hex(), "0001aabbccdd");
         // The coinbase bytes are the same both ways.
         let miner_side = [miner_en1.as_bytes(), miner_en2.as_bytes()].concat();

@@ -258,7 +258,7 @@ impl Session {
             self.jobs.find(&submit.share.job_id).and_then(|sent| {
                 work.book
                     .by_seq(sent.seq)
-                    .map(|job| (Arc::clone(job), sent.difficulty, sent.threshold))
+                    .map(|job| (job, sent.difficulty, sent.threshold))
             })
         else {
             counters.rejected(&Reject::Stale).inc();
@@ -275,7 +275,7 @@ impl Session {
         self.health.submits = self.health.submits.wrapping_add(1);
         let timed = self.health.submits % VERIFY_SAMPLE == 1;
         let started = timed.then(Instant::now);
-        let verdict = check_share_for_job(&job, self.jobs.duplicates(), &context, &submit.share);
+        let verdict = check_share_for_job(job, self.jobs.duplicates(), &context, &submit.share);
         if let Some(started) = started {
             self.context
                 .metrics
@@ -297,7 +297,7 @@ impl Session {
                 }
                 self.difficulty.record(Instant::now(), difficulty);
                 if accepted.meets_upstream {
-                    self.forward(&work, &job, &submit, accepted.is_block);
+                    self.forward(&work, job, &submit, accepted.is_block);
                 }
                 if accepted.is_block {
                     info!(hash = %accepted.block_hash(), "share meets the network target");

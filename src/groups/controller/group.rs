@@ -58,3 +58,13 @@ impl GroupRuntime {
         }
     }
 }
+
+/// What the controller has started and committed: a tick that saw either change publish its own
+/// status knows not to publish an older one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Progress {
+    /// The token the next hook run gets.
+    pub next_token: u64,
+    /// Transitions committed.
+    pub commits: u64,
+}

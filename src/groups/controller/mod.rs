@@ -37,7 +37,7 @@ pub use handle::{
 };
 pub use schedules::{Answer, ScheduleViews};
 
-use self::group::{GroupRuntime, Pending};
+use self::group::{GroupRuntime, Pending, Progress};
 use self::handle::{Control, Reply, Step, lock};
 use self::observe::Observed;
 use self::policy::Ramp;
@@ -55,16 +55,6 @@ use crate::metrics::Metrics;
 
 /// How often the controller looks at the sessions.
 const TICK: Duration = Duration::from_millis(200);
-
-/// What the controller has started and committed: a tick that saw either change publish its own
-/// status knows not to publish an older one.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Progress {
-    /// The token the next hook run gets.
-    next_token: u64,
-    /// Transitions committed.
-    commits: u64,
-}
 
 /// The controller task's state.
 pub struct GroupController {
@@ -636,7 +626,7 @@ impl GroupController {
         let last_refused = self
             .sessions
             .registry()
-            .refusals(&self.groups[index].name)
+            .refusals(&self.groups[index].name, None)
             .last_unix_ms;
         let policy = &self.groups[index].policy;
         let names = || {
@@ -785,7 +775,11 @@ impl GroupController {
                 let record = self.record(&runtime.name);
                 let power = status::power_watts(runtime, observed);
                 status::publish_metrics(&self.metrics, &runtime.name, &record, power);
-                let refusals = self.sessions.registry().refusals(&runtime.name);
+                let listed_since = status::refused_listed_since(&record);
+                let refusals = self
+                    .sessions
+                    .registry()
+                    .refusals(&runtime.name, listed_since);
                 let efficiency = self.efficiency(runtime, power);
                 status::group_status(runtime, &record, observed, &refusals, efficiency, now_ms)
             })

@@ -25,6 +25,15 @@ pub(super) fn released_watts(record: &GroupRecord, power_now: f64) -> f64 {
     }
 }
 
+/// Since when a group's refused miners are listed: its drain's start, while it is not active.
+pub(super) fn refused_listed_since(record: &GroupRecord) -> Option<u64> {
+    record
+        .drain
+        .as_ref()
+        .filter(|_| record.state != GroupState::Active)
+        .map(|d| d.started_at_ms)
+}
+
 /// Sets the group's power, released power and state series.
 pub(super) fn publish_metrics(metrics: &Metrics, name: &str, record: &GroupRecord, power: f64) {
     metrics
@@ -94,12 +103,8 @@ pub(super) fn group_status(
                 })
                 .collect(),
             refused_reconnects: refusals.total,
-            refused_miners: match drain {
-                Some(drain) if record.state != GroupState::Active => {
-                    refusals.since(drain.started_at_ms)
-                }
-                _ => Vec::new(),
-            },
+            // Those since the drain's start, already (none outside a drain).
+            refused_miners: refusals.miners.clone(),
         },
         pending: runtime
             .pending
