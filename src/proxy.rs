@@ -64,6 +64,9 @@ pub enum StartError {
     /// A hook could not be prepared (its secret file).
     #[error(transparent)]
     Hooks(#[from] crate::groups::hooks::HookSetupError),
+    /// The group controller's thread could not be started.
+    #[error("cannot start the group controller's thread: {0}")]
+    ControllerThread(#[source] std::io::Error),
     /// `api.token_file` could not be read.
     #[error("api.token_file {path}: {source}")]
     TokenFile {
@@ -120,6 +123,9 @@ pub struct Proxy {
 struct Stop {
     control: CancellationToken,
     controller: tokio::task::JoinHandle<()>,
+    /// A proxy dropped without a stop (a panic unwinding past it) still ends the controller's
+    /// thread, so the runtime it was spawned from can shut down.
+    _controller_on_drop: tokio_util::sync::DropGuard,
     sessions: CancellationToken,
     session_tasks: TaskTracker,
     rest: CancellationToken,
@@ -214,8 +220,11 @@ impl Proxy {
             metrics: metrics.clone(),
             cancel: control.clone(),
             tracker: tasks.clone(),
+            runtime: tokio::runtime::Handle::current(),
         });
-        let controller = tasks.spawn(controller.run());
+        let controller = controller
+            .spawn(&tasks)
+            .map_err(StartError::ControllerThread)?;
         session_tasks.spawn(downstream::listen(
             miners,
             downstream,
@@ -235,6 +244,7 @@ impl Proxy {
             rest.child_token(),
         ));
         let stop = Stop {
+            _controller_on_drop: control.clone().drop_guard(),
             control,
             controller,
             sessions: sessions_cancel,

@@ -270,8 +270,9 @@ watts_per_worker = 10.0
     assert_eq!(group_of("farm.r3-0001"), "gpu-row");
     assert_eq!(group_of("farm.other"), "default");
 
-    // The group controller publishes power on its next tick.
+    // The group controller publishes power on its next tick (its statuses before its metrics).
     wait_power(&proxy, "c07", 6500.0).await;
+    wait_power(&proxy, "gpu-row", 1500.0).await;
     let h = Arc::clone(&http);
     let (_, body) = blocking(move || h.get("/api/v1/groups")).await;
     let groups: Vec<GroupView> = serde_json::from_str(&body).unwrap();

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::handle::Reply;
 use super::policy::{Policy, Ramp};
 use crate::config::{Config, Group};
-use crate::groups::capacity::HashrateWindow;
+use crate::groups::capacity::{EfficiencySource, HashrateWindow};
 use crate::groups::state::GroupRecord;
 
 /// A transition waiting for its hooks.
@@ -55,6 +55,20 @@ impl GroupRuntime {
             declared_efficiency: group.efficiency_j_per_th,
             drain_priority: group.drain_priority,
             hashrate: HashrateWindow::new(config.capacity.efficiency_window),
+        }
+    }
+
+    /// J/TH at `watts`: measured from verified shares where there is enough history, else
+    /// declared.
+    pub fn efficiency(&self, watts: f64) -> (Option<f64>, EfficiencySource) {
+        match self.hashrate.hashrate() {
+            Some(hashrate) if hashrate > 0.0 && watts > 0.0 => {
+                (Some(watts / (hashrate / 1e12)), EfficiencySource::Measured)
+            }
+            _ => match self.declared_efficiency {
+                Some(declared) => (Some(declared), EfficiencySource::Declared),
+                None => (None, EfficiencySource::Unknown),
+            },
         }
     }
 }

@@ -69,7 +69,7 @@ pub enum ControlError {
 }
 
 /// A drain as asked for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DrainRequest {
     /// How.
     pub mode: DrainMode,

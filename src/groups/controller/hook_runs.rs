@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -65,11 +66,13 @@ pub(super) fn context(
     }
 }
 
-/// Runs the hooks on `tracker` and sends their outcome to the controller as `HooksDone` with
-/// `token`. The run has a task of its own: if a hook runner panics, the transition still gets
-/// its answer (a failure) instead of staying pending and the group busy for good.
+/// Runs the hooks on `tracker`, on the proxy's runtime (`runtime`; not the controller's own
+/// thread, which ends at shutdown), and sends their outcome to the controller as `HooksDone`
+/// with `token`. The run has a task of its own: if a hook runner panics, the transition still
+/// gets its answer (a failure) instead of staying pending and the group busy for good.
 pub(super) fn spawn(
     tracker: &TaskTracker,
+    runtime: &Handle,
     hooks: Arc<HookRunner>,
     context: HookContext,
     controller: mpsc::Sender<Control>,
@@ -78,23 +81,27 @@ pub(super) fn spawn(
     let group = context.group.clone();
     let event = context.event.as_str();
     let runs = tracker.clone();
-    tracker.spawn(async move {
-        let result = runs
-            .spawn(async move { hooks.run(&context).await })
-            .await
-            .unwrap_or_else(|error| {
-                Err(HookFailure {
-                    hook: "(hook runner)".into(),
-                    event,
-                    message: format!("the hook task failed: {error}"),
+    let on = runtime.clone();
+    tracker.spawn_on(
+        async move {
+            let result = runs
+                .spawn_on(async move { hooks.run(&context).await }, &on)
+                .await
+                .unwrap_or_else(|error| {
+                    Err(HookFailure {
+                        hook: "(hook runner)".into(),
+                        event,
+                        message: format!("the hook task failed: {error}"),
+                    })
+                });
+            let _ = controller
+                .send(Control::HooksDone {
+                    group,
+                    token,
+                    result,
                 })
-            });
-        let _ = controller
-            .send(Control::HooksDone {
-                group,
-                token,
-                result,
-            })
-            .await;
-    });
+                .await;
+        },
+        runtime,
+    );
 }

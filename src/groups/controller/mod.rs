@@ -2,8 +2,8 @@
 //! `active -> draining -> drained -> resuming -> active`.
 //!
 //! It owns every [`GroupRecord`]; the API sends it commands through a [`GroupsHandle`] and gets
-//! the outcome back, and windows and capacity requests (`schedule.rs`) hold groups through claims
-//! reconciled on every tick. Each tick it also looks at
+//! the outcome back, and windows and capacity requests (`schedules/`) hold groups through claims
+//! reconciled on every tick: they decide, this engine carries out their [`schedules::Intent`]s. Each tick it also looks at
 //! the session registry (who of a group is still submitting, who the ramp may admit next),
 //! publishes power and state metrics and a status snapshot for the API, and makes the automatic
 //! transitions (drained once every miner is quiet or the drain timed out; active once the ramp
@@ -22,34 +22,38 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 mod audit;
+mod durable;
 mod group;
 mod handle;
 mod hook_runs;
 mod observe;
+mod parts;
 mod policy;
-mod schedule;
 mod schedules;
 mod status;
+mod transition;
 
 pub use handle::{
     ControlError, DrainRequest, DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus,
     GroupsHandle, HashingMiner,
 };
+pub use parts::ControllerParts;
 pub use schedules::{Answer, ScheduleViews};
 
+use self::durable::StateFile;
 use self::group::{GroupRuntime, Pending, Progress};
 use self::handle::{Control, Reply, Step, lock};
 use self::observe::Observed;
 use self::policy::Ramp;
+use self::schedules::{ClaimsView, Intent, Outcome, ScheduleCommand, Schedules};
 
-use super::events::{Event, EventLog};
+use super::events::EventLog;
 use super::hooks::{HookFailure, HookRunner};
-use super::state::{Claim, Drain, GroupRecord, GroupState, RosterEntry};
-use super::store::{PersistedState, Store};
+use super::state::{Claim, GroupRecord, GroupState};
+use super::store::PersistedState;
 use crate::clock::unix_ms;
-use crate::config::Groups;
 use crate::config::windows::check_reason;
-use crate::config::{Config, DrainMode};
+use crate::config::DrainMode;
 use crate::downstream::{Gate, SessionControl};
 use crate::metrics::Metrics;
 
@@ -67,40 +71,19 @@ pub struct GroupController {
     /// The sessions: the gates this task sets, and the snapshot it reads each tick.
     sessions: SessionControl,
     hooks: Arc<HookRunner>,
-    store: Store,
+    /// The state file: every transition and schedule change is durable before it acts.
+    state_file: StateFile,
     events: Arc<Mutex<EventLog>>,
     status: Arc<Mutex<Vec<GroupStatus>>>,
     metrics: Metrics,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    /// The proxy's runtime, where hook runs go (the controller runs on a thread of its own).
+    runtime: tokio::runtime::Handle,
     /// Hook runs started and transitions committed.
     progress: Progress,
     /// Windows and capacity requests.
-    sched: schedules::Schedules,
-}
-
-/// What [`GroupController::new`] needs.
-pub struct ControllerParts {
-    /// The validated config.
-    pub config: Arc<Config>,
-    /// The configured groups (compiled).
-    pub groups: Groups,
-    /// The sessions' gates and registry (the gates built from `restored`).
-    pub sessions: SessionControl,
-    /// The hooks.
-    pub hooks: HookRunner,
-    /// The state directory.
-    pub store: Store,
-    /// What the state directory held.
-    pub restored: PersistedState,
-    /// The audit log so far.
-    pub events: Vec<Event>,
-    /// Counters.
-    pub metrics: Metrics,
-    /// Stops the controller.
-    pub cancel: CancellationToken,
-    /// Where hook tasks are tracked.
-    pub tracker: TaskTracker,
+    sched: Schedules,
 }
 
 impl GroupController {
@@ -112,7 +95,7 @@ impl GroupController {
             .iter()
             .map(|g| GroupRuntime::new(&parts.config, g))
             .collect();
-        let sched = schedules::Schedules::new(&parts.config, &parts.restored, |g| {
+        let sched = Schedules::new(&parts.config, &parts.restored, |g| {
             groups.iter().any(|runtime| &*runtime.name == g)
         });
         let mut records = BTreeMap::new();
@@ -144,12 +127,13 @@ impl GroupController {
             orphans,
             sessions: parts.sessions,
             hooks: Arc::new(parts.hooks),
-            store: parts.store,
+            state_file: StateFile::new(parts.store, parts.metrics.clone()),
             events,
             status,
             metrics: parts.metrics,
             cancel: parts.cancel,
             tracker: parts.tracker,
+            runtime: parts.runtime,
             progress: Progress {
                 next_token: 1,
                 commits: 0,
@@ -158,6 +142,18 @@ impl GroupController {
         };
         controller.publish(&controller.observe_all());
         (controller, handle)
+    }
+
+    /// Runs the controller on a thread of its own until cancelled. Its state writes and fsyncs
+    /// (and audit appends) are blocking file I/O: on this thread they never hold up a runtime
+    /// worker that serves miners, and a slow disk delays only group control. The returned
+    /// handle resolves once the controller has stopped; an error is a runtime that could not be
+    /// built (no thread or timer could be had).
+    pub fn spawn(self, tracker: &TaskTracker) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(tracker.spawn_blocking(move || runtime.block_on(self.run())))
     }
 
     /// Runs until cancelled.
@@ -252,61 +248,14 @@ impl GroupController {
         let current = self.record(group);
         let trigger = request.claim.to_string();
         if matches!(current.state, GroupState::Draining | GroupState::Drained) {
-            let mut next = current.clone();
-            let mut kind = None;
-            if next.claims.insert(request.claim.clone()) {
-                kind = Some("claim_added");
-            }
-            // A window or capacity request joining a drain keeps its mode; an operator may change
-            // it (pause -> disconnect when machines do not sleep).
-            if let Some(drain) = next
-                .drain
-                .as_mut()
-                .filter(|_| request.claim == Claim::Manual)
-            {
-                if drain.mode != request.mode || drain.reconnect_to != request.reconnect_to {
-                    drain.mode = request.mode;
-                    drain.reconnect_to = request.reconnect_to.clone();
-                    kind = Some("mode_changed");
-                }
-            }
-            if let Some(kind) = kind {
+            if let Some((next, kind)) = transition::joined(&current, &request) {
                 self.commit(index, next, kind, &trigger, "")?;
             }
             return Ok(Step::Done);
         }
-        // Active, or resuming (a new drain stops the ramp; the miners the ramp still waited for
-        // stay on the roster).
         let observed = self.observe(index);
-        let mut roster: Vec<RosterEntry> = observed
-            .miners
-            .iter()
-            .map(|m| RosterEntry {
-                name: m.name.clone(),
-                address: m.address.clone(),
-            })
-            .collect();
-        if current.state == GroupState::Resuming {
-            for entry in current.drain.iter().flat_map(|d| &d.roster) {
-                if !roster.iter().any(|r| r.name == entry.name) {
-                    roster.push(entry.clone());
-                }
-            }
-        }
-        let now = unix_ms();
-        let next = GroupRecord {
-            state: GroupState::Draining,
-            since: now / 1000,
-            drain: Some(Drain {
-                mode: request.mode,
-                reason: request.reason.clone(),
-                reconnect_to: request.reconnect_to.clone(),
-                started_at_ms: now,
-                watts_before: observed.mining as f64 * self.groups[index].policy.watts_per_worker,
-                roster,
-            }),
-            claims: [request.claim].into(),
-        };
+        let watts_before = status::power_watts(&self.groups[index], &observed);
+        let next = transition::draining(&current, request, &observed, watts_before, unix_ms());
         self.begin(index, next, trigger)
     }
 
@@ -317,41 +266,28 @@ impl GroupController {
         if matches!(current.state, GroupState::Active | GroupState::Resuming) {
             return Ok(Step::Done); // already mining or on its way: nothing to do
         }
-        let mut claims = current.claims.clone();
-        let released = if force {
-            let any = !claims.is_empty();
-            claims.clear();
-            any
-        } else {
-            claims.remove(&claim)
-        };
         let trigger = if force {
             format!("{claim} (force)")
         } else {
             claim.to_string()
         };
-        if !claims.is_empty() {
-            if released {
-                let next = GroupRecord {
-                    claims: claims.clone(),
-                    ..current
+        match transition::released(&current, &claim, force, unix_ms()) {
+            transition::Release::Resume(next) => self.begin(index, next, trigger),
+            transition::Release::Held { released, left } => {
+                let released = match released {
+                    Some(next) => {
+                        self.commit(index, next, "claim_released", &trigger, "")?;
+                        Some(trigger)
+                    }
+                    None => None,
                 };
-                self.commit(index, next, "claim_released", &trigger, "")?;
+                Err(ControlError::Held {
+                    group: group.to_owned(),
+                    released,
+                    claims: left.join(", "),
+                })
             }
-            let claims: Vec<String> = claims.iter().map(Claim::to_string).collect();
-            return Err(ControlError::Held {
-                group: group.to_owned(),
-                released: released.then(|| trigger.clone()),
-                claims: claims.join(", "),
-            });
         }
-        let next = GroupRecord {
-            state: GroupState::Resuming,
-            since: unix_ms() / 1000,
-            drain: current.drain.clone(),
-            claims,
-        };
-        self.begin(index, next, trigger)
     }
 
     /// The group's index if it exists and no transition of it is under way.
@@ -402,6 +338,7 @@ impl GroupController {
         });
         hook_runs::spawn(
             &self.tracker,
+            &self.runtime,
             Arc::clone(&self.hooks),
             context,
             self.tx.clone(),
@@ -470,34 +407,24 @@ impl GroupController {
     fn failed_automatic(&mut self, index: usize, message: &str) {
         let runtime = &mut self.groups[index];
         runtime.last_error = Some(message.to_owned());
-        // hook_retry, doubling with each failure in a row, at most 10 minutes.
-        let backoff = runtime
-            .policy
-            .hook_retry
-            .saturating_mul(1 << runtime.failures.min(6))
-            .min(Duration::from_secs(600).max(runtime.policy.hook_retry));
+        let backoff = runtime.policy.retry_after(runtime.failures);
         runtime.failures = runtime.failures.saturating_add(1);
         runtime.retry_at = Instant::now().checked_add(backoff);
     }
 
     /// Everything the state file holds, as it is now.
     fn persisted(&self) -> PersistedState {
-        let mut state = PersistedState {
-            groups: self.records.clone(),
-            ..PersistedState::default()
-        };
-        state.groups.extend(self.orphans.clone());
-        self.sched.persist_into(&mut state);
-        state
+        StateFile::content(&self.records, &self.orphans, &self.sched)
     }
 
-    /// Saves the state as it is now (windows and capacity changes; group transitions save in
-    /// [`Self::commit`]).
-    fn save(&mut self) -> Result<(), super::store::StoreError> {
-        let state = self.persisted();
-        self.store.save(&state).inspect_err(|_| {
-            self.metrics.groups.state_save_failures.inc();
-        })
+    /// A drain a schedule asked for was not made: its window or capacity request tries again.
+    fn forget_attempt(&mut self, group: &str, claim: &Claim) {
+        if self.sched.forget_attempt(group, claim) {
+            let state = self.persisted();
+            if let Err(error) = self.state_file.write(&state) {
+                warn!(%group, %claim, %error, "drain attempt bookkeeping not saved");
+            }
+        }
     }
 
     /// Makes `next` the group's state: durable first, then the gate, metrics and the event.
@@ -521,9 +448,8 @@ impl GroupController {
         }
         let mut state = self.persisted();
         state.groups.insert(name.to_string(), next.clone());
-        if let Err(source) = self.store.save(&state) {
+        if let Err(source) = self.state_file.write(&state) {
             error!(group = %name, %source, "state not saved: transition not applied");
-            self.metrics.groups.state_save_failures.inc();
             for claim in &established {
                 self.forget_attempt(&name, claim);
             }
@@ -574,7 +500,7 @@ impl GroupController {
             watts_before: self.status_of(&runtime.name).power_watts,
         };
         let event = audit::event(runtime, &record, &observed, entry);
-        audit::append(&self.store, &self.events, &self.metrics, event);
+        audit::append(self.state_file.store(), &self.events, &self.metrics, event);
     }
 
     fn on_tick(&mut self) {
@@ -589,7 +515,7 @@ impl GroupController {
                 .get();
             runtime.hashrate.sample(now, accepted);
         }
-        self.reconcile_schedules(now_ms);
+        self.reconcile_schedules(now_ms, now);
         let observed = self.observe_all();
         let changes = self.progress;
         for (index, observed) in observed.iter().enumerate() {
@@ -628,106 +554,56 @@ impl GroupController {
             .registry()
             .refusals(&self.groups[index].name, None)
             .last_unix_ms;
-        let policy = &self.groups[index].policy;
         let names = || {
             observed
                 .hashing
                 .iter()
-                .map(|&i| observed.miners[i].name.as_str())
-                .collect::<Vec<_>>()
+                .map(|&i| &*observed.miners[i].name)
+                .collect()
         };
         let Some((trigger, detail)) =
-            policy.drained(drain.started_at_ms, now_ms, last_refused, names)
+            self.groups[index]
+                .policy
+                .drained(drain.started_at_ms, now_ms, last_refused, names)
         else {
             return;
         };
         if !detail.is_empty() {
             warn!(group = %self.groups[index].name, %detail, "drained by timeout");
+            let change = (GroupState::Draining, GroupState::Draining);
+            self.log_event(index, "drain_timeout", change, trigger, &detail);
         }
         let next = GroupRecord {
             state: GroupState::Drained,
             since: now_ms / 1000,
             ..record.clone()
         };
-        if !detail.is_empty() {
-            self.log_event(
-                index,
-                "drain_timeout",
-                (GroupState::Draining, GroupState::Draining),
-                trigger,
-                &detail,
-            );
-        }
         let _ = self.begin(index, next, trigger.to_owned());
     }
 
-    /// Admits paused miners at the group's rate; active once everyone is back. The ramp timeout
-    /// only gives up on miners that did not come back: miners waiting for admission are always
-    /// admitted at the rate, never all at once.
+    /// Admits paused miners at the group's rate; active once everyone is back or the ramp
+    /// timed out (see [`Ramp::step`]).
     fn ramp(&mut self, index: usize, record: &GroupRecord, observed: &Observed, may_finish: bool) {
         let epoch = record.drain.as_ref().map_or(0, |d| d.started_at_ms);
-        let rate = self.groups[index].policy.ramp_rate;
-        let ramp_timeout = self.groups[index].policy.ramp_timeout;
-        let name = Arc::clone(&self.groups[index].name);
+        let roster = record.drain.as_ref().map_or(&[][..], |d| &d.roster[..]);
         let now = Instant::now();
-        let ramp = self.groups[index]
+        let runtime = &mut self.groups[index];
+        let (rate, timeout) = (runtime.policy.ramp_rate, runtime.policy.ramp_timeout);
+        let step = runtime
             .ramp
-            .get_or_insert_with(|| Ramp::new(now));
-        // Miners above the watermark wait, in the order they joined (their tickets).
-        let mut waiting: Vec<u64> = observed
-            .miners
-            .iter()
-            .filter(|m| m.paused && m.ticket > ramp.admit_through)
-            .map(|m| m.ticket)
-            .collect();
-        waiting.sort_unstable();
-        if let Some(admit_through) = ramp.admit(now, rate, &waiting) {
+            .get_or_insert_with(|| Ramp::new(now))
+            .step(now, rate, timeout, observed, roster, may_finish);
+        if let Some(admit_through) = step.admit_through {
             let gate = Gate::Ramp {
                 epoch,
                 admit_through,
             };
-            self.sessions.set_gate(&name, gate);
+            self.sessions.set_gate(&self.groups[index].name, gate);
         }
-        let waiting = waiting
-            .iter()
-            .filter(|ticket| **ticket > ramp.admit_through)
-            .count();
-        let admitted = ramp.admit_through;
-        let missing: Vec<&str> = record
-            .drain
-            .iter()
-            .flat_map(|d| &d.roster)
-            .filter(|entry| {
-                !observed
-                    .miners
-                    .iter()
-                    .any(|m| m.name == entry.name && (!m.paused || m.ticket <= admitted))
-            })
-            .map(|entry| entry.name.as_str())
-            .collect();
-        if waiting > 0 || !may_finish {
+        let Some((trigger, detail)) = step.finished else {
             return;
-        }
-        let timed_out = ramp.started.elapsed() >= ramp_timeout;
-        if !missing.is_empty() && !timed_out {
-            return;
-        }
-        let trigger = if missing.is_empty() {
-            "ramp"
-        } else {
-            "ramp_timeout"
         };
-        if !missing.is_empty() {
-            let detail = format!(
-                "ramp timeout: {} miner(s) did not come back: {}",
-                missing.len(),
-                missing
-                    .iter()
-                    .take(20)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+        if let Some(detail) = detail {
             self.log_event(
                 index,
                 "ramp_timeout",
@@ -767,6 +643,7 @@ impl GroupController {
     /// Publishes statuses and metrics.
     fn publish(&self, observed: &[Observed]) {
         let now_ms = unix_ms();
+        let mut published = Vec::with_capacity(self.groups.len());
         let statuses: Vec<GroupStatus> = self
             .groups
             .iter()
@@ -774,17 +651,132 @@ impl GroupController {
             .map(|(runtime, observed)| {
                 let record = self.record(&runtime.name);
                 let power = status::power_watts(runtime, observed);
-                status::publish_metrics(&self.metrics, &runtime.name, &record, power);
                 let listed_since = status::refused_listed_since(&record);
                 let refusals = self
                     .sessions
                     .registry()
                     .refusals(&runtime.name, listed_since);
-                let efficiency = self.efficiency(runtime, power);
-                status::group_status(runtime, &record, observed, &refusals, efficiency, now_ms)
+                let efficiency = runtime.efficiency(power);
+                let status =
+                    status::group_status(runtime, &record, observed, &refusals, efficiency, now_ms);
+                published.push((record, power));
+                status
             })
             .collect();
+        self.sched.publish(&statuses, &self.metrics, now_ms);
         *lock(&self.status) = statuses;
-        self.publish_schedules();
+        // Metrics after the statuses: a reader that saw a metric finds a status at least as new.
+        for (runtime, (record, power)) in self.groups.iter().zip(&published) {
+            status::publish_metrics(&self.metrics, &runtime.name, record, *power);
+        }
+    }
+
+    /// A window or capacity command from the API: the schedules decide, the engine makes the
+    /// drains and releases, then the answer is sent.
+    fn on_schedule(&mut self, command: ScheduleCommand) {
+        let now_ms = unix_ms();
+        let view = ClaimsView::of(&self.groups, &self.records, Instant::now());
+        let candidates = matches!(command, ScheduleCommand::CreateCapacity { .. }).then(|| {
+            let records: Vec<GroupRecord> =
+                self.groups.iter().map(|g| self.record(&g.name)).collect();
+            status::candidates(&self.groups, &records, &self.observe_with(|_| true))
+        });
+        let (outcome, reply) = {
+            let (records, orphans, file) = (&self.records, &self.orphans, &mut self.state_file);
+            let mut save = |s: &Schedules| file.save(records, orphans, s);
+            match command {
+                ScheduleCommand::CreateWindow { spec, key, reply } => (
+                    self.sched
+                        .create_window(spec, key, now_ms, &view, &mut save),
+                    reply,
+                ),
+                ScheduleCommand::DeleteWindow { name, reply } => {
+                    (self.sched.delete_window(&name, &view, &mut save), reply)
+                }
+                ScheduleCommand::CreateCapacity {
+                    request,
+                    key,
+                    reply,
+                } => {
+                    let candidates = candidates.unwrap_or_default();
+                    let outcome = self
+                        .sched
+                        .create_capacity(request, key, candidates, now_ms, &view, &mut save);
+                    (outcome, reply)
+                }
+                ScheduleCommand::EndCapacity { id, reply } => (
+                    self.sched
+                        .end_capacity(&id, "deleted", now_ms, &view, &mut save),
+                    reply,
+                ),
+                ScheduleCommand::Heartbeat { id, reply } => {
+                    (self.sched.heartbeat(&id, now_ms, &mut save), reply)
+                }
+            }
+        };
+        let Outcome {
+            reply: answer,
+            intents,
+        } = outcome;
+        self.apply(intents);
+        let answer = match answer {
+            schedules::Reply::Now(answer) => answer,
+            schedules::Reply::CapacityView(status, capacity) => {
+                let statuses = lock(&self.status).clone();
+                Answer::new(
+                    status,
+                    self.sched.capacity_view(&capacity, &statuses, unix_ms()),
+                )
+            }
+        };
+        let _ = reply.send(answer);
+        self.publish(&self.observe_all());
+    }
+
+    /// Each tick: the schedules' drains and releases for `now_ms`.
+    fn reconcile_schedules(&mut self, now_ms: u64, now: Instant) {
+        let view = ClaimsView::of(&self.groups, &self.records, now);
+        let reconciled = {
+            let (records, orphans, file) = (&self.records, &self.orphans, &mut self.state_file);
+            let mut save = |s: &Schedules| file.save(records, orphans, s);
+            self.sched.reconcile(now_ms, &view, &mut save)
+        };
+        self.apply(reconciled.intents);
+        self.metrics
+            .groups
+            .capacity_heartbeat_lapsed
+            .set(reconciled.lapsed);
+    }
+
+    /// Carries out what the schedules asked for; a drain that cannot be made now is handed back.
+    fn apply(&mut self, intents: Vec<Intent>) {
+        for intent in intents {
+            match intent {
+                Intent::Drain { group, request } => {
+                    let claim = request.claim.clone();
+                    if let Err(error) = self.drain(&group, request) {
+                        warn!(%group, %claim, %error, "drain not made yet");
+                        self.forget_attempt(&group, &claim);
+                    }
+                }
+                Intent::Release { group, claim } => match self.resume(&group, claim.clone(), false)
+                {
+                    Ok(_) | Err(ControlError::Held { .. }) => {}
+                    Err(error) => warn!(%group, %claim, %error, "claim not released yet"),
+                },
+                Intent::Lapsed { group, claim } => {
+                    if let Some(index) = self.index(&group) {
+                        let state = self.record(&group).state;
+                        self.log_event(
+                            index,
+                            "heartbeat_lapsed",
+                            (state, state),
+                            &claim.to_string(),
+                            "the scheduler stopped renewing its lease; the group stays drained",
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use super::observe::Observed;
 use crate::config::Config;
+use crate::groups::state::RosterEntry;
 
 /// A group's drain and ramp settings, resolved from `[drain]` and its `[[group]]`.
 #[derive(Debug, Clone)]
@@ -45,6 +47,15 @@ impl Policy {
             ramp_timeout: d.ramp_timeout,
             hook_retry: d.hook_retry,
         }
+    }
+
+    /// How long to wait before trying a failed automatic transition again after `failures` in
+    /// a row: `hook_retry`, doubling with each, at most 10 minutes (a hook that keeps failing is
+    /// not run, nor logged, every few seconds for hours).
+    pub(super) fn retry_after(&self, failures: u32) -> Duration {
+        self.hook_retry
+            .saturating_mul(1 << failures.min(6))
+            .min(Duration::from_secs(600).max(self.hook_retry))
     }
 
     /// How long a miner must be silent to count as no longer hashing: `quiet_shares` of its
@@ -138,11 +149,77 @@ impl Ramp {
         Some(self.admit_through)
     }
 
+    /// One tick of a resuming group: admits waiting paused miners (above the watermark, in
+    /// ticket order) at `rate`, and says whether the ramp is over: nobody waits for admission,
+    /// `may_finish` (no hook run or retry under way), and every miner of the drain's `roster`
+    /// is back (trigger `ramp`), or `timeout` passed since the resume (trigger `ramp_timeout`,
+    /// with a detail naming who did not come back). Miners waiting for admission are always
+    /// admitted at the rate, never all at once, even after the timeout.
+    pub(super) fn step(
+        &mut self,
+        now: Instant,
+        rate: f64,
+        timeout: Duration,
+        observed: &Observed,
+        roster: &[RosterEntry],
+        may_finish: bool,
+    ) -> RampStep {
+        let mut waiting: Vec<u64> = observed
+            .miners
+            .iter()
+            .filter(|m| m.paused && m.ticket > self.admit_through)
+            .map(|m| m.ticket)
+            .collect();
+        waiting.sort_unstable();
+        let admit_through = self.admit(now, rate, &waiting);
+        let still_waiting = waiting.iter().any(|t| *t > self.admit_through);
+        let admitted = self.admit_through;
+        let missing: Vec<&str> = roster
+            .iter()
+            .filter(|entry| {
+                !observed
+                    .miners
+                    .iter()
+                    .any(|m| m.name == entry.name && (!m.paused || m.ticket <= admitted))
+            })
+            .map(|entry| entry.name.as_str())
+            .collect();
+        let timed_out = now.saturating_duration_since(self.started) >= timeout;
+        let finished = if still_waiting || !may_finish || (!missing.is_empty() && !timed_out) {
+            None
+        } else if missing.is_empty() {
+            Some(("ramp", None))
+        } else {
+            let names: Vec<&str> = missing.iter().take(20).copied().collect();
+            Some((
+                "ramp_timeout",
+                Some(format!(
+                    "ramp timeout: {} miner(s) did not come back: {}",
+                    missing.len(),
+                    names.join(", ")
+                )),
+            ))
+        };
+        RampStep {
+            admit_through,
+            finished,
+        }
+    }
+
     fn fill(&mut self, now: Instant, rate: f64) {
         let elapsed = now.saturating_duration_since(self.filled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
         self.filled = now;
     }
+}
+
+/// What one ramp tick decided.
+#[derive(Debug, PartialEq)]
+pub(super) struct RampStep {
+    /// The gate's new watermark, when it moved.
+    pub admit_through: Option<u64>,
+    /// The ramp is over: its trigger, and on a timeout who did not come back.
+    pub finished: Option<(&'static str, Option<String>)>,
 }
 
 #[cfg(test)]
@@ -188,5 +265,77 @@ mod tests {
         // A long quiet spell does not bank a backlog: at most a second's worth (2) at once.
         assert_eq!(ramp.admit(at(60_000), 2.0, &[20, 21, 22, 23]), Some(21));
         assert_eq!(ramp.admit_through, 21);
+    }
+
+    fn miner(name: &str, ticket: u64, paused: bool) -> super::super::observe::MinerView {
+        super::super::observe::MinerView {
+            id: ticket,
+            name: name.into(),
+            address: "127.0.0.1:1".into(),
+            paused,
+            last_submit_ms: None,
+            difficulty: 1.0,
+            hashrate: 0.0,
+            ticket,
+        }
+    }
+
+    fn roster(names: &[&str]) -> Vec<RosterEntry> {
+        names
+            .iter()
+            .map(|n| RosterEntry {
+                name: (*n).into(),
+                address: "127.0.0.1:1".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ramp_ends_once_the_roster_is_back_or_at_its_timeout_naming_who_is_missing() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let timeout = Duration::from_secs(60);
+        let roster = roster(&["a", "b", "c"]);
+        let mut ramp = Ramp::new(start);
+        // a and b are back but paused: one a second, so two ticks; c has not reconnected.
+        let observed = Observed {
+            miners: vec![miner("a", 1, true), miner("b", 2, true)],
+            ..Observed::default()
+        };
+        let first = ramp.step(at(0), 1.0, timeout, &observed, &roster, true);
+        assert_eq!(first.admit_through, Some(1));
+        assert_eq!(first.finished, None, "b still waits for admission");
+        let second = ramp.step(at(1), 1.0, timeout, &observed, &roster, true);
+        assert_eq!(second.admit_through, Some(2));
+        assert_eq!(
+            second.finished, None,
+            "c is missing and the timeout is not reached"
+        );
+        // A hook run under way holds the end back even at the timeout.
+        let held = ramp.step(at(61), 1.0, timeout, &observed, &roster, false);
+        assert_eq!(held.finished, None);
+        let timed_out = ramp.step(at(61), 1.0, timeout, &observed, &roster, true);
+        assert_eq!(
+            timed_out.finished,
+            Some((
+                "ramp_timeout",
+                Some("ramp timeout: 1 miner(s) did not come back: c".into())
+            ))
+        );
+        // Everyone back and admitted: over at once.
+        let mut ramp = Ramp::new(start);
+        let all = Observed {
+            miners: vec![
+                miner("a", 1, false),
+                miner("b", 2, false),
+                miner("c", 3, false),
+            ],
+            ..Observed::default()
+        };
+        let done = ramp.step(at(0), 1.0, timeout, &all, &roster, true);
+        assert_eq!(
+            (done.admit_through, done.finished),
+            (None, Some(("ramp", None)))
+        );
     }
 }

@@ -5,7 +5,7 @@ use super::group::GroupRuntime;
 use super::handle::{DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus, HashingMiner};
 use super::observe::Observed;
 use crate::downstream::Refusals;
-use crate::groups::capacity::EfficiencySource;
+use crate::groups::capacity::{Candidate, EfficiencySource};
 use crate::groups::state::{Claim, GroupRecord, GroupState};
 use crate::metrics::Metrics;
 
@@ -116,6 +116,44 @@ pub(super) fn group_status(
             efficiency_source: Some(efficiency.1),
         },
     }
+}
+
+/// Groups a capacity request may drain: mining, held by nothing, no transition under way,
+/// drawing power (groups planned by another active request are left out by the schedules).
+pub(super) fn candidates(
+    groups: &[GroupRuntime],
+    records: &[GroupRecord],
+    observed: &[Observed],
+) -> Vec<Candidate> {
+    groups
+        .iter()
+        .zip(records)
+        .zip(observed)
+        .filter(|((g, record), _)| {
+            record.state == GroupState::Active && record.claims.is_empty() && g.pending.is_none()
+        })
+        .map(|((g, _), o)| {
+            let watts = power_watts(g, o);
+            let (efficiency, source) = g.efficiency(watts);
+            let expected = o
+                .miners
+                .iter()
+                .map(|m| {
+                    g.policy
+                        .quiet_period(m.difficulty, m.hashrate)
+                        .as_secs_f64()
+                })
+                .fold(g.policy.quiet_min.as_secs_f64(), f64::max);
+            Candidate {
+                group: g.name.to_string(),
+                watts,
+                efficiency_j_per_th: efficiency,
+                source,
+                drain_priority: g.drain_priority,
+                expected_drained_seconds: expected,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,7 +1,22 @@
-//! Windows and capacity requests as data: what the controller holds of them, what goes into the
-//! state file, the answers an `Idempotency-Key` replays, and the views the API reads.
+//! Windows and capacity requests: what the controller holds of them, what goes into the state
+//! file, the answers an `Idempotency-Key` replays, and the views the API reads.
+//!
+//! [`Schedules`] owns its data and decides; it never drains or resumes a group itself. Its API
+//! commands (`commands.rs`) and its per-tick reconciliation (`reconcile.rs`) read the groups'
+//! claims through a [`ClaimsView`] and return [`Intent`]s (drain this group for this claim,
+//! release that claim) that the transition engine carries out; a drain that could not be made is
+//! handed back with [`Schedules::forget_attempt`] and tried again on a later tick. Durable writes
+//! go through a `save` callback the engine passes in (the state file holds the groups' records
+//! too), so every rule here is tested with plain data and an explicit clock (`now_ms`).
 
-use std::collections::{BTreeMap, HashSet};
+mod commands;
+mod reconcile;
+mod views;
+
+pub(super) use commands::{Outcome, Reply};
+pub use views::ScheduleViews;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -9,11 +24,14 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::clock::unix_ms;
-use crate::config::windows::{Window, WindowSpec, WindowView};
-use crate::groups::capacity::{Capacity, CapacityRequest, CapacityView};
-use crate::groups::state::Claim;
-use crate::groups::store::{PersistedState, StoredAnswer};
+use std::time::Instant;
+
+use super::group::GroupRuntime;
+use super::handle::DrainRequest;
+use crate::config::windows::{Window, WindowSpec};
+use crate::groups::capacity::{Capacity, CapacityRequest};
+use crate::groups::state::{Claim, GroupRecord};
+use crate::groups::store::{PersistedState, StoreError, StoredAnswer};
 
 /// Idempotency keys remembered (the oldest are forgotten first); every state write carries them.
 pub(super) const MAX_IDEMPOTENCY_KEYS: usize = 200;
@@ -77,14 +95,108 @@ pub(super) enum ScheduleCommand {
     },
 }
 
-/// What the API reads about windows and capacity requests.
-#[derive(Debug, Default, Clone)]
-pub struct ScheduleViews {
-    /// Every window.
-    pub windows: Vec<WindowView>,
-    /// Every capacity request (active and recently ended).
-    pub capacity: Vec<CapacityView>,
+/// What schedules ask of the transition engine.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Intent {
+    /// Drain `group` for `request.claim`; if it cannot be made now, hand it back with
+    /// [`Schedules::forget_attempt`].
+    Drain {
+        /// The group.
+        group: String,
+        /// Mode, reason and the claim.
+        request: DrainRequest,
+    },
+    /// Release `claim` on `group` (it resumes once no claim is left).
+    Release {
+        /// The group.
+        group: String,
+        /// The claim let go.
+        claim: Claim,
+    },
+    /// `claim`'s scheduler stopped renewing its lease: an audit event on `group`, which stays
+    /// drained.
+    Lapsed {
+        /// The group.
+        group: String,
+        /// The capacity request's claim.
+        claim: Claim,
+    },
 }
+
+/// One group as schedules see it: the claims it holds, and whether it can take a step now
+/// (false while its hooks run or a failed transition waits for its retry).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct GroupClaims {
+    /// The claims holding it.
+    pub claims: BTreeSet<Claim>,
+    /// Its hooks are running, or a failed transition waits for its retry.
+    pub waiting: bool,
+}
+
+/// The configured groups' claims, taken by the engine before a schedule decides.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct ClaimsView {
+    /// By group name.
+    pub groups: BTreeMap<String, GroupClaims>,
+}
+
+impl ClaimsView {
+    /// The configured groups' claims (from their `records`) and whether each can take a step
+    /// at `now`.
+    pub(in crate::groups::controller) fn of(
+        groups: &[GroupRuntime],
+        records: &BTreeMap<String, GroupRecord>,
+        now: Instant,
+    ) -> ClaimsView {
+        let groups = groups
+            .iter()
+            .map(|g| {
+                let claims = GroupClaims {
+                    claims: records
+                        .get(&*g.name)
+                        .map(|r| r.claims.clone())
+                        .unwrap_or_default(),
+                    waiting: g.pending.is_some() || g.retry_at.is_some_and(|at| now < at),
+                };
+                (g.name.to_string(), claims)
+            })
+            .collect();
+        ClaimsView { groups }
+    }
+
+    /// Whether `group` holds `claim`.
+    fn holds(&self, group: &str, claim: &Claim) -> bool {
+        self.groups
+            .get(group)
+            .is_some_and(|g| g.claims.contains(claim))
+    }
+
+    /// Whether `group` cannot take a step now (an unknown group never can).
+    fn waiting(&self, group: &str) -> bool {
+        self.groups.get(group).is_none_or(|g| g.waiting)
+    }
+
+    /// Whether `group` is configured.
+    fn known(&self, group: &str) -> bool {
+        self.groups.contains_key(group)
+    }
+
+    /// Releases of `claim` on every group holding it that can take a step now (the others are
+    /// released by a later reconciliation).
+    fn releases(&self, claim: &Claim) -> Vec<Intent> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| g.claims.contains(claim) && !g.waiting)
+            .map(|(group, _)| Intent::Release {
+                group: group.clone(),
+                claim: claim.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Makes the state durable: the engine's, as it is now, with these schedules in it.
+pub(super) type Save<'a> = dyn FnMut(&Schedules) -> Result<(), StoreError> + 'a;
 
 /// Windows, capacity requests and their bookkeeping, owned by the controller.
 pub(super) struct Schedules {
@@ -105,8 +217,18 @@ pub(super) struct Schedules {
     pub(super) views: Arc<Mutex<ScheduleViews>>,
 }
 
+/// What a reconciliation asks of the engine.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Reconciled {
+    /// Drains and releases, in order.
+    pub intents: Vec<Intent>,
+    /// Active capacity requests whose heartbeat lease has lapsed.
+    pub lapsed: i64,
+}
+
 impl Schedules {
-    /// From the config's windows and what the state file held.
+    /// From the config's windows (compiled when the config was validated) and what the state
+    /// file held.
     pub(super) fn new(
         config: &crate::config::Config,
         restored: &PersistedState,
@@ -181,8 +303,7 @@ impl Schedules {
 
     /// Keeps an answer for its idempotency key (the oldest keys are forgotten first). Saved with
     /// the next write.
-    pub(super) fn remember(&mut self, key: &str, fingerprint: &str, answer: &Answer) {
-        let now = unix_ms();
+    pub(super) fn remember(&mut self, key: &str, fingerprint: &str, answer: &Answer, now: u64) {
         let idempotency = &mut self.idempotency;
         idempotency.retain(|_, a| now.saturating_sub(a.at_ms) < IDEMPOTENCY_KEPT_MS);
         let seq = idempotency.values().map(|a| a.seq).max().unwrap_or(0) + 1;
@@ -214,3 +335,6 @@ impl Schedules {
         format!("{prefix}-{}", self.next_id)
     }
 }
+
+#[cfg(test)]
+mod tests;
