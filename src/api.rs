@@ -231,16 +231,11 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<ApiState>> f
     }
 }
 
-/// Compares without an early exit, so response timing does not reveal how much of a guess was
-/// right.
+/// Compares in constant time (`subtle`), so response timing does not reveal how much of a guess
+/// was right (only whether its length was).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut difference = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        difference |= x ^ y;
-    }
-    difference == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 async fn send_command(state: &ApiState, name: &str, command: SessionCommand) -> Response {

@@ -294,6 +294,40 @@ async fn a_full_prefix_space_opens_another_upstream_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_extranonce_cannot_be_shared_is_left_for_the_next_and_tried_again() {
+    // One byte of extranonce2: nothing to split between miners.
+    let narrow = common::pool_with(|c| c.extranonce2_size = 1).await;
+    let backup = pool(1.0).await;
+    let proxy = proxy(common::config_with_urls(&[narrow.url(), backup.url()], "")).await;
+    let mut miner = RawMiner::connect(&proxy).await;
+    miner
+        .send(r#"{"id":1,"method":"mining.subscribe","params":["cgminer/4.11"]}"#)
+        .await;
+    assert!(miner.response(Id::from(1)).await.is_ok());
+    miner
+        .send(r#"{"id":2,"method":"mining.authorize","params":["farm.a","x"]}"#)
+        .await;
+    assert!(miner.response(Id::from(2)).await.is_ok());
+    miner.notification("mining.notify").await;
+    let unusable = || {
+        proxy
+            .metrics
+            .upstream
+            .disconnects
+            .with_label_values(&["pool0", "unusable"])
+            .get()
+    };
+    eventually("the narrow pool counted unusable", || unusable() >= 1).await;
+    // Not given up for good: the connection is tried again (slowly, at backoff_max = 1 s).
+    eventually("the narrow pool tried again", || {
+        narrow.stats.connections.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert_eq!(backup.stats.connections.load(Ordering::Relaxed), 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_the_backup_and_back_without_double_counting() {
     let primary = pool(0.00002).await;
     let primary_addr = primary.addr;
@@ -487,12 +521,11 @@ async fn vardiff_converges_for_a_miner_of_known_hashrate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn miners_connecting_before_any_pool_are_answered_and_get_work_when_it_comes() {
-    // Reserve a port for a pool that is not there yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port for a pool that is not there yet: bound (nobody else can take it) but not
+    // listening (a connection to it is refused), until the pool listens on this same socket.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = reserved.local_addr().unwrap().port();
     let config = common::config_with_urls(&[format!("stratum+tcp://127.0.0.1:{port}")], "");
     let proxy = proxy(config).await;
     let mut miner = RawMiner::connect(&proxy).await;
@@ -518,10 +551,15 @@ async fn miners_connecting_before_any_pool_are_answered_and_get_work_when_it_com
             >= 1
     })
     .await;
-    let pool = common::pool_with(|c| {
-        c.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    })
-    .await;
+    let pool = SimPool::start_on(
+        reserved.listen(64).unwrap(),
+        SimPoolConfig {
+            difficulty: 1.0,
+            job_interval: Duration::from_secs(30),
+            ..SimPoolConfig::default()
+        },
+    )
+    .unwrap();
     let subscribed = miner.response(Id::from(3)).await;
     assert!(subscribed.is_ok(), "{subscribed:?}");
     let job = miner.notification("mining.notify").await;

@@ -15,8 +15,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// TOML syntax or type error, with the line.
-    #[error("{path}:{line}:{column}: {message}")]
+    /// TOML syntax or type error, with the line and, for a type error, the key.
+    #[error("{path}:{line}:{column}: {key}{message}", path = path.display(), key = key.as_deref().map(|k| format!("{k}: ")).unwrap_or_default())]
     Syntax {
         /// The file.
         path: PathBuf,
@@ -24,7 +24,9 @@ pub enum ConfigError {
         line: usize,
         /// 1-based column.
         column: usize,
-        /// The parser's message (names the key for type errors).
+        /// The key whose value has the wrong type (`difficulty.initial`); none for syntax.
+        key: Option<String>,
+        /// The parser's message.
         message: String,
     },
     /// A value that parses but is not acceptable.
@@ -35,11 +37,13 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// A problem in a named file.
-    #[error("{path}: {source}")]
+    /// A problem in a named file, at the line of its key where it could be found.
+    #[error("{path}{at}: {source}", path = path.display(), at = line.map(|l| format!(":{l}")).unwrap_or_default())]
     InFile {
         /// The file.
         path: PathBuf,
+        /// 1-based line of the key the problem names.
+        line: Option<usize>,
         /// The problem.
         #[source]
         source: Box<ConfigError>,

@@ -16,6 +16,7 @@ mod drain;
 mod error;
 mod groups;
 mod hooks;
+mod locate;
 mod server;
 mod upstream;
 pub mod windows;
@@ -88,12 +89,22 @@ impl Config {
                 path: path.to_owned(),
                 line,
                 column,
+                key: locate::key_of(&e),
                 message: e.message().to_owned(),
             }
         })?;
-        config.validate().map_err(|source| ConfigError::InFile {
-            path: path.to_owned(),
-            source: Box::new(source),
+        config.validate().map_err(|source| {
+            let line = match &source {
+                ConfigError::Invalid { key, .. } => {
+                    locate::offset_of(text, key).map(|offset| line_and_column(text, offset).0)
+                }
+                _ => None,
+            };
+            ConfigError::InFile {
+                path: path.to_owned(),
+                line,
+                source: Box::new(source),
+            }
         })
     }
 
@@ -228,6 +239,33 @@ user = "farm.proxy"
             ("pool.example", 3333)
         );
         assert_eq!(endpoint.to_string(), "pool.example:3333");
+    }
+
+    #[test]
+    fn every_config_error_names_its_key_and_line() {
+        let line_of =
+            |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
+        // A type error: the deserializer's key and the parser's line.
+        let text = MINIMAL.replace(
+            "[[upstream]]",
+            "[difficulty]\ninitial = \"abc\"\n\n[[upstream]]",
+        );
+        let typed = parse(&text).unwrap_err().to_string();
+        let line = line_of(&text, "initial = ").unwrap();
+        assert!(
+            typed.starts_with(&format!(
+                "test.toml:{line}:11: difficulty.initial: invalid type"
+            )),
+            "{typed}"
+        );
+        // A value that parses but is not acceptable: its key, found again on its line.
+        let text = format!("{MINIMAL}\n[[group]]\nname = \"c07\"\nworkers = [\"ok*\", \"[\"]\n");
+        let semantic = parse(&text).unwrap_err().to_string();
+        let line = line_of(&text, "workers = ").unwrap();
+        assert!(
+            semantic.starts_with(&format!("test.toml:{line}: group[0].workers[1]: ")),
+            "{semantic}"
+        );
     }
 
     #[test]

@@ -131,6 +131,12 @@ impl SimPool {
     /// Binds and starts serving.
     pub async fn start(config: SimPoolConfig) -> std::io::Result<SimPool> {
         let listener = TcpListener::bind(config.listen).await?;
+        SimPool::start_on(listener, config)
+    }
+
+    /// Starts serving on `listener` (`config.listen` is not used): for a pool that appears on
+    /// an address reserved before, such as a port a test holds bound while nothing listens.
+    pub fn start_on(listener: TcpListener, config: SimPoolConfig) -> std::io::Result<SimPool> {
         let addr = listener.local_addr()?;
         let stats = Arc::new(SimPoolStats::default());
         let (commands, _) = broadcast::channel(16);

@@ -68,8 +68,10 @@ impl Connection<'_> {
                     }
                 }
                 share = submits.recv() => {
-                    // The sender lives in the router's state; None means the router is gone.
-                    let Some(share) = share else { return Ok(()) };
+                    // The sender lives in the router's state of this connection: None means the
+                    // router let the connection go (unusable) or is gone (then reporting the
+                    // error fails and the task ends).
+                    let Some(share) = share else { return Err(UpstreamError::Unusable) };
                     self.submit(framed, share).await?;
                 }
                 _ = tick.tick() => {

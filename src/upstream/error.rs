@@ -89,6 +89,11 @@ pub enum UpstreamError {
     /// The router that takes this connection's events is gone (hashgate is stopping).
     #[error("the router is gone")]
     RouterGone,
+    /// The router cannot serve miners from this connection (the pool's extranonce space cannot
+    /// be shared between them) and let it go; the pool may be reconfigured, so it is tried
+    /// again, slowly.
+    #[error("the pool's extranonce space cannot be shared between miners")]
+    Unusable,
 }
 
 impl UpstreamError {
@@ -103,7 +108,7 @@ impl UpstreamError {
     /// Whether a retry soon can help.
     pub fn retry(&self) -> Retry {
         match self {
-            UpstreamError::Refused { .. } => Retry::Slowly,
+            UpstreamError::Refused { .. } | UpstreamError::Unusable => Retry::Slowly,
             UpstreamError::Reconnect { .. } => Retry::AsAsked,
             UpstreamError::RouterGone => Retry::Never,
             _ => Retry::Backoff,
@@ -125,6 +130,7 @@ impl UpstreamError {
             UpstreamError::Io(_) => "io",
             UpstreamError::WriteTimeout(_) => "write_timeout",
             UpstreamError::RouterGone => "internal",
+            UpstreamError::Unusable => "unusable",
         }
     }
 }

@@ -88,7 +88,7 @@ pub async fn run_connection(
                 error: Arc::new(error),
             };
             let reason = cause.describe();
-            if cause.error.retry() == Retry::Slowly {
+            if matches!(*cause.error, UpstreamError::Refused { .. }) {
                 error!(%reason, retry_in = ?delay, "the pool refuses this connection (check the upstream's user and password)");
             } else {
                 warn!(%reason, cause = cause.error.label(), retry_in = ?delay, "upstream down");

@@ -66,42 +66,48 @@ pub(super) fn context(
     }
 }
 
-/// Runs the hooks on `tracker`, on the proxy's runtime (`runtime`; not the controller's own
-/// thread, which ends at shutdown), and sends their outcome to the controller as `HooksDone`
-/// with `token`. The run has a task of its own: if a hook runner panics, the transition still
-/// gets its answer (a failure) instead of staying pending and the group busy for good.
-pub(super) fn spawn(
-    tracker: &TaskTracker,
-    runtime: &Handle,
-    hooks: Arc<HookRunner>,
-    context: HookContext,
-    controller: mpsc::Sender<Control>,
-    token: u64,
-) {
-    let group = context.group.clone();
-    let event = context.event.as_str();
-    let runs = tracker.clone();
-    let on = runtime.clone();
-    tracker.spawn_on(
-        async move {
-            let result = runs
-                .spawn_on(async move { hooks.run(&context).await }, &on)
-                .await
-                .unwrap_or_else(|error| {
-                    Err(HookFailure {
-                        hook: "(hook runner)".into(),
-                        event,
-                        message: format!("the hook task failed: {error}"),
+/// Where a transition's hooks run: tracked by the proxy's tracker, on the proxy's runtime (not
+/// the controller's own thread, which ends at shutdown), reporting to the controller.
+pub(super) struct HookRuns {
+    pub hooks: Arc<HookRunner>,
+    pub tracker: TaskTracker,
+    pub runtime: Handle,
+    /// The controller's own command channel, for `HooksDone`.
+    pub controller: mpsc::Sender<Control>,
+}
+
+impl HookRuns {
+    /// Runs the hooks of `context` and sends their outcome to the controller as `HooksDone`
+    /// with `token`. The run has a task of its own: if a hook runner panics, the transition
+    /// still gets its answer (a failure) instead of staying pending and the group busy for good.
+    pub(super) fn spawn(&self, context: HookContext, token: u64) {
+        let group = context.group.clone();
+        let event = context.event.as_str();
+        let runs = self.tracker.clone();
+        let on = self.runtime.clone();
+        let hooks = Arc::clone(&self.hooks);
+        let controller = self.controller.clone();
+        self.tracker.spawn_on(
+            async move {
+                let result = runs
+                    .spawn_on(async move { hooks.run(&context).await }, &on)
+                    .await
+                    .unwrap_or_else(|error| {
+                        Err(HookFailure {
+                            hook: "(hook runner)".into(),
+                            event,
+                            message: format!("the hook task failed: {error}"),
+                        })
+                    });
+                let _ = controller
+                    .send(Control::HooksDone {
+                        group,
+                        token,
+                        result,
                     })
-                });
-            let _ = controller
-                .send(Control::HooksDone {
-                    group,
-                    token,
-                    result,
-                })
-                .await;
-        },
-        runtime,
-    );
+                    .await;
+            },
+            &self.runtime,
+        );
+    }
 }

@@ -43,17 +43,18 @@ pub use schedules::{Answer, ScheduleViews};
 use self::durable::StateFile;
 use self::group::{GroupRuntime, Pending, Progress};
 use self::handle::{Control, Reply, Step, lock};
+use self::hook_runs::HookRuns;
 use self::observe::Observed;
 use self::policy::Ramp;
 use self::schedules::{ClaimsView, Intent, Outcome, ScheduleCommand, Schedules};
 
 use super::events::EventLog;
-use super::hooks::{HookFailure, HookRunner};
+use super::hooks::HookFailure;
 use super::state::{Claim, GroupRecord, GroupState};
 use super::store::PersistedState;
 use crate::clock::unix_ms;
-use crate::config::windows::check_reason;
 use crate::config::DrainMode;
+use crate::config::windows::check_reason;
 use crate::downstream::{Gate, SessionControl};
 use crate::metrics::Metrics;
 
@@ -63,23 +64,20 @@ const TICK: Duration = Duration::from_millis(200);
 /// The controller task's state.
 pub struct GroupController {
     rx: mpsc::Receiver<Control>,
-    tx: mpsc::Sender<Control>,
     groups: Vec<GroupRuntime>,
     records: BTreeMap<String, GroupRecord>,
     /// Records of groups no longer configured: kept in the state file, not acted on.
     orphans: BTreeMap<String, GroupRecord>,
     /// The sessions: the gates this task sets, and the snapshot it reads each tick.
     sessions: SessionControl,
-    hooks: Arc<HookRunner>,
+    /// Where transitions' hooks run.
+    hook_runs: HookRuns,
     /// The state file: every transition and schedule change is durable before it acts.
     state_file: StateFile,
     events: Arc<Mutex<EventLog>>,
     status: Arc<Mutex<Vec<GroupStatus>>>,
     metrics: Metrics,
     cancel: CancellationToken,
-    tracker: TaskTracker,
-    /// The proxy's runtime, where hook runs go (the controller runs on a thread of its own).
-    runtime: tokio::runtime::Handle,
     /// Hook runs started and transitions committed.
     progress: Progress,
     /// Windows and capacity requests.
@@ -121,19 +119,21 @@ impl GroupController {
         };
         let controller = GroupController {
             rx,
-            tx,
             groups,
             records,
             orphans,
             sessions: parts.sessions,
-            hooks: Arc::new(parts.hooks),
+            hook_runs: HookRuns {
+                hooks: Arc::new(parts.hooks),
+                tracker: parts.tracker,
+                runtime: parts.runtime,
+                controller: tx,
+            },
             state_file: StateFile::new(parts.store, parts.metrics.clone()),
             events,
             status,
             metrics: parts.metrics,
             cancel: parts.cancel,
-            tracker: parts.tracker,
-            runtime: parts.runtime,
             progress: Progress {
                 next_token: 1,
                 commits: 0,
@@ -317,7 +317,7 @@ impl GroupController {
     ) -> Result<Step, ControlError> {
         let event = hook_runs::event_for(next.state);
         let name = Arc::clone(&self.groups[index].name);
-        if !self.hooks.has_hooks(event, &name) {
+        if !self.hook_runs.hooks.has_hooks(event, &name) {
             return match self.commit(index, next, "transition", &trigger, "") {
                 Ok(()) => Ok(Step::Done),
                 Err(error) => {
@@ -336,14 +336,7 @@ impl GroupController {
             trigger,
             reply: None,
         });
-        hook_runs::spawn(
-            &self.tracker,
-            &self.runtime,
-            Arc::clone(&self.hooks),
-            context,
-            self.tx.clone(),
-            token,
-        );
+        self.hook_runs.spawn(context, token);
         self.publish(&self.observe_all());
         Ok(Step::Pending)
     }
