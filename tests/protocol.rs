@@ -7,9 +7,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hashgate::downstream::reject_response;
 use hashgate::protocol::{
-    BadShareHex, Configure, ConfigureResult, Difficulty, Extranonce1, FrameError, Id, LineCodec,
-    Message, Method, ParamError, ProtocolError, Reconnect, Request, Response, SetExtranonce,
-    Subscribe, SubscribeResult, code, notify_line,
+    BadShareHex, Configure, ConfigureResult, Difficulty, Extranonce1, FrameError, Id, JobId,
+    LineCodec, Message, Method, Notify, ParamError, ProtocolError, Reconnect, Request, Response,
+    SetExtranonce, Subscribe, SubscribeResult, code, notify_line,
 };
 use hashgate::work::{InvalidShare, Reject, ShareVector};
 use tokio::io::AsyncWriteExt;
@@ -517,6 +517,34 @@ mod never_panics {
             }
             line.truncate(cut % (line.len() + 1));
             let _ = Message::parse(&line);
+        }
+    }
+}
+
+#[test]
+fn the_notify_line_is_the_generic_request_line_byte_for_byte() {
+    let vector = mainnet_vector();
+    let mainnet = vector.notify().unwrap();
+    let quoted = Notify {
+        job_id: JobId::new(r#"a"b\c"#).unwrap(),
+        clean_jobs: false,
+        merkle_branch: Vec::new(),
+        ..mainnet.clone()
+    };
+    for notify in [mainnet, quoted] {
+        let line = notify_line(&notify);
+        let generic = Request {
+            id: Id::Null,
+            method: Method::Notify(notify.clone()),
+        }
+        .to_line();
+        assert_eq!(line, generic, "{}", String::from_utf8_lossy(&line));
+        match Message::parse(&line[..line.len() - 1]).unwrap() {
+            Message::Request(Request {
+                method: Method::Notify(parsed),
+                ..
+            }) => assert_eq!(parsed, notify),
+            other => panic!("{other:?}"),
         }
     }
 }
