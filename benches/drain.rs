@@ -68,10 +68,10 @@ async fn connect(proxy: &Proxy, n: usize, closed: &Arc<AtomicUsize>) {
             let mut lines = BufReader::new(stream).lines();
             let mut tx = Some(tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("mining.notify") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
+                if line.contains("mining.notify")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
                 }
             }
             closed.fetch_add(1, Ordering::Relaxed);

@@ -95,7 +95,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             n = n.wrapping_add(1);
             share.nonce = n;
-            if n % 4096 == 0 {
+            if n.is_multiple_of(4096) {
                 duplicates = DuplicateFilter::new();
             }
             black_box(check_share(

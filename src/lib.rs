@@ -19,6 +19,7 @@ pub mod config;
 pub mod downstream;
 pub mod groups;
 pub mod metrics;
+pub mod power;
 pub mod protocol;
 pub mod proxy;
 pub mod router;

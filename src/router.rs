@@ -681,20 +681,20 @@ impl Router {
         // With nothing serving yet (startup, or every pool was down), a better pool that is
         // subscribed and only waiting for its first job gets a moment, so the farm starts on
         // its primary instead of on whichever pool answered first.
-        if self.active.is_none() {
-            if let Some(best) = best {
-                let starting = self.started.elapsed() < STARTUP_PREFERENCE_WAIT;
-                let better_is_coming = self.pools[..best].iter().any(|p| {
-                    p.healthy_since.is_none()
-                        && !p.failed
-                        && match p.ready_since {
-                            Some(t) => t.elapsed() < STARTUP_PREFERENCE_WAIT,
-                            None => starting,
-                        }
-                });
-                if better_is_coming {
-                    return;
-                }
+        if self.active.is_none()
+            && let Some(best) = best
+        {
+            let starting = self.started.elapsed() < STARTUP_PREFERENCE_WAIT;
+            let better_is_coming = self.pools[..best].iter().any(|p| {
+                p.healthy_since.is_none()
+                    && !p.failed
+                    && match p.ready_since {
+                        Some(t) => t.elapsed() < STARTUP_PREFERENCE_WAIT,
+                        None => starting,
+                    }
+            });
+            if better_is_coming {
+                return;
             }
         }
         let chosen = match self.active {

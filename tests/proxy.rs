@@ -589,10 +589,10 @@ async fn a_miner_that_does_not_read_is_dropped_without_slowing_the_others() {
     let mut jobs = 0;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
-        if let Message::Request(r) = healthy.next().await {
-            if matches!(r.method, Method::Notify(_)) {
-                jobs += 1;
-            }
+        if let Message::Request(r) = healthy.next().await
+            && matches!(r.method, Method::Notify(_))
+        {
+            jobs += 1;
         }
     }
     assert!(jobs > 200, "the healthy miner kept getting jobs: {jobs}");

@@ -100,10 +100,10 @@ impl DrainConfig {
             ),
             ("drain.ramp_watts_per_second", d.ramp_watts_per_second),
         ] {
-            if let Some(value) = value {
-                if !value.is_finite() || value <= 0.0 {
-                    return Err(invalid(key, format!("{value} must be above zero")));
-                }
+            if let Some(value) = value
+                && (!value.is_finite() || value <= 0.0)
+            {
+                return Err(invalid(key, format!("{value} must be above zero")));
             }
         }
         Ok(())

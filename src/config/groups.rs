@@ -257,23 +257,23 @@ pub(super) fn validate_groups(groups: &[GroupConfig]) -> Result<HashSet<&str>, C
                 format!("{} must be a number of watts >= 0", group.watts_per_worker),
             ));
         }
-        if let Some(efficiency) = group.efficiency_j_per_th {
-            if !efficiency.is_finite() || efficiency <= 0.0 {
-                return Err(invalid(
-                    &key("efficiency_j_per_th"),
-                    format!("{efficiency} must be above zero"),
-                ));
-            }
+        if let Some(efficiency) = group.efficiency_j_per_th
+            && (!efficiency.is_finite() || efficiency <= 0.0)
+        {
+            return Err(invalid(
+                &key("efficiency_j_per_th"),
+                format!("{efficiency} must be above zero"),
+            ));
         }
         let rates = [
             ("ramp_workers_per_second", group.ramp_workers_per_second),
             ("ramp_watts_per_second", group.ramp_watts_per_second),
         ];
         for (field, rate) in rates {
-            if let Some(rate) = rate {
-                if !rate.is_finite() || rate <= 0.0 {
-                    return Err(invalid(&key(field), format!("{rate} must be above zero")));
-                }
+            if let Some(rate) = rate
+                && (!rate.is_finite() || rate <= 0.0)
+            {
+                return Err(invalid(&key(field), format!("{rate} must be above zero")));
             }
         }
         if group.drain_timeout.is_some_and(|t| t.is_zero()) {

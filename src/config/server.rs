@@ -114,13 +114,13 @@ impl ServerConfig {
                 format!("{} is not between 1 and 32", s.max_extranonce2_size),
             ));
         }
-        if let Some(size) = s.extranonce_prefix_size {
-            if !(1..=4).contains(&size) {
-                return Err(invalid(
-                    "server.extranonce_prefix_size",
-                    format!("{size} is not between 1 and 4"),
-                ));
-            }
+        if let Some(size) = s.extranonce_prefix_size
+            && !(1..=4).contains(&size)
+        {
+            return Err(invalid(
+                "server.extranonce_prefix_size",
+                format!("{size} is not between 1 and 4"),
+            ));
         }
         if s.socket_send_buffer < 4096 {
             return Err(invalid(

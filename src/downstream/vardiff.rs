@@ -47,10 +47,10 @@ impl Vardiff {
 
     /// Records an accepted share of difficulty `difficulty`.
     pub fn record(&mut self, now: Instant, difficulty: f64) {
-        if self.shares.len() == WINDOW_SHARES {
-            if let Some((time, _)) = self.shares.pop_front() {
-                self.window_start = time;
-            }
+        if self.shares.len() == WINDOW_SHARES
+            && let Some((time, _)) = self.shares.pop_front()
+        {
+            self.window_start = time;
         }
         self.shares.push_back((now, difficulty));
     }

@@ -34,7 +34,7 @@ impl InlineBytes {
     }
 
     fn from_hex(hex_str: &str) -> Result<Self, ExtranonceError> {
-        if hex_str.len() % 2 != 0 {
+        if !hex_str.len().is_multiple_of(2) {
             return Err(ExtranonceError::BadHex);
         }
         let len = hex_str.len() / 2;

@@ -40,6 +40,12 @@ pub struct SimMinerConfig {
     pub suggest_difficulty: Option<f64>,
     /// User agent.
     pub user_agent: String,
+    /// Source address of its Stratum connection (each simulated machine has its own, which is
+    /// also where its management API listens); the OS picks one when unset.
+    pub bind: Option<std::net::IpAddr>,
+    /// The machine it runs on: it finds shares only while the device mines (a sleep through
+    /// the firmware stops them).
+    pub device: Option<Arc<super::device::SimDevice>>,
 }
 
 impl SimMinerConfig {
@@ -53,6 +59,8 @@ impl SimMinerConfig {
             extranonce_subscribe: true,
             suggest_difficulty: None,
             user_agent: "hashgate-sim/1.0".into(),
+            bind: None,
+            device: None,
         }
     }
 }
@@ -128,9 +136,21 @@ pub async fn run_sim_miner(
     stats: Arc<SimMinerStats>,
     cancel: CancellationToken,
 ) -> Result<(), SimMinerError> {
-    let stream = TcpStream::connect(config.addr)
-        .await
-        .map_err(SimMinerError::Connect)?;
+    let stream = match config.bind {
+        Some(ip) => {
+            let socket = match ip {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .map_err(SimMinerError::Connect)?;
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .map_err(SimMinerError::Connect)?;
+            socket.connect(config.addr).await
+        }
+        None => TcpStream::connect(config.addr).await,
+    }
+    .map_err(SimMinerError::Connect)?;
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, LineCodec::new(256 * 1024));
     let mut handshake = Vec::new();
@@ -213,6 +233,9 @@ pub async fn run_sim_miner(
                 on_message(&mut state, message, &stats);
             }
             _ = pace.tick() => {
+                if config.device.as_ref().is_some_and(|d| !d.hashing()) {
+                    continue;
+                }
                 let found = hash_slice(&mut state, per_slice, &stats);
                 for (job_id, extranonce2, ntime, nonce, version_bits) in found {
                     let id = state.next_id;

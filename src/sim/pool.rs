@@ -202,7 +202,7 @@ async fn make_jobs(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let clean = counter % config.clean_every.max(1) == 0;
+        let clean = counter.is_multiple_of(config.clean_every.max(1));
         if clean {
             rng.fill(&mut prevhash);
             height += 1;

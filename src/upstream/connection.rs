@@ -282,10 +282,10 @@ impl Connection<'_> {
                 None
             }
         };
-        if let Some(event) = event {
-            if self.events.send(event).await.is_err() {
-                return Err(UpstreamError::RouterGone);
-            }
+        if let Some(event) = event
+            && self.events.send(event).await.is_err()
+        {
+            return Err(UpstreamError::RouterGone);
         }
         Ok(())
     }

@@ -255,11 +255,12 @@ impl RawMiner {
         let mut seen = 0;
         loop {
             while seen < self.received.len() {
-                if let Message::Response(response) = &self.received[seen] {
-                    if response.id == id && !self.answered.contains(&seen) {
-                        self.answered.push(seen);
-                        return response.clone();
-                    }
+                if let Message::Response(response) = &self.received[seen]
+                    && response.id == id
+                    && !self.answered.contains(&seen)
+                {
+                    self.answered.push(seen);
+                    return response.clone();
                 }
                 seen += 1;
             }
@@ -270,10 +271,10 @@ impl RawMiner {
     /// Reads until a request/notification of `method` arrives.
     pub async fn notification(&mut self, method: &str) -> Request {
         loop {
-            if let Message::Request(request) = self.next().await {
-                if request.method.name() == method {
-                    return request;
-                }
+            if let Message::Request(request) = self.next().await
+                && request.method.name() == method
+            {
+                return request;
             }
         }
     }

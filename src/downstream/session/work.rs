@@ -176,12 +176,12 @@ impl Session {
             return Ok(());
         };
         let Some(binding) = &mut self.link.binding else {
-            if let Some((id, _)) = self.link.pending_subscribe.clone() {
-                if self.try_bind().await? {
-                    self.link.pending_subscribe = None;
-                    self.answer_subscribe(id)?;
-                    self.start_work()?;
-                }
+            if let Some((id, _)) = self.link.pending_subscribe.clone()
+                && self.try_bind().await?
+            {
+                self.link.pending_subscribe = None;
+                self.answer_subscribe(id)?;
+                self.start_work()?;
             }
             return Ok(());
         };

@@ -21,12 +21,11 @@ pub(super) fn joined(
         .drain
         .as_mut()
         .filter(|_| request.claim == Claim::Manual)
+        && (drain.mode != request.mode || drain.reconnect_to != request.reconnect_to)
     {
-        if drain.mode != request.mode || drain.reconnect_to != request.reconnect_to {
-            drain.mode = request.mode;
-            drain.reconnect_to = request.reconnect_to.clone();
-            kind = Some("mode_changed");
-        }
+        drain.mode = request.mode;
+        drain.reconnect_to = request.reconnect_to.clone();
+        kind = Some("mode_changed");
     }
     kind.map(|kind| (next, kind))
 }

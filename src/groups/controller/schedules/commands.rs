@@ -139,12 +139,14 @@ impl Schedules {
         );
         // Answers that decided something are replayed; a refusal that may succeed on a retry
         // (busy, not enough capacity yet, state not saved) is not.
-        if let Some(key) = key {
-            if !self.idempotency.contains_key(&key) && answer.status < 500 && answer.status != 409 {
-                self.remember(&key, &fingerprint, &answer, now_ms);
-                if let Err(error) = save(self) {
-                    warn!(%error, "idempotency key not saved");
-                }
+        if let Some(key) = key
+            && !self.idempotency.contains_key(&key)
+            && answer.status < 500
+            && answer.status != 409
+        {
+            self.remember(&key, &fingerprint, &answer, now_ms);
+            if let Err(error) = save(self) {
+                warn!(%error, "idempotency key not saved");
             }
         }
         answer
@@ -368,10 +370,10 @@ impl Schedules {
         info!(id, why, "capacity request ended");
         self.lapsed.remove(id);
         let ended_count = self.capacity.iter().filter(|c| c.state != "active").count();
-        if ended_count > MAX_ENDED_CAPACITY {
-            if let Some(position) = self.capacity.iter().position(|c| c.state != "active") {
-                self.capacity.remove(position);
-            }
+        if ended_count > MAX_ENDED_CAPACITY
+            && let Some(position) = self.capacity.iter().position(|c| c.state != "active")
+        {
+            self.capacity.remove(position);
         }
         Outcome {
             reply: Reply::CapacityView(200, Box::new(ended)),
@@ -429,10 +431,8 @@ impl Schedules {
             self.inflight.insert((group.clone(), claim.clone()));
             intents.push(Intent::Drain { group, request });
         }
-        if bookkeeping {
-            if let Err(error) = save(self) {
-                warn!(id, %error, "capacity bookkeeping not saved");
-            }
+        if bookkeeping && let Err(error) = save(self) {
+            warn!(id, %error, "capacity bookkeeping not saved");
         }
         intents
     }

@@ -111,10 +111,8 @@ impl Schedules {
                 }
             }
         }
-        if bookkeeping {
-            if let Err(error) = save(self) {
-                warn!(%error, "window bookkeeping not saved");
-            }
+        if bookkeeping && let Err(error) = save(self) {
+            warn!(%error, "window bookkeeping not saved");
         }
         intents
     }
