@@ -75,7 +75,8 @@ async fn an_espminer_on_a_forwarded_port_is_read_slept_and_woken_by_hashgates_dr
     assert!(!device.hashing());
 
     driver.wake().await.expect("wake");
-    reading_until(&*driver, "full power again", |r| r.watts == 18.0).await;
+    // Hashing again (the watts round to full a moment before the ramp ends).
+    reading_until(&*driver, "hashing again", |r| r.hashrate_ths > Some(0.0)).await;
     assert!(device.hashing());
     assert_eq!(device.commands(), (1, 1));
 }
@@ -102,7 +103,8 @@ async fn a_luxos_miner_is_found_by_asic_rs_and_curtailed_through_its_session() {
         .expect("a second sleep is not an error");
 
     driver.wake().await.expect("wake");
-    reading_until(&*driver, "full power again", |r| r.watts == 2800.0).await;
+    let back = reading_until(&*driver, "hashing again", |r| r.hashrate_ths > Some(0.0)).await;
+    assert_eq!(back.watts, 2800.0);
     assert!(device.hashing());
 }
 
@@ -203,4 +205,93 @@ async fn firmware_faults_are_errors_of_that_machine() {
         .await
         .expect_err("nothing there");
     assert!(matches!(error, DriverError::NotDetected { .. }), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poller_reads_every_machine_and_a_hanging_one_slows_no_one() {
+    use hashgate::power::{Poller, PowerCommand, Target};
+    let mut machines = Vec::new();
+    for last in 10..13 {
+        let (device, api) = espminer(SocketAddr::new(ip(last), 0)).await;
+        let address = ManagementAddress {
+            ip: ip(last),
+            web_port: api.addr.port(),
+            rpc_port: 4028,
+        };
+        machines.push((device, api, address));
+    }
+    machines[2].0.set_faults(Faults {
+        hang: true,
+        ..Faults::default()
+    });
+    let settings = hashgate::config::PowerConfig {
+        poll_interval: Duration::from_secs(1),
+        fast_poll_interval: Duration::from_millis(200),
+        concurrency: 2,
+        request_timeout: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(2),
+    };
+    let tracker = tokio_util::task::TaskTracker::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (poller, handle) = Poller::new(settings, tracker.clone());
+    tokio::spawn(poller.run(cancel.clone()));
+    let targets = machines
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, address))| Target {
+            worker: format!("farm.bitaxe-{i}"),
+            group: Arc::from("desk"),
+            address: *address,
+            fast: false,
+        })
+        .collect();
+    handle.targets.send_replace(targets);
+    let book = Arc::clone(&handle.book);
+    let wait = |what: &'static str, done: Box<dyn Fn() -> bool + Send>| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (good, hanging) = ([machines[0].2, machines[1].2], machines[2].2);
+    let b = Arc::clone(&book);
+    wait(
+        "both good machines read, the hanging one timed out",
+        Box::new(move || {
+            good.iter()
+                .all(|a| b.get(a).is_some_and(|m| m.watts == Some(18.0)))
+                && b.get(&hanging)
+                    .is_some_and(|m| m.error.as_deref().is_some_and(|e| e.contains("timed out")))
+        }),
+    )
+    .await;
+    let stuck = book.get(&hanging).expect("watched");
+    assert_eq!(
+        (stuck.worker.as_str(), stuck.watts),
+        ("farm.bitaxe-2", None)
+    );
+
+    handle
+        .commands
+        .send(PowerCommand::Sleep(good.to_vec()))
+        .await
+        .expect("poller runs");
+    let b = Arc::clone(&book);
+    wait(
+        "the two machines asleep, as measured",
+        Box::new(move || {
+            good.iter().all(|a| {
+                b.get(a).is_some_and(|m| {
+                    m.watts == Some(2.5) && m.last_command.as_deref() == Some("sleep")
+                })
+            })
+        }),
+    )
+    .await;
+    assert!(machines[..2].iter().all(|(d, _, _)| !d.hashing()));
+    cancel.cancel();
 }

@@ -17,6 +17,7 @@ mod error;
 mod groups;
 mod hooks;
 mod locate;
+mod power;
 mod server;
 mod upstream;
 pub mod windows;
@@ -26,6 +27,7 @@ pub use drain::{CapacityConfig, DrainConfig, DrainMode};
 pub use error::ConfigError;
 pub use groups::{DEFAULT_GROUP, Group, GroupConfig, GroupError, GroupKind, Groups};
 pub use hooks::{HookConfig, HookEvent};
+pub use power::PowerConfig;
 pub use server::{ApiConfig, ServerConfig, StateConfig};
 pub use upstream::{Endpoint, FailoverConfig, UpstreamConfig, parse_stratum_url, split_host_port};
 
@@ -66,6 +68,9 @@ pub struct Config {
     /// How capacity requests are planned.
     #[serde(default)]
     pub capacity: CapacityConfig,
+    /// How machines' firmware is polled for power and told to sleep and wake.
+    #[serde(default)]
+    pub power: PowerConfig,
 }
 
 impl Config {
@@ -122,6 +127,7 @@ impl Config {
         hooks::validate_hooks(&self.hooks, &group_names)?;
         windows::validate_windows(&self.windows, &group_names)?;
         self.capacity.validate()?;
+        self.power.validate()?;
         self.api.validate()?;
         Ok(self)
     }

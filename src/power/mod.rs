@@ -9,8 +9,10 @@ mod asicrs;
 mod detect;
 mod driver;
 mod espminer;
+mod poller;
 
 pub use detect::detect;
 pub use driver::{
     DriverError, DriverFuture, ManagementAddress, MinerDriver, RPC_PORT, Reading, WEB_PORT,
 };
+pub use poller::{MachinePower, Poller, PowerBook, PowerCommand, PowerHandle, Target};

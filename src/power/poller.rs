@@ -1,0 +1,404 @@
+//! The poller: one task that keeps every watched machine's power reading fresh and carries out
+//! sleep and wake commands, without anyone waiting on a firmware.
+//!
+//! Each machine is read at `power.poll_interval` (at `fast_poll_interval` while its group drains
+//! or resumes), first reads spread over the interval so 20,000 machines do not all ask at once;
+//! at most `power.concurrency` calls are in flight, each bounded by `power.request_timeout`. A
+//! machine whose calls fail backs off alone (doubling up to `power.max_backoff`); one that is
+//! not recognised is detected again on its next turn. What is known lands in the [`PowerBook`],
+//! which the group controller reads on its tick.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::detect::detect;
+use super::driver::{DriverError, ManagementAddress, MinerDriver, Reading};
+use crate::clock::unix_ms;
+use crate::config::PowerConfig;
+
+/// A machine to watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Its worker name (errors and the API name the machine by it).
+    pub worker: String,
+    /// Its group.
+    pub group: Arc<str>,
+    /// Where its management API is.
+    pub address: ManagementAddress,
+    /// Its group drains or resumes: read at the fast interval.
+    pub fast: bool,
+}
+
+/// What is known of one machine's power.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MachinePower {
+    /// Its worker name.
+    pub worker: String,
+    /// Its group.
+    pub group: String,
+    /// The firmware, once detected.
+    pub firmware: Option<String>,
+    /// Whether it can sleep through its driver, once detected.
+    pub can_sleep: Option<bool>,
+    /// The last good reading.
+    pub watts: Option<f64>,
+    /// Its own hashrate, TH/s, from the last good reading.
+    pub hashrate_ths: Option<f64>,
+    /// Whether the firmware said it sleeps, from the last good reading.
+    pub asleep: Option<bool>,
+    /// When the last good reading was taken (Unix ms).
+    pub read_at_ms: Option<u64>,
+    /// The last call's error, if it failed (cleared by a success).
+    pub error: Option<String>,
+    /// Calls failed in a row.
+    pub failures: u32,
+    /// The last sleep or wake command and its outcome (`"sleep"`, `"wake: <error>"`).
+    pub last_command: Option<String>,
+}
+
+/// Every watched machine's power, by management address; read by the group controller.
+#[derive(Debug, Default)]
+pub struct PowerBook {
+    machines: Mutex<HashMap<ManagementAddress, MachinePower>>,
+}
+
+impl PowerBook {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ManagementAddress, MachinePower>> {
+        self.machines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One machine.
+    pub fn get(&self, address: &ManagementAddress) -> Option<MachinePower> {
+        self.lock().get(address).cloned()
+    }
+
+    /// Every machine (a copy: the lock is held only for it).
+    pub fn snapshot(&self) -> Vec<(ManagementAddress, MachinePower)> {
+        self.lock()
+            .iter()
+            .map(|(address, power)| (*address, power.clone()))
+            .collect()
+    }
+
+    fn update(&self, address: ManagementAddress, change: impl FnOnce(&mut MachinePower)) {
+        if let Some(machine) = self.lock().get_mut(&address) {
+            change(machine);
+        }
+    }
+}
+
+/// What the group controller asks of machines.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PowerCommand {
+    /// Put these machines to sleep.
+    Sleep(Vec<ManagementAddress>),
+    /// Wake these machines.
+    Wake(Vec<ManagementAddress>),
+}
+
+/// How the poller is reached.
+#[derive(Debug, Clone)]
+pub struct PowerHandle {
+    /// What is known.
+    pub book: Arc<PowerBook>,
+    /// The machines to watch (replaced whole).
+    pub targets: watch::Sender<Vec<Target>>,
+    /// Sleep and wake.
+    pub commands: mpsc::Sender<PowerCommand>,
+}
+
+/// One watched machine's schedule.
+struct Slot {
+    target: Target,
+    driver: Option<Arc<dyn MinerDriver>>,
+    due: Instant,
+    busy: bool,
+    failures: u32,
+}
+
+/// A finished read.
+struct Outcome {
+    address: ManagementAddress,
+    driver: Option<Arc<dyn MinerDriver>>,
+    result: Result<Reading, DriverError>,
+}
+
+/// The poller task.
+pub struct Poller {
+    settings: PowerConfig,
+    book: Arc<PowerBook>,
+    targets: watch::Receiver<Vec<Target>>,
+    commands: mpsc::Receiver<PowerCommand>,
+    slots: HashMap<ManagementAddress, Slot>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl Poller {
+    /// The poller and its handle; nothing runs until [`Poller::run`].
+    pub fn new(settings: PowerConfig, tracker: TaskTracker) -> (Poller, PowerHandle) {
+        let book = Arc::new(PowerBook::default());
+        let (targets_tx, targets) = watch::channel(Vec::new());
+        let (commands_tx, commands) = mpsc::channel(64);
+        let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let poller = Poller {
+            settings,
+            book: Arc::clone(&book),
+            targets,
+            commands,
+            slots: HashMap::new(),
+            permits,
+            tracker,
+        };
+        let handle = PowerHandle {
+            book,
+            targets: targets_tx,
+            commands: commands_tx,
+        };
+        (poller, handle)
+    }
+
+    /// Runs until `cancel`.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let (done_tx, mut done) = mpsc::channel::<Outcome>(1024);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                Ok(()) = self.targets.changed() => self.on_targets(),
+                Some(outcome) = done.recv() => self.on_outcome(outcome),
+                Some(command) = self.commands.recv() => self.on_command(command),
+                _ = tick.tick() => self.start_due(&done_tx),
+            }
+        }
+    }
+
+    fn interval(&self, target: &Target) -> Duration {
+        if target.fast {
+            self.settings.fast_poll_interval
+        } else {
+            self.settings.poll_interval
+        }
+    }
+
+    /// New machines are first read at a random point of their interval; a machine whose group
+    /// starts a drain or a resume is read now.
+    fn on_targets(&mut self) {
+        let targets = self.targets.borrow_and_update().clone();
+        let now = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        for target in targets {
+            seen.insert(target.address);
+            let interval = self.interval(&target);
+            match self.slots.get_mut(&target.address) {
+                Some(slot) => {
+                    if target.fast && !slot.target.fast {
+                        slot.due = slot.due.min(now);
+                    }
+                    slot.target = target;
+                }
+                None => {
+                    let spread = interval.mul_f64(fastrand::f64());
+                    self.book.lock().insert(
+                        target.address,
+                        MachinePower {
+                            worker: target.worker.clone(),
+                            group: target.group.to_string(),
+                            ..MachinePower::default()
+                        },
+                    );
+                    self.slots.insert(
+                        target.address,
+                        Slot {
+                            target,
+                            driver: None,
+                            due: now + spread,
+                            busy: false,
+                            failures: 0,
+                        },
+                    );
+                }
+            }
+        }
+        self.slots.retain(|address, _| seen.contains(address));
+        self.book.lock().retain(|address, _| seen.contains(address));
+    }
+
+    /// Starts the reads that are due, as far as the permits go.
+    fn start_due(&mut self, done: &mpsc::Sender<Outcome>) {
+        let now = Instant::now();
+        for (address, slot) in &mut self.slots {
+            if slot.busy || slot.due > now {
+                continue;
+            }
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                return; // all permits in use: the rest wait for the next tick
+            };
+            slot.busy = true;
+            let (address, driver, done) = (*address, slot.driver.clone(), done.clone());
+            let timeout = self.settings.request_timeout;
+            self.tracker.spawn(async move {
+                let _permit = permit;
+                let (driver, result) = read_once(address, driver, timeout).await;
+                let _ = done
+                    .send(Outcome {
+                        address,
+                        driver,
+                        result,
+                    })
+                    .await;
+            });
+        }
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) {
+        let Some(slot) = self.slots.get_mut(&outcome.address) else {
+            return; // no longer watched
+        };
+        slot.busy = false;
+        let now = Instant::now();
+        let interval = if slot.target.fast {
+            self.settings.fast_poll_interval
+        } else {
+            self.settings.poll_interval
+        };
+        match outcome.result {
+            Ok(reading) => {
+                slot.failures = 0;
+                slot.due = now + interval;
+                let driver = outcome.driver.clone();
+                slot.driver = outcome.driver;
+                self.book.update(outcome.address, |m| {
+                    m.firmware = driver.as_ref().map(|d| d.firmware().to_owned());
+                    m.can_sleep = driver.as_ref().map(|d| d.can_sleep());
+                    m.watts = Some(reading.watts);
+                    m.hashrate_ths = reading.hashrate_ths;
+                    m.asleep = reading.asleep;
+                    m.read_at_ms = Some(unix_ms());
+                    m.error = None;
+                    m.failures = 0;
+                });
+            }
+            Err(error) => {
+                slot.failures = slot.failures.saturating_add(1);
+                let backoff = interval
+                    .saturating_mul(1 << slot.failures.min(10))
+                    .min(self.settings.max_backoff.max(interval));
+                slot.due = now + backoff;
+                // A driver that keeps failing for a reason a retry cannot fix is detected again.
+                slot.driver = outcome.driver.filter(|_| error.transient());
+                let (worker, group) = (slot.target.worker.clone(), slot.target.group.clone());
+                if slot.failures == 1 {
+                    warn!(%worker, %group, address = %outcome.address, %error, "machine's power not read");
+                } else {
+                    debug!(%worker, %group, address = %outcome.address, %error, failures = slot.failures, retry_in = ?backoff, "machine's power still not read");
+                }
+                let failures = slot.failures;
+                self.book.update(outcome.address, |m| {
+                    m.error = Some(error.to_string());
+                    m.failures = failures;
+                });
+            }
+        }
+    }
+
+    /// Sends sleep or wake to each machine, bounded like the reads; the outcome goes into the
+    /// book, and the machine is read again soon after (its draw shows whether it obeyed).
+    fn on_command(&mut self, command: PowerCommand) {
+        let (sleep, addresses) = match command {
+            PowerCommand::Sleep(addresses) => (true, addresses),
+            PowerCommand::Wake(addresses) => (false, addresses),
+        };
+        let now = Instant::now();
+        for address in addresses {
+            let Some(slot) = self.slots.get_mut(&address) else {
+                continue;
+            };
+            slot.due = slot.due.min(now + self.settings.fast_poll_interval);
+            let (permits, book, driver) = (
+                Arc::clone(&self.permits),
+                Arc::clone(&self.book),
+                slot.driver.clone(),
+            );
+            let timeout = self.settings.request_timeout;
+            self.tracker.spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
+                let outcome = command_once(address, driver, sleep, timeout).await;
+                let what = if sleep { "sleep" } else { "wake" };
+                let text = match outcome {
+                    Ok(()) => what.to_owned(),
+                    Err(error) => {
+                        warn!(%address, command = what, %error, "machine did not take the command");
+                        format!("{what}: {error}")
+                    }
+                };
+                book.update(address, |m| m.last_command = Some(text));
+            });
+        }
+    }
+}
+
+/// Detects the machine if needed, then reads it, all within `timeout`.
+async fn read_once(
+    address: ManagementAddress,
+    driver: Option<Arc<dyn MinerDriver>>,
+    timeout: Duration,
+) -> (Option<Arc<dyn MinerDriver>>, Result<Reading, DriverError>) {
+    let limit = DriverError::Timeout {
+        what: "power reading",
+        after: timeout,
+    };
+    let work = async {
+        let driver = match driver {
+            Some(driver) => driver,
+            None => match detect(address, timeout).await {
+                Ok(driver) => driver,
+                Err(error) => return (None, Err(error)),
+            },
+        };
+        let result = driver.read().await;
+        (Some(driver), result)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(done) => done,
+        Err(_) => (None, Err(limit)),
+    }
+}
+
+/// Detects the machine if needed, then sends sleep or wake, within `timeout`.
+async fn command_once(
+    address: ManagementAddress,
+    driver: Option<Arc<dyn MinerDriver>>,
+    sleep: bool,
+    timeout: Duration,
+) -> Result<(), DriverError> {
+    let work = async {
+        let driver = match driver {
+            Some(driver) => driver,
+            None => detect(address, timeout).await?,
+        };
+        if sleep {
+            driver.sleep().await
+        } else {
+            driver.wake().await
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| DriverError::Timeout {
+            what: if sleep { "sleep" } else { "wake" },
+            after: timeout,
+        })?
+}
