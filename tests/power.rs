@@ -158,6 +158,13 @@ async fn firmware_faults_are_errors_of_that_machine() {
     assert!(matches!(error, DriverError::Malformed(_)), "{error}");
 
     set(Faults {
+        oversized: true,
+        ..Faults::default()
+    });
+    let error = driver.read().await.expect_err("a megabyte reply");
+    assert!(matches!(error, DriverError::Malformed(_)), "{error}");
+
+    set(Faults {
         unauthorized: true,
         ..Faults::default()
     });

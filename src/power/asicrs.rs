@@ -106,35 +106,38 @@ impl MinerDriver for AsicRsMiner {
 
     fn sleep(&self) -> DriverFuture<'_, ()> {
         Box::pin(async move {
-            if !self.miner.supports_pause() {
-                return Err(DriverError::Unsupported {
-                    firmware: self.firmware.clone(),
-                    what: "sleep",
-                });
-            }
-            match self.miner.pause(None).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(DriverError::Refused("pause not accepted".into())),
-                Err(error) if already(&error) => Ok(()),
-                Err(error) => Err(DriverError::Refused(format!("{error:#}"))),
-            }
+            self.supported(self.miner.supports_pause(), "sleep")?;
+            accepted(self.miner.pause(None).await, "pause")
         })
     }
 
     fn wake(&self) -> DriverFuture<'_, ()> {
         Box::pin(async move {
-            if !self.miner.supports_resume() {
-                return Err(DriverError::Unsupported {
-                    firmware: self.firmware.clone(),
-                    what: "wake",
-                });
-            }
-            match self.miner.resume(None).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(DriverError::Refused("resume not accepted".into())),
-                Err(error) if already(&error) => Ok(()),
-                Err(error) => Err(DriverError::Refused(format!("{error:#}"))),
-            }
+            self.supported(self.miner.supports_resume(), "wake")?;
+            accepted(self.miner.resume(None).await, "resume")
         })
+    }
+}
+
+impl AsicRsMiner {
+    fn supported(&self, supported: bool, what: &'static str) -> Result<(), DriverError> {
+        if supported {
+            Ok(())
+        } else {
+            Err(DriverError::Unsupported {
+                firmware: self.firmware.clone(),
+                what,
+            })
+        }
+    }
+}
+
+/// A pause or resume's answer: accepted, or already in the state asked for.
+fn accepted(answer: anyhow::Result<bool>, what: &str) -> Result<(), DriverError> {
+    match answer {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DriverError::Refused(format!("{what} not accepted"))),
+        Err(error) if already(&error) => Ok(()),
+        Err(error) => Err(DriverError::Refused(format!("{error:#}"))),
     }
 }

@@ -74,15 +74,13 @@ impl EspMiner {
             .build()
             .map_err(|e| failed(e, timeout))?;
         let base = format!("http://{address}");
-        let page = client
+        let response = client
             .get(format!("{base}/"))
             .send()
             .await
-            .map_err(|e| failed(e, timeout))?
-            .text()
-            .await
             .map_err(|e| failed(e, timeout))?;
-        if !page.contains("AxeOS") {
+        let page = bounded_body(response, timeout).await?;
+        if !String::from_utf8_lossy(&page).contains("AxeOS") {
             return Ok(None);
         }
         let mut miner = EspMiner {
@@ -128,14 +126,31 @@ impl EspMiner {
     }
 }
 
+/// The longest reply read from a machine (`/api/system/info` is ~2 KiB; AxeOS's page is small):
+/// a device that streams more is that device's error, not the proxy's memory.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A reply's body, read chunk by chunk up to [`MAX_BODY`].
+async fn bounded_body(
+    mut response: reqwest::Response,
+    timeout: Duration,
+) -> Result<Vec<u8>, DriverError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(e, timeout))? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(DriverError::Malformed(format!(
+                "reply longer than {MAX_BODY} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The body of a 2xx answer; a 401 is the firmware's allowed-network check.
 async fn checked(response: reqwest::Response, timeout: Duration) -> Result<Vec<u8>, DriverError> {
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| failed(e, timeout))?
-        .to_vec();
+    let body = bounded_body(response, timeout).await?;
     if status == reqwest::StatusCode::UNAUTHORIZED {
         return Err(DriverError::Unauthorized(
             String::from_utf8_lossy(&body).chars().take(200).collect(),

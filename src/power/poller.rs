@@ -320,6 +320,17 @@ impl Poller {
             PowerCommand::Wake(addresses) => (false, addresses),
         };
         let now = Instant::now();
+        let unknown = addresses
+            .iter()
+            .filter(|a| !self.slots.contains_key(a))
+            .count();
+        if unknown > 0 {
+            warn!(
+                unknown,
+                command = if sleep { "sleep" } else { "wake" },
+                "command for machines no longer watched (their sessions ended): not sent"
+            );
+        }
         for address in addresses {
             let Some(slot) = self.slots.get_mut(&address) else {
                 continue;
@@ -360,6 +371,9 @@ async fn read_once(
         what: "power reading",
         after: timeout,
     };
+    // A driver that was known stays known over a timeout (a slow reply is no reason to detect
+    // the firmware again).
+    let known = driver.clone();
     let work = async {
         let driver = match driver {
             Some(driver) => driver,
@@ -373,7 +387,7 @@ async fn read_once(
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(done) => done,
-        Err(_) => (None, Err(limit)),
+        Err(_) => (known, Err(limit)),
     }
 }
 

@@ -81,6 +81,8 @@ pub struct Faults {
     pub ignore_commands: bool,
     /// Refuse privileged commands as unauthorized.
     pub unauthorized: bool,
+    /// Answer with a body far longer than any real reply (a megabyte).
+    pub oversized: bool,
 }
 
 #[derive(Debug)]
@@ -229,29 +231,30 @@ impl SimDevice {
 
     /// A sleep command (`false`: ignored by a lying firmware, still answered as done).
     pub fn sleep(&self) -> bool {
-        let mut state = self.state();
-        let now = Instant::now();
-        self.integrate(&mut state, now);
-        state.sleeps += 1;
-        if state.faults.ignore_commands {
-            return false;
-        }
-        if !matches!(state.mode, DeviceMode::Asleep { .. }) {
-            state.mode = DeviceMode::Asleep { since: now };
-        }
-        true
+        self.command(true)
     }
 
     /// A wake command (`false`: ignored).
     pub fn wake(&self) -> bool {
+        self.command(false)
+    }
+
+    fn command(&self, sleep: bool) -> bool {
         let mut state = self.state();
         let now = Instant::now();
         self.integrate(&mut state, now);
-        state.wakes += 1;
+        if sleep {
+            state.sleeps += 1;
+        } else {
+            state.wakes += 1;
+        }
         if state.faults.ignore_commands {
             return false;
         }
-        if matches!(state.mode, DeviceMode::Asleep { .. }) {
+        let asleep = matches!(state.mode, DeviceMode::Asleep { .. });
+        if sleep && !asleep {
+            state.mode = DeviceMode::Asleep { since: now };
+        } else if !sleep && asleep {
             state.mode = DeviceMode::Waking { since: now };
         }
         true

@@ -116,6 +116,9 @@ async fn faulted(api: &Api) -> Option<Response> {
                 .into_response(),
         );
     }
+    if faults.oversized {
+        return Some(" ".repeat(1 << 20).into_response());
+    }
     if faults.malformed {
         return Some(
             (

@@ -41,6 +41,14 @@ impl Outcome {
     }
 }
 
+/// What an idempotency key is bound to: the endpoint and its body.
+fn fingerprint(endpoint: &str, body: &impl serde::Serialize) -> String {
+    format!(
+        "{endpoint} {}",
+        serde_json::to_string(body).unwrap_or_default()
+    )
+}
+
 impl Schedules {
     /// Adds a window from the API (`POST /windows`, with its idempotency key). Its drains start
     /// at the next reconciliation once its span is open.
@@ -52,10 +60,7 @@ impl Schedules {
         view: &ClaimsView,
         save: &mut Save<'_>,
     ) -> Outcome {
-        let fingerprint = format!(
-            "window {}",
-            serde_json::to_string(&spec).unwrap_or_default()
-        );
+        let fingerprint = fingerprint("window", &spec);
         let answer = self.idempotent(key, fingerprint, now_ms, save, |s, key, save| {
             s.add_window(spec, key, now_ms, view, save)
         });
@@ -73,10 +78,7 @@ impl Schedules {
         view: &ClaimsView,
         save: &mut Save<'_>,
     ) -> Outcome {
-        let fingerprint = format!(
-            "capacity {}",
-            serde_json::to_string(&request).unwrap_or_default()
-        );
+        let fingerprint = fingerprint("capacity", &request);
         let mut intents = Vec::new();
         let answer = self.idempotent(key, fingerprint, now_ms, save, |s, key, save| {
             let (answer, claims) = s.add_capacity(request, key, candidates, now_ms, view, save);
