@@ -25,10 +25,12 @@ use crate::config::DrainMode;
 use crate::config::Groups;
 use crate::config::windows::WindowSpec;
 use crate::downstream::{SessionCommand, SessionControl, WorkerSnapshot};
+use crate::groups::PowerSource;
 use crate::groups::capacity::CapacityRequest;
 use crate::groups::controller::Answer;
 use crate::groups::{Claim, ControlError, DrainRequest, GroupStatus, GroupsHandle};
 use crate::metrics::Metrics;
+use crate::power::{ManagementAddress, PowerBook};
 use crate::router::{RouterHandle, UpstreamView};
 
 /// What the handlers read.
@@ -46,6 +48,83 @@ pub struct ApiState {
     pub groups: GroupsHandle,
     /// Bearer token for mutating endpoints, if any.
     pub token: Option<String>,
+    /// The machines' power as their firmware reports it.
+    pub power: Arc<PowerBook>,
+    /// A reading older than this (ms) is no longer a machine's draw.
+    pub power_stale_ms: u64,
+}
+
+/// A worker as the API shows it: its session, and its machine's power.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WorkerView {
+    /// The session.
+    #[serde(flatten)]
+    pub session: WorkerSnapshot,
+    /// Its machine's power.
+    #[serde(flatten)]
+    pub power: WorkerPower,
+}
+
+/// A worker's machine's power (shared by the workers of one machine).
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerPower {
+    /// Watts its machine's firmware reports (null: not read lately).
+    pub power_watts: Option<f64>,
+    /// `firmware` when read lately, else `declared` (its group's `watts_per_worker`).
+    pub power_source: PowerSource,
+    /// Whether its firmware says it sleeps (null: not said or not read).
+    pub asleep: Option<bool>,
+    /// Whether it can sleep through its driver (null: not detected yet).
+    pub can_sleep: Option<bool>,
+    /// The firmware as detected.
+    pub firmware: Option<String>,
+    /// The management address its power is read at.
+    pub management_address: Option<String>,
+    /// The last reading's or command's error.
+    pub power_error: Option<String>,
+}
+
+impl ApiState {
+    fn worker_view(&self, session: WorkerSnapshot) -> WorkerView {
+        let power = self.worker_power(&session);
+        WorkerView { session, power }
+    }
+
+    fn worker_power(&self, session: &WorkerSnapshot) -> WorkerPower {
+        let (Some(name), Ok(remote)) = (
+            session.name.as_deref(),
+            session.remote.parse::<std::net::SocketAddr>(),
+        ) else {
+            return WorkerPower::default();
+        };
+        let Some(group) = self.group_rules.iter().find(|g| *g.name == *session.group) else {
+            return WorkerPower::default();
+        };
+        let address = ManagementAddress::of(&group.management, name, remote.ip());
+        let Some(machine) = self.power.get(&address) else {
+            return WorkerPower::default();
+        };
+        let cutoff = crate::clock::unix_ms().saturating_sub(self.power_stale_ms);
+        let fresh = machine.read_at_ms.is_some_and(|t| t >= cutoff);
+        let command_error = machine.last_command.as_ref().and_then(|c| {
+            c.error
+                .as_ref()
+                .map(|e| format!("{}: {e}", c.switch.as_str()))
+        });
+        WorkerPower {
+            power_watts: machine.watts.filter(|_| fresh),
+            power_source: if fresh {
+                PowerSource::Firmware
+            } else {
+                PowerSource::Declared
+            },
+            asleep: machine.asleep.filter(|_| fresh),
+            can_sleep: machine.can_sleep,
+            firmware: machine.firmware.clone(),
+            management_address: Some(address.to_string()),
+            power_error: machine.error.clone().or(command_error),
+        }
+    }
 }
 
 /// The routes.
@@ -123,7 +202,7 @@ pub struct WorkersPage {
     /// Workers matching the filters, before paging.
     pub total: usize,
     /// This page.
-    pub workers: Vec<WorkerSnapshot>,
+    pub workers: Vec<WorkerView>,
 }
 
 const MAX_PAGE: usize = 10_000;
@@ -157,6 +236,7 @@ async fn workers(
         .into_iter()
         .skip(query.offset.unwrap_or(0))
         .take(limit)
+        .map(|w| state.worker_view(w))
         .collect();
     Json(WorkersPage { total, workers }).into_response()
 }
@@ -172,7 +252,7 @@ fn find_worker(state: &ApiState, name: &str) -> Option<WorkerSnapshot> {
 
 async fn worker(State(state): State<Arc<ApiState>>, Path(name): Path<String>) -> Response {
     match find_worker(&state, &name) {
-        Some(worker) => Json(worker).into_response(),
+        Some(worker) => Json(state.worker_view(worker)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("no connected worker {name:?}"),

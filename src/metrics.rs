@@ -358,9 +358,9 @@ impl Metrics {
                 GaugeVec::new(
                     Opts::new(
                         "hashgate_group_power_watts",
-                        "Watts drawn by the group's mining.",
+                        "Watts the group draws, by source (meter, firmware readings, declared watts_per_worker of mining workers without a reading); the sum is the group's figure.",
                     ),
-                    &["group"],
+                    &["group", "source"],
                 )
                 .expect("valid metric"),
             ),
@@ -508,7 +508,9 @@ impl Metrics {
         for state in ["draining", "drained", "resuming"] {
             self.groups.state.with_label_values(&[name, state]).set(0);
         }
-        self.groups.power_watts.with_label_values(&[name]);
+        for source in ["meter", "firmware", "declared"] {
+            self.groups.power_watts.with_label_values(&[name, source]);
+        }
         self.groups.released_watts.with_label_values(&[name]);
         self.groups.refused_miners.with_label_values(&[name]);
         for to in ["draining", "drained", "resuming", "active"] {

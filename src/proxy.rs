@@ -22,6 +22,7 @@ use crate::groups::state::restored_gates;
 use crate::groups::store::Store;
 use crate::groups::{ControllerParts, GroupController, GroupState, GroupsHandle};
 use crate::metrics::Metrics;
+use crate::power::Poller;
 use crate::router::{Router, RouterHandle};
 
 /// Why the proxy could not start.
@@ -209,6 +210,10 @@ impl Proxy {
             gates,
         ));
         let sessions = downstream.control.clone();
+        // The power poller: the controller tells it which machines to watch; it never waits on
+        // a firmware, nor does anyone wait on it.
+        let (poller, power) = Poller::new(config.power.clone(), tasks.clone());
+        tasks.spawn(poller.run(rest.child_token()));
         let (controller, groups) = GroupController::new(ControllerParts {
             config: Arc::clone(&config),
             groups: group_rules.clone(),
@@ -221,6 +226,7 @@ impl Proxy {
             cancel: control.clone(),
             tracker: tasks.clone(),
             runtime: tokio::runtime::Handle::current(),
+            power: power.clone(),
         });
         let controller = controller
             .spawn(&tasks)
@@ -240,6 +246,11 @@ impl Proxy {
                 group_rules,
                 groups: groups.clone(),
                 token,
+                power: Arc::clone(&power.book),
+                power_stale_ms: u64::try_from(
+                    (config.power.poll_interval * 3 + config.power.request_timeout).as_millis(),
+                )
+                .unwrap_or(u64::MAX),
             },
             rest.child_token(),
         ));

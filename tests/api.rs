@@ -262,8 +262,8 @@ watts_per_worker = 10.0
     let group_of = |name: &str| {
         page.workers
             .iter()
-            .find(|w| w.name.as_deref() == Some(name))
-            .map(|w| w.group.clone())
+            .find(|w| w.session.name.as_deref() == Some(name))
+            .map(|w| w.session.group.clone())
             .unwrap()
     };
     assert_eq!(group_of("farm.c07-0002"), "c07");
@@ -294,7 +294,7 @@ watts_per_worker = 10.0
     let h = Arc::clone(&http);
     let (_, body) = blocking(move || h.get("/metrics")).await;
     assert!(
-        body.contains("hashgate_group_power_watts{group=\"c07\"} 6500"),
+        body.contains("hashgate_group_power_watts{group=\"c07\",source=\"declared\"} 6500"),
         "{body}"
     );
     assert!(body.contains("hashgate_workers_connected{group=\"c07\"} 2"));

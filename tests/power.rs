@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hashgate::power::{DriverError, ManagementAddress, detect};
+use hashgate::power::{DriverError, ManagementAddress, Switch, detect};
 use hashgate::sim::{DeviceProfile, Faults, SimDevice, SimEspMiner, SimLuxos};
 use tokio::net::TcpListener;
 
@@ -58,7 +58,7 @@ async fn an_espminer_on_a_forwarded_port_is_read_slept_and_woken_by_hashgates_dr
         web_port: api.addr.port(),
         rpc_port: 4028,
     };
-    let driver = detect(address, TIMEOUT).await.expect("detected");
+    let driver = detect(address, None, TIMEOUT).await.expect("detected");
     assert_eq!(driver.firmware(), "ESP-Miner 2.14.0");
     assert!(driver.can_sleep());
     let reading = driver.read().await.expect("reading");
@@ -84,7 +84,7 @@ async fn an_espminer_on_a_forwarded_port_is_read_slept_and_woken_by_hashgates_dr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_luxos_miner_is_found_by_asic_rs_and_curtailed_through_its_session() {
     let (device, _api) = luxos(ip(2)).await;
-    let driver = detect(ManagementAddress::standard(ip(2)), TIMEOUT)
+    let driver = detect(ManagementAddress::standard(ip(2)), None, TIMEOUT)
         .await
         .expect("detected");
     assert!(driver.firmware().contains("LuxOS"), "{}", driver.firmware());
@@ -122,7 +122,7 @@ async fn an_espminer_on_port_80_is_driven_through_asic_rs() {
     };
     let device = Arc::new(SimDevice::new(DeviceProfile::bitaxe()));
     let _api = SimEspMiner::start(listener, Arc::clone(&device), "bitaxe-80").expect("start");
-    let driver = detect(ManagementAddress::standard(ip(3)), TIMEOUT)
+    let driver = detect(ManagementAddress::standard(ip(3)), None, TIMEOUT)
         .await
         .expect("detected");
     assert!(
@@ -147,7 +147,7 @@ async fn firmware_faults_are_errors_of_that_machine() {
         web_port: api.addr.port(),
         rpc_port: 4028,
     };
-    let driver = detect(address, TIMEOUT).await.expect("detected");
+    let driver = detect(address, None, TIMEOUT).await.expect("detected");
     let set = |faults: Faults| device.set_faults(faults);
 
     set(Faults {
@@ -192,7 +192,7 @@ async fn firmware_faults_are_errors_of_that_machine() {
 
     // A LuxOS whose replies are cut short, or that never answers.
     let (lux, _api) = luxos(ip(5)).await;
-    let driver = detect(ManagementAddress::standard(ip(5)), TIMEOUT)
+    let driver = detect(ManagementAddress::standard(ip(5)), None, TIMEOUT)
         .await
         .expect("detected");
     lux.set_faults(Faults {
@@ -208,9 +208,13 @@ async fn firmware_faults_are_errors_of_that_machine() {
     assert!(driver.sleep().await.is_err());
 
     // Nothing there at all.
-    let error = detect(ManagementAddress::standard(ip(6)), Duration::from_secs(1))
-        .await
-        .expect_err("nothing there");
+    let error = detect(
+        ManagementAddress::standard(ip(6)),
+        None,
+        Duration::from_secs(1),
+    )
+    .await
+    .expect_err("nothing there");
     assert!(matches!(error, DriverError::NotDetected { .. }), "{error}");
 }
 
@@ -237,6 +241,7 @@ async fn the_poller_reads_every_machine_and_a_hanging_one_slows_no_one() {
         concurrency: 2,
         request_timeout: Duration::from_millis(500),
         max_backoff: Duration::from_secs(2),
+        ..hashgate::config::PowerConfig::default()
     };
     let tracker = tokio_util::task::TaskTracker::new();
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -250,6 +255,7 @@ async fn the_poller_reads_every_machine_and_a_hanging_one_slows_no_one() {
             group: Arc::from("desk"),
             address: *address,
             fast: false,
+            credentials: None,
         })
         .collect();
     handle.targets.send_replace(targets);
@@ -284,7 +290,10 @@ async fn the_poller_reads_every_machine_and_a_hanging_one_slows_no_one() {
 
     handle
         .commands
-        .send(PowerCommand::Sleep(good.to_vec()))
+        .send(PowerCommand {
+            switch: Switch::Sleep,
+            machines: good.to_vec(),
+        })
         .await
         .expect("poller runs");
     let b = Arc::clone(&book);
@@ -293,7 +302,10 @@ async fn the_poller_reads_every_machine_and_a_hanging_one_slows_no_one() {
         Box::new(move || {
             good.iter().all(|a| {
                 b.get(a).is_some_and(|m| {
-                    m.watts == Some(2.5) && m.last_command.as_deref() == Some("sleep")
+                    m.watts == Some(2.5)
+                        && m.last_command.as_ref().is_some_and(|c| {
+                            c.switch == Switch::Sleep && !c.pending && c.error.is_none()
+                        })
                 })
             })
         }),

@@ -72,14 +72,20 @@ pub(crate) fn status(api: &str, top: usize) -> Result<ExitCode> {
     }
     println!();
     page.workers
-        .sort_by(|a, b| b.hashrate_1m.total_cmp(&a.hashrate_1m));
+        .sort_by(|a, b| b.session.hashrate_1m.total_cmp(&a.session.hashrate_1m));
     println!(
-        "{:<24} {:<10} {:<21} {:>14} {:>12} {:>9} {:>9}  AGENT",
-        "WORKER", "GROUP", "REMOTE", "HASHRATE 1M", "DIFFICULTY", "ACCEPTED", "REJECTED"
+        "{:<24} {:<10} {:<21} {:>14} {:>12} {:>9} {:>9} {:>10}  AGENT",
+        "WORKER", "GROUP", "REMOTE", "HASHRATE 1M", "DIFFICULTY", "ACCEPTED", "REJECTED", "POWER"
     );
-    for w in page.workers.iter().take(top) {
+    for view in page.workers.iter().take(top) {
+        let w = &view.session;
+        let power = match (view.power.power_watts, view.power.asleep) {
+            (Some(watts), Some(true)) => format!("{watts:.0} W zz"),
+            (Some(watts), _) => format!("{watts:.0} W"),
+            (None, _) => "-".to_owned(),
+        };
         println!(
-            "{:<24} {:<10} {:<21} {:>14} {:>12} {:>9} {:>9}  {}",
+            "{:<24} {:<10} {:<21} {:>14} {:>12} {:>9} {:>9} {:>10}  {}",
             w.name.as_deref().unwrap_or("-"),
             w.group,
             w.remote,
@@ -87,6 +93,7 @@ pub(crate) fn status(api: &str, top: usize) -> Result<ExitCode> {
             format!("{:.6}", w.difficulty),
             w.accepted,
             w.rejected,
+            power,
             w.user_agent.as_deref().unwrap_or("-")
         );
     }

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::error::{ConfigError, invalid};
+use super::management::{Management, ManagementConfig, PowerSourceChoice};
 
 /// The group of unmatched miners.
 pub const DEFAULT_GROUP: &str = "default";
@@ -67,6 +68,20 @@ pub struct GroupConfig {
     /// Overrides `drain.ramp_watts_per_second` for this group.
     #[serde(default)]
     pub ramp_watts_per_second: Option<f64>,
+    /// Where the group's power figure comes from.
+    #[serde(default)]
+    pub power_source: PowerSourceChoice,
+    /// Sleep the group's machines through their firmware once its work has stopped, and wake
+    /// them on resume.
+    #[serde(default)]
+    pub sleep: bool,
+    /// Watts one machine draws asleep: a machine at or below it counts as off (else the
+    /// firmware's own "asleep" is taken).
+    #[serde(default)]
+    pub idle_watts_per_worker: Option<f64>,
+    /// Where the machines' management APIs are, and their credentials.
+    #[serde(default)]
+    pub management: ManagementConfig,
 }
 
 /// Why the groups could not be compiled (config validation reports the same, by key).
@@ -92,6 +107,9 @@ pub enum GroupError {
         /// The text.
         cidr: String,
     },
+    /// `[group.management]` does not compile (a mapping, a password that cannot be read).
+    #[error(transparent)]
+    Management(#[from] ConfigError),
 }
 
 /// One group's rules and figures.
@@ -107,6 +125,14 @@ pub struct Group {
     pub efficiency_j_per_th: Option<f64>,
     /// Drain order among equals.
     pub drain_priority: Option<i32>,
+    /// Where its power figure comes from.
+    pub power_source: PowerSourceChoice,
+    /// Whether its machines sleep when drained.
+    pub sleep: bool,
+    /// Watts one machine draws asleep.
+    pub idle_watts_per_worker: Option<f64>,
+    /// Where its machines are managed.
+    pub management: Management,
     workers: Vec<GlobMatcher>,
     addresses: Vec<IpNet>,
     user_agents: Vec<GlobMatcher>,
@@ -130,7 +156,7 @@ impl Groups {
     /// Compiles the `[[group]]` sections.
     pub fn new(configs: &[GroupConfig]) -> Result<Self, GroupError> {
         let mut groups = Vec::with_capacity(configs.len() + 1);
-        for config in configs {
+        for (i, config) in configs.iter().enumerate() {
             let glob = |pattern: &String| {
                 Glob::new(pattern)
                     .map(|g| g.compile_matcher())
@@ -146,6 +172,10 @@ impl Groups {
                 watts_per_worker: config.watts_per_worker,
                 efficiency_j_per_th: config.efficiency_j_per_th,
                 drain_priority: config.drain_priority,
+                power_source: config.power_source,
+                sleep: config.sleep,
+                idle_watts_per_worker: config.idle_watts_per_worker,
+                management: Management::new(&config.management, i)?,
                 workers: config.workers.iter().map(glob).collect::<Result<_, _>>()?,
                 user_agents: config
                     .user_agents
@@ -171,6 +201,10 @@ impl Groups {
                 watts_per_worker: 0.0,
                 efficiency_j_per_th: None,
                 drain_priority: None,
+                power_source: PowerSourceChoice::Declared,
+                sleep: false,
+                idle_watts_per_worker: None,
+                management: Management::default(),
                 workers: Vec::new(),
                 addresses: Vec::new(),
                 user_agents: Vec::new(),
@@ -279,6 +313,22 @@ pub(super) fn validate_groups(groups: &[GroupConfig]) -> Result<HashSet<&str>, C
         if group.drain_timeout.is_some_and(|t| t.is_zero()) {
             return Err(invalid(&key("drain_timeout"), "must be above zero".into()));
         }
+        if let Some(idle) = group.idle_watts_per_worker
+            && (!idle.is_finite() || idle < 0.0)
+        {
+            return Err(invalid(
+                &key("idle_watts_per_worker"),
+                format!("{idle} must be a number of watts >= 0"),
+            ));
+        }
+        if group.sleep && group.power_source == PowerSourceChoice::Declared {
+            return Err(invalid(
+                &key("sleep"),
+                "sleep needs a measured power source to prove it (power_source = \"declared\")"
+                    .into(),
+            ));
+        }
+        Management::new(&group.management, i)?;
     }
     Ok(group_names)
 }
@@ -300,6 +350,10 @@ mod tests {
             drain_timeout: None,
             ramp_workers_per_second: None,
             ramp_watts_per_second: None,
+            power_source: PowerSourceChoice::Auto,
+            sleep: false,
+            idle_watts_per_worker: None,
+            management: ManagementConfig::default(),
         }
     }
 

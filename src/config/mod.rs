@@ -17,6 +17,7 @@ mod error;
 mod groups;
 mod hooks;
 mod locate;
+mod management;
 mod power;
 mod server;
 mod upstream;
@@ -27,6 +28,9 @@ pub use drain::{CapacityConfig, DrainConfig, DrainMode};
 pub use error::ConfigError;
 pub use groups::{DEFAULT_GROUP, Group, GroupConfig, GroupError, GroupKind, Groups};
 pub use hooks::{HookConfig, HookEvent};
+pub use management::{
+    AddressMapConfig, Credentials, Management, ManagementConfig, PowerSourceChoice, Secret,
+};
 pub use power::PowerConfig;
 pub use server::{ApiConfig, ServerConfig, StateConfig};
 pub use upstream::{Endpoint, FailoverConfig, UpstreamConfig, parse_stratum_url, split_host_port};

@@ -29,6 +29,50 @@ pub struct PowerConfig {
     /// the poll interval).
     #[serde(default = "max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// A draining group is drained once its measured power has stayed at or below its idle
+    /// level this long.
+    #[serde(default = "settle", with = "humantime_serde")]
+    pub settle: Duration,
+    /// A machine told to sleep whose power comes back up is told again, at most this often
+    /// (drift re-dispatch).
+    #[serde(default = "redispatch", with = "humantime_serde")]
+    pub redispatch: Duration,
+    /// On resume, machines are woken in batches this far apart...
+    #[serde(default = "wake_interval", with = "humantime_serde")]
+    pub wake_interval: Duration,
+    /// ...of this percentage of the group's machines...
+    #[serde(default = "wake_batch_percent")]
+    pub wake_batch_percent: f64,
+    /// ...but at least this many...
+    #[serde(default = "wake_batch_min")]
+    pub wake_batch_min: usize,
+    /// ...and at most this many.
+    #[serde(default = "wake_batch_max")]
+    pub wake_batch_max: usize,
+}
+
+fn settle() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn redispatch() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn wake_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn wake_batch_percent() -> f64 {
+    1.0
+}
+
+fn wake_batch_min() -> usize {
+    10
+}
+
+fn wake_batch_max() -> usize {
+    100
 }
 
 fn poll_interval() -> Duration {
@@ -59,6 +103,12 @@ impl Default for PowerConfig {
             concurrency: concurrency(),
             request_timeout: request_timeout(),
             max_backoff: max_backoff(),
+            settle: settle(),
+            redispatch: redispatch(),
+            wake_interval: wake_interval(),
+            wake_batch_percent: wake_batch_percent(),
+            wake_batch_min: wake_batch_min(),
+            wake_batch_max: wake_batch_max(),
         }
     }
 }
@@ -101,6 +151,37 @@ impl PowerConfig {
             self.poll_interval,
             Duration::from_secs(24 * 3600),
         )?;
+        bounded("power.settle", self.settle, Duration::ZERO, hour)?;
+        bounded(
+            "power.redispatch",
+            self.redispatch,
+            self.fast_poll_interval,
+            hour,
+        )?;
+        bounded(
+            "power.wake_interval",
+            self.wake_interval,
+            Duration::ZERO,
+            hour,
+        )?;
+        if !(self.wake_batch_percent > 0.0 && self.wake_batch_percent <= 100.0) {
+            return Err(invalid(
+                "power.wake_batch_percent",
+                format!(
+                    "{} must be above 0 and at most 100",
+                    self.wake_batch_percent
+                ),
+            ));
+        }
+        if self.wake_batch_min == 0 || self.wake_batch_min > self.wake_batch_max {
+            return Err(invalid(
+                "power.wake_batch_min",
+                format!(
+                    "{} must be at least 1 and at most wake_batch_max ({})",
+                    self.wake_batch_min, self.wake_batch_max
+                ),
+            ));
+        }
         if !(1..=4096).contains(&self.concurrency) {
             return Err(invalid(
                 "power.concurrency",
@@ -108,5 +189,28 @@ impl PowerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl PowerConfig {
+    /// Machines woken per batch for a group of `machines`: `wake_batch_percent` of them,
+    /// clamped to `[wake_batch_min, wake_batch_max]` (Proto Fleet's clamp(1%, 10, 100)).
+    pub fn wake_batch(&self, machines: usize) -> usize {
+        let share = (machines as f64 * self.wake_batch_percent / 100.0).ceil() as usize;
+        share.clamp(self.wake_batch_min, self.wake_batch_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_batches_are_one_percent_between_ten_and_a_hundred() {
+        let power = PowerConfig::default();
+        assert_eq!(power.wake_batch(3), 10);
+        assert_eq!(power.wake_batch(2_000), 20);
+        assert_eq!(power.wake_batch(20_000), 100);
+        assert_eq!(power.wake_batch(1_050), 11);
     }
 }

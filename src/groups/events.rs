@@ -50,6 +50,17 @@ pub struct Event {
     /// Anything else (a hook's error, the miners still hashing at a timeout).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// Where `watts_after` comes from: `firmware` or `declared` (events written before power
+    /// was measured say `declared`).
+    #[serde(default = "declared")]
+    pub watts_source: String,
+    /// The drained state rests on measured power (only on events of a drained group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+}
+
+fn declared() -> String {
+    "declared".into()
 }
 
 impl Event {
@@ -71,6 +82,8 @@ impl Event {
             released_watts: 0.0,
             workers: 2,
             detail: String::new(),
+            watts_source: declared(),
+            verified: None,
         }
     }
 }
@@ -126,12 +139,12 @@ impl EventLog {
 /// Events as CSV (RFC 4180 quoting), one header line.
 pub fn to_csv(events: &[Event]) -> String {
     let mut out = String::from(
-        "seq,time,group,kind,from,to,trigger,mode,reason,watts_before,watts_after,released_watts,workers,detail\n",
+        "seq,time,group,kind,from,to,trigger,mode,reason,watts_before,watts_after,released_watts,workers,detail,watts_source,verified\n",
     );
     for e in events {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             e.seq,
             csv_field(&e.time),
             csv_field(&e.group),
@@ -146,6 +159,8 @@ pub fn to_csv(events: &[Event]) -> String {
             e.released_watts,
             e.workers,
             csv_field(&e.detail),
+            csv_field(&e.watts_source),
+            e.verified.map_or("", |v| if v { "true" } else { "false" }),
         );
     }
     out
@@ -170,7 +185,7 @@ mod tests {
         assert!(lines.next().unwrap().starts_with("seq,time,group"));
         assert_eq!(
             lines.next().unwrap(),
-            "3,2026-12-01T19:00:00Z,c07,transition,active,draining,manual,pause,\"AI job, \"\"batch 7\"\"\",6500,6500,0,2,"
+            "3,2026-12-01T19:00:00Z,c07,transition,active,draining,manual,pause,\"AI job, \"\"batch 7\"\"\",6500,6500,0,2,,declared,"
         );
     }
 

@@ -73,6 +73,9 @@ pub struct HookContext {
     /// Watts concerned: drawn before a drain, released when drained, coming back on resume,
     /// drawn when active again.
     pub watts: f64,
+    /// Where `watts` comes from: `firmware` (every machine's own reading) or `declared`
+    /// (`watts_per_worker`; no measurement for at least part of the group).
+    pub watts_source: &'static str,
     /// The group's miners.
     pub roster: Vec<RosterEntry>,
 }
@@ -87,6 +90,7 @@ struct WebhookBody<'a> {
     trigger: &'a str,
     workers: usize,
     watts: f64,
+    watts_source: &'static str,
     miners: &'a [RosterEntry],
     time: String,
 }
@@ -250,6 +254,7 @@ impl HookRunner {
             .env("HASHGATE_TRIGGER", &context.trigger)
             .env("HASHGATE_WORKERS", context.roster.len().to_string())
             .env("HASHGATE_WATTS", format!("{}", context.watts))
+            .env("HASHGATE_WATTS_SOURCE", context.watts_source)
             .env("HASHGATE_WORKERS_FILE", &file)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -336,6 +341,7 @@ async fn run_webhook(
         trigger: &context.trigger,
         workers: context.roster.len(),
         watts: context.watts,
+        watts_source: context.watts_source,
         miners: &context.roster,
         time: super::events::now_rfc3339(),
     })

@@ -30,6 +30,6 @@ pub mod store;
 
 pub use controller::{
     ControlError, ControllerParts, DrainRequest, GroupController, GroupStatus, GroupsHandle,
-    HashingMiner,
+    HashingMiner, MachineIssue, PowerSource, PowerStatus,
 };
 pub use state::{Claim, GroupRecord, GroupState};

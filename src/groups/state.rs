@@ -105,6 +105,9 @@ pub struct Drain {
     /// The group's miners when the drain started.
     #[serde(default)]
     pub roster: Vec<RosterEntry>,
+    /// The drained state rests on measured power (false: on share silence or a timeout).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// A group's persistent state.
@@ -213,6 +216,7 @@ mod tests {
                 started_at_ms: 1000,
                 watts_before: 6500.0,
                 roster: Vec::new(),
+                verified: false,
             }),
             claims: [Claim::Manual].into(),
         }

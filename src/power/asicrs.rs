@@ -14,9 +14,10 @@ use asic_rs::core::data::collector::DataField;
 use asic_rs::core::data::hashrate::HashRateUnit;
 use asic_rs::core::data::operating_state::OperatingState;
 use asic_rs::core::traits::entry::FirmwareEntry;
-use asic_rs::core::traits::miner::Miner;
+use asic_rs::core::traits::miner::{Miner, MinerAuth};
 
 use super::driver::{DriverError, DriverFuture, MinerDriver, Reading};
+use crate::config::Credentials;
 
 /// A machine `asic-rs` identified.
 pub struct AsicRsMiner {
@@ -42,10 +43,23 @@ fn families() -> Vec<Arc<dyn FirmwareEntry>> {
 
 impl AsicRsMiner {
     /// The machine at `ip` on its standard ports, if a shipped family answers within `timeout`.
-    pub async fn detect(ip: IpAddr, timeout: Duration) -> Option<AsicRsMiner> {
-        let factory = MinerFactory::new()
+    pub async fn detect(
+        ip: IpAddr,
+        credentials: Option<&Credentials>,
+        timeout: Duration,
+    ) -> Option<AsicRsMiner> {
+        let mut factory = MinerFactory::new()
             .with_firmwares(families())
             .with_identification_timeout(timeout);
+        if let Some(credentials) = credentials {
+            for family in families() {
+                let auth = MinerAuth::new(
+                    credentials.username.clone(),
+                    credentials.password.expose().to_owned(),
+                );
+                factory = factory.with_firmware_discovery_auth(family.as_ref(), auth);
+            }
+        }
         let miner = factory.get_miner(ip).await.ok().flatten()?;
         let info = miner.get_device_info();
         let firmware = format!("{} ({} {})", info.firmware, info.make, info.model);

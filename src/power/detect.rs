@@ -8,10 +8,13 @@ use std::time::Duration;
 use super::asicrs::AsicRsMiner;
 use super::driver::{DriverError, ManagementAddress, MinerDriver, RPC_PORT, WEB_PORT};
 use super::espminer::EspMiner;
+use crate::config::Credentials;
 
-/// Detects the firmware at `address` within `timeout` (per attempt).
+/// Detects the firmware at `address` within `timeout` (per attempt); `credentials` go to the
+/// makes whose API takes them (ESP-Miner and LuxOS take none).
 pub async fn detect(
     address: ManagementAddress,
+    credentials: Option<&Credentials>,
     timeout: Duration,
 ) -> Result<Arc<dyn MinerDriver>, DriverError> {
     let bounded = |what| DriverError::Timeout {
@@ -37,7 +40,7 @@ pub async fn detect(
             what: "be driven (asic-rs 0.8 uses port 4028 only)",
         });
     }
-    match AsicRsMiner::detect(address.ip, timeout).await {
+    match AsicRsMiner::detect(address.ip, credentials, timeout).await {
         Some(miner) => Ok(Arc::new(miner)),
         None => Err(DriverError::NotDetected { address }),
     }

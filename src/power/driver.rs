@@ -35,6 +35,19 @@ impl ManagementAddress {
     }
 }
 
+impl ManagementAddress {
+    /// Where the machine that `worker` connected from `source` is managed, by its group's
+    /// `[group.management]` (per-worker table, CIDR mapping, ports; else `source` on the
+    /// standard ports).
+    pub fn of(management: &crate::config::Management, worker: &str, source: IpAddr) -> Self {
+        ManagementAddress {
+            ip: management.address_of(worker, source),
+            web_port: management.web_port.unwrap_or(WEB_PORT),
+            rpc_port: management.rpc_port.unwrap_or(RPC_PORT),
+        }
+    }
+}
+
 impl fmt::Display for ManagementAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.ip)?;

@@ -15,4 +15,6 @@ pub use detect::detect;
 pub use driver::{
     DriverError, DriverFuture, ManagementAddress, MinerDriver, RPC_PORT, Reading, WEB_PORT,
 };
-pub use poller::{MachinePower, Poller, PowerBook, PowerCommand, PowerHandle, Target};
+pub use poller::{
+    CommandOutcome, MachinePower, Poller, PowerBook, PowerCommand, PowerHandle, Switch, Target,
+};

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::detect::detect;
 use super::driver::{DriverError, ManagementAddress, MinerDriver, Reading};
 use crate::clock::unix_ms;
-use crate::config::PowerConfig;
+use crate::config::{Credentials, PowerConfig};
 
 /// A machine to watch.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +35,41 @@ pub struct Target {
     pub address: ManagementAddress,
     /// Its group drains or resumes: read at the fast interval.
     pub fast: bool,
+    /// The group's firmware credentials, for makes whose API needs them.
+    pub credentials: Option<Arc<Credentials>>,
+}
+
+/// Sleep or wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    /// Stop hashing, power the hashboards down.
+    Sleep,
+    /// Power up and hash again.
+    Wake,
+}
+
+impl Switch {
+    /// `sleep` or `wake`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Switch::Sleep => "sleep",
+            Switch::Wake => "wake",
+        }
+    }
+}
+
+/// The last sleep or wake sent to a machine and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommandOutcome {
+    /// Which.
+    pub switch: Switch,
+    /// Sent, no answer yet.
+    pub pending: bool,
+    /// The firmware's or the driver's error, once it failed.
+    pub error: Option<String>,
+    /// When it was sent (Unix ms).
+    pub sent_at_ms: u64,
 }
 
 /// What is known of one machine's power.
@@ -60,8 +95,8 @@ pub struct MachinePower {
     pub error: Option<String>,
     /// Calls failed in a row.
     pub failures: u32,
-    /// The last sleep or wake command and its outcome (`"sleep"`, `"wake: <error>"`).
-    pub last_command: Option<String>,
+    /// The last sleep or wake command and its outcome.
+    pub last_command: Option<CommandOutcome>,
 }
 
 /// Every watched machine's power, by management address; read by the group controller.
@@ -88,6 +123,12 @@ impl PowerBook {
             .collect()
     }
 
+    /// Reads the machines under the lock, without copying them (the controller looks up a
+    /// group's machines once a second).
+    pub fn read<T>(&self, look: impl FnOnce(&HashMap<ManagementAddress, MachinePower>) -> T) -> T {
+        look(&self.lock())
+    }
+
     fn update(&self, address: ManagementAddress, change: impl FnOnce(&mut MachinePower)) {
         if let Some(machine) = self.lock().get_mut(&address) {
             change(machine);
@@ -95,13 +136,13 @@ impl PowerBook {
     }
 }
 
-/// What the group controller asks of machines.
+/// What the group controller asks of machines: sleep or wake these.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PowerCommand {
-    /// Put these machines to sleep.
-    Sleep(Vec<ManagementAddress>),
-    /// Wake these machines.
-    Wake(Vec<ManagementAddress>),
+pub struct PowerCommand {
+    /// Which.
+    pub switch: Switch,
+    /// The machines.
+    pub machines: Vec<ManagementAddress>,
 }
 
 /// How the poller is reached.
@@ -246,10 +287,11 @@ impl Poller {
             };
             slot.busy = true;
             let (address, driver, done) = (*address, slot.driver.clone(), done.clone());
+            let credentials = slot.target.credentials.clone();
             let timeout = self.settings.request_timeout;
             self.tracker.spawn(async move {
                 let _permit = permit;
-                let (driver, result) = read_once(address, driver, timeout).await;
+                let (driver, result) = read_once(address, driver, credentials, timeout).await;
                 let _ = done
                     .send(Outcome {
                         address,
@@ -315,10 +357,11 @@ impl Poller {
     /// Sends sleep or wake to each machine, bounded like the reads; the outcome goes into the
     /// book, and the machine is read again soon after (its draw shows whether it obeyed).
     fn on_command(&mut self, command: PowerCommand) {
-        let (sleep, addresses) = match command {
-            PowerCommand::Sleep(addresses) => (true, addresses),
-            PowerCommand::Wake(addresses) => (false, addresses),
-        };
+        let PowerCommand {
+            switch,
+            machines: addresses,
+        } = command;
+        let what = switch.as_str();
         let now = Instant::now();
         let unknown = addresses
             .iter()
@@ -327,7 +370,7 @@ impl Poller {
         if unknown > 0 {
             warn!(
                 unknown,
-                command = if sleep { "sleep" } else { "wake" },
+                command = what,
                 "command for machines no longer watched (their sessions ended): not sent"
             );
         }
@@ -341,21 +384,41 @@ impl Poller {
                 Arc::clone(&self.book),
                 slot.driver.clone(),
             );
+            let sent_at_ms = unix_ms();
+            book.update(address, |m| {
+                m.last_command = Some(CommandOutcome {
+                    switch,
+                    pending: true,
+                    error: None,
+                    sent_at_ms,
+                })
+            });
+            let (worker, group) = (slot.target.worker.clone(), slot.target.group.clone());
+            let credentials = slot.target.credentials.clone();
             let timeout = self.settings.request_timeout;
             self.tracker.spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return;
                 };
-                let outcome = command_once(address, driver, sleep, timeout).await;
-                let what = if sleep { "sleep" } else { "wake" };
-                let text = match outcome {
-                    Ok(()) => what.to_owned(),
+                let outcome = command_once(address, driver, credentials, switch, timeout).await;
+                let error = match outcome {
+                    Ok(()) => {
+                        debug!(%worker, %group, %address, command = what, "machine took the command");
+                        None
+                    }
                     Err(error) => {
-                        warn!(%address, command = what, %error, "machine did not take the command");
-                        format!("{what}: {error}")
+                        warn!(%worker, %group, %address, command = what, %error, "machine did not take the command");
+                        Some(error.to_string())
                     }
                 };
-                book.update(address, |m| m.last_command = Some(text));
+                book.update(address, |m| {
+                    m.last_command = Some(CommandOutcome {
+                        switch,
+                        pending: false,
+                        error,
+                        sent_at_ms,
+                    })
+                });
             });
         }
     }
@@ -365,6 +428,7 @@ impl Poller {
 async fn read_once(
     address: ManagementAddress,
     driver: Option<Arc<dyn MinerDriver>>,
+    credentials: Option<Arc<Credentials>>,
     timeout: Duration,
 ) -> (Option<Arc<dyn MinerDriver>>, Result<Reading, DriverError>) {
     let limit = DriverError::Timeout {
@@ -377,7 +441,7 @@ async fn read_once(
     let work = async {
         let driver = match driver {
             Some(driver) => driver,
-            None => match detect(address, timeout).await {
+            None => match detect(address, credentials.as_deref(), timeout).await {
                 Ok(driver) => driver,
                 Err(error) => return (None, Err(error)),
             },
@@ -395,24 +459,24 @@ async fn read_once(
 async fn command_once(
     address: ManagementAddress,
     driver: Option<Arc<dyn MinerDriver>>,
-    sleep: bool,
+    credentials: Option<Arc<Credentials>>,
+    switch: Switch,
     timeout: Duration,
 ) -> Result<(), DriverError> {
     let work = async {
         let driver = match driver {
             Some(driver) => driver,
-            None => detect(address, timeout).await?,
+            None => detect(address, credentials.as_deref(), timeout).await?,
         };
-        if sleep {
-            driver.sleep().await
-        } else {
-            driver.wake().await
+        match switch {
+            Switch::Sleep => driver.sleep().await,
+            Switch::Wake => driver.wake().await,
         }
     };
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| DriverError::Timeout {
-            what: if sleep { "sleep" } else { "wake" },
+            what: switch.as_str(),
             after: timeout,
         })?
 }

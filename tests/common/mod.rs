@@ -116,15 +116,24 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
 /// Waits until the group controller publishes `watts` drawn by `group` (it counts on its tick).
 pub async fn wait_power(proxy: &Proxy, group: &str, watts: f64) {
     eventually(&format!("{group} to draw {watts} W"), || {
-        proxy
-            .metrics
-            .groups
-            .power_watts
-            .with_label_values(&[group])
-            .get()
-            == watts
+        group_power(proxy, group) == watts
     })
     .await;
+}
+
+/// The group's published power: the sum of its series by source.
+pub fn group_power(proxy: &Proxy, group: &str) -> f64 {
+    ["meter", "firmware", "declared"]
+        .iter()
+        .map(|source| {
+            proxy
+                .metrics
+                .groups
+                .power_watts
+                .with_label_values(&[group, source])
+                .get()
+        })
+        .sum()
 }
 
 /// A miner at the line level: sends raw JSON, reads and parses what comes back.

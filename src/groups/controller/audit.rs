@@ -8,7 +8,7 @@ use tracing::error;
 use super::group::GroupRuntime;
 use super::handle::lock;
 use super::observe::Observed;
-use super::status::{power_watts, released_watts};
+use super::status::{released_watts, watts};
 use crate::groups::events::{Event, EventLog, now_rfc3339};
 use crate::groups::state::{GroupRecord, GroupState};
 use crate::groups::store::Store;
@@ -33,7 +33,8 @@ pub(super) fn event(
     observed: &Observed,
     entry: Entry<'_>,
 ) -> Event {
-    let watts_after = power_watts(runtime, observed);
+    let now = watts(runtime, observed);
+    let watts_after = now.total;
     let drain = record.drain.as_ref();
     Event {
         seq: 0,
@@ -50,6 +51,8 @@ pub(super) fn event(
         released_watts: released_watts(record, watts_after),
         workers: observed.workers,
         detail: entry.detail.to_owned(),
+        watts_source: now.source.as_str().to_owned(),
+        verified: (record.state == GroupState::Drained).then(|| drain.is_some_and(|d| d.verified)),
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::handle::Reply;
+use super::machines::GroupPower;
 use super::policy::{Policy, Ramp};
 use crate::config::{Config, Group};
 use crate::groups::capacity::{EfficiencySource, HashrateWindow};
@@ -39,6 +40,8 @@ pub(super) struct GroupRuntime {
     pub drain_priority: Option<i32>,
     /// Accepted difficulty over `capacity.efficiency_window`: the measured hashrate.
     pub hashrate: HashrateWindow,
+    /// Its machines, their power, and their sleep and wake.
+    pub power: GroupPower,
 }
 
 impl GroupRuntime {
@@ -55,6 +58,7 @@ impl GroupRuntime {
             declared_efficiency: group.efficiency_j_per_th,
             drain_priority: group.drain_priority,
             hashrate: HashrateWindow::new(config.capacity.efficiency_window),
+            power: GroupPower::new(group),
         }
     }
 

@@ -1,11 +1,13 @@
 //! How the API and schedulers reach the controller, and what they get back: commands over a
 //! channel, the outcome of each, and the snapshots the controller publishes.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::machines::{MachineIssue, PowerSource};
 use super::schedules::{self as schedule, Answer, ScheduleViews};
 use crate::config::DrainMode;
 use crate::config::windows::{WindowSpec, WindowView};
@@ -155,6 +157,32 @@ pub struct GroupStatus {
     /// The efficiency capacity requests are planned with.
     #[serde(flatten)]
     pub efficiency: EfficiencyStatus,
+    /// Where `power_watts` comes from and what the machines' firmware says.
+    #[serde(flatten)]
+    pub power: PowerStatus,
+}
+
+/// A group's power as measured: the source of its figure, the parts by source, and its machines.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PowerStatus {
+    /// `firmware` when every machine's firmware was read, else `declared` (the figure holds a
+    /// nameplate part; see `power_by_source`).
+    pub power_source: PowerSource,
+    /// `power_watts` by source.
+    pub power_by_source: BTreeMap<PowerSource, f64>,
+    /// The drained state rests on measured power (false while not drained, or drained on share
+    /// silence or a timeout).
+    pub verified: bool,
+    /// Whether the group's machines sleep when it is drained.
+    pub sleep: bool,
+    /// The group's machines (its sessions' and, in a drain, its roster's).
+    pub machines: usize,
+    /// Of those, read by their firmware lately.
+    pub machines_read: usize,
+    /// Of those, measured off (at or below `idle_watts_per_worker`, or asleep by their firmware).
+    pub machines_off: usize,
+    /// While a drain is in force, the machines not off and why (at most 100).
+    pub machines_not_off: Vec<MachineIssue>,
 }
 
 /// The drain of a group (all null while it is active and was never drained).

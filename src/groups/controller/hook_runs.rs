@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 use super::group::GroupRuntime;
 use super::handle::Control;
 use super::observe::Observed;
-use super::status::power_watts;
+use super::status::watts;
 use crate::config::HookEvent;
 use crate::groups::hooks::{HookContext, HookFailure, HookRunner};
 use crate::groups::state::{GroupRecord, GroupState, RosterEntry};
@@ -34,7 +34,8 @@ pub(super) fn context(
     next: &GroupRecord,
     trigger: &str,
 ) -> HookContext {
-    let watts_now = power_watts(runtime, observed);
+    let now = watts(runtime, observed);
+    let watts_now = now.total;
     let drain = next.drain.as_ref();
     let watts_before = drain.map_or(watts_now, |d| d.watts_before);
     let watts = match event {
@@ -62,6 +63,9 @@ pub(super) fn context(
         mode: drain.map(|d| d.mode),
         trigger: trigger.to_owned(),
         watts,
+        // A figure before the drain (a draining or resuming hook) is the baseline recorded
+        // then; the released and drawn ones rest on the source now.
+        watts_source: now.source.as_str(),
         roster,
     }
 }

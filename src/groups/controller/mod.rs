@@ -1,16 +1,15 @@
 //! The group controller: the one task that moves groups through
 //! `active -> draining -> drained -> resuming -> active`.
 //!
-//! It owns every [`GroupRecord`]; the API sends it commands through a [`GroupsHandle`] and gets
-//! the outcome back, and windows and capacity requests (`schedules/`) hold groups through claims
-//! reconciled on every tick: they decide, this engine carries out their [`schedules::Intent`]s. Each tick it also looks at
-//! the session registry (who of a group is still submitting, who the ramp may admit next),
-//! publishes power and state metrics and a status snapshot for the API, and makes the automatic
-//! transitions (drained once every miner is quiet or the drain timed out; active once the ramp
-//! is done). Hooks run in their own tasks and report back, so a slow PDU script never stalls
-//! another group's drain or the miners. A transition is committed only after its required hooks
-//! succeeded and its new state is durable (see [`super::store`]); then the group's [`crate::downstream::Gate`] is
-//! published and the sessions act on it.
+//! It owns every [`GroupRecord`]; the API sends it commands through a [`GroupsHandle`], and
+//! windows and capacity requests (`schedules/`) hold groups through claims reconciled each tick
+//! (they decide, this engine carries out their [`schedules::Intent`]s). Each tick it reads the
+//! session registry, measures the groups' machines once a second (`power_link.rs`: the poller
+//! reads, sleeps and wakes them), publishes a status and the metrics, and makes the automatic
+//! transitions (drained on measured power, or once every miner is quiet, or at the timeout;
+//! active once the ramp is done). Hooks run in their own tasks and report back. A transition is
+//! committed only after its required hooks succeeded and its new state is durable (see
+//! [`super::store`]); then the group's [`crate::downstream::Gate`] is published.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -26,17 +25,20 @@ mod durable;
 mod group;
 mod handle;
 mod hook_runs;
+mod machines;
 mod observe;
 mod parts;
 mod policy;
+mod power_link;
 mod schedules;
 mod status;
 mod transition;
 
 pub use handle::{
     ControlError, DrainRequest, DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus,
-    GroupsHandle, HashingMiner,
+    GroupsHandle, HashingMiner, PowerStatus,
 };
+pub use machines::{MachineIssue, PowerSource};
 pub use parts::ControllerParts;
 pub use schedules::{Answer, ScheduleViews};
 
@@ -44,8 +46,9 @@ use self::durable::StateFile;
 use self::group::{GroupRuntime, Pending, Progress};
 use self::handle::{Control, Reply, Step, lock};
 use self::hook_runs::HookRuns;
-use self::observe::Observed;
-use self::policy::Ramp;
+use self::observe::{MinerView, Observed};
+use self::policy::{Ramp, RampPace};
+use self::power_link::PowerLink;
 use self::schedules::{ClaimsView, Intent, Outcome, ScheduleCommand, Schedules};
 
 use super::events::EventLog;
@@ -82,6 +85,8 @@ pub struct GroupController {
     progress: Progress,
     /// Windows and capacity requests.
     sched: Schedules,
+    /// The power poller: machines watched, measured, slept and woken.
+    power: PowerLink,
 }
 
 impl GroupController {
@@ -139,6 +144,11 @@ impl GroupController {
                 commits: 0,
             },
             sched,
+            power: PowerLink {
+                handle: parts.power,
+                settings: parts.config.power.clone(),
+                refreshed: None,
+            },
         };
         controller.publish(&controller.observe_all());
         (controller, handle)
@@ -254,7 +264,15 @@ impl GroupController {
             return Ok(Step::Done);
         }
         let observed = self.observe(index);
-        let watts_before = status::power_watts(&self.groups[index], &observed);
+        let runtime = &self.groups[index];
+        let watts_now = status::power_watts(runtime, &observed);
+        // Measured groups: the mean of the minute before the drain (a share burst or a miner
+        // that just joined is not the baseline a contract settles on).
+        let watts_before = if runtime.power.measurable() {
+            runtime.power.baseline(watts_now)
+        } else {
+            watts_now
+        };
         let next = transition::draining(&current, request, &observed, watts_before, unix_ms());
         self.begin(index, next, trigger)
     }
@@ -466,6 +484,7 @@ impl GroupController {
             GroupState::Resuming => {}
             _ => runtime.ramp = None,
         }
+        runtime.power.on_transition(from, to);
         info!(group = %name, %from, %to, trigger, kind, "group transition");
         self.log_event(index, kind, (from, to), trigger, detail);
         self.publish(&self.observe_all());
@@ -509,7 +528,17 @@ impl GroupController {
             runtime.hashrate.sample(now, accepted);
         }
         self.reconcile_schedules(now_ms, now);
-        let observed = self.observe_all();
+        let refresh = self.power.due(now);
+        let observed = if refresh {
+            self.observe_with(|i| self.groups[i].power.watched())
+        } else {
+            self.observe_all()
+        };
+        if refresh {
+            let records = self.records();
+            self.power
+                .refresh(&mut self.groups, &records, &observed, now);
+        }
         let changes = self.progress;
         for (index, observed) in observed.iter().enumerate() {
             // Hooks running or a failed transition waiting for its retry: no new transition (the
@@ -533,7 +562,9 @@ impl GroupController {
         }
     }
 
-    /// Drained once every miner is quiet and none came back for `quiet_min`, or at the timeout.
+    /// Drained once the group's measured power has stayed at its idle level for
+    /// `power.settle` (verified), or, with no measurement, once every miner is quiet and none
+    /// came back for `quiet_min`; at the timeout regardless.
     fn check_drained(
         &mut self,
         index: usize,
@@ -542,23 +573,21 @@ impl GroupController {
         now_ms: u64,
     ) {
         let Some(drain) = &record.drain else { return };
-        let last_refused = self
-            .sessions
-            .registry()
-            .refusals(&self.groups[index].name, None)
-            .last_unix_ms;
-        let names = || {
-            observed
-                .hashing
-                .iter()
-                .map(|&i| &*observed.miners[i].name)
-                .collect()
+        let runtime = &mut self.groups[index];
+        let decision = if runtime.power.measurable() {
+            let off_for = runtime.power.off_for(Instant::now());
+            let (settle, not_off) = (self.power.settings.settle, &runtime.power.measure.not_off);
+            let policy = &runtime.policy;
+            policy.drained_measured(drain.started_at_ms, now_ms, off_for, settle, not_off)
+        } else {
+            let registry = self.sessions.registry();
+            let last_refused = registry.refusals(&runtime.name, None).last_unix_ms;
+            let hashing = observed.hashing.iter();
+            let names = || hashing.map(|&i| &*observed.miners[i].name).collect();
+            let policy = &runtime.policy;
+            policy.drained(drain.started_at_ms, now_ms, last_refused, names)
         };
-        let Some((trigger, detail)) =
-            self.groups[index]
-                .policy
-                .drained(drain.started_at_ms, now_ms, last_refused, names)
-        else {
+        let Some((trigger, detail)) = decision else {
             return;
         };
         if !detail.is_empty() {
@@ -566,11 +595,7 @@ impl GroupController {
             let change = (GroupState::Draining, GroupState::Draining);
             self.log_event(index, "drain_timeout", change, trigger, &detail);
         }
-        let next = GroupRecord {
-            state: GroupState::Drained,
-            since: now_ms / 1000,
-            ..record.clone()
-        };
+        let next = transition::drained(record, trigger == policy::MEASURED, now_ms);
         let _ = self.begin(index, next, trigger.to_owned());
     }
 
@@ -581,11 +606,18 @@ impl GroupController {
         let roster = record.drain.as_ref().map_or(&[][..], |d| &d.roster[..]);
         let now = Instant::now();
         let runtime = &mut self.groups[index];
-        let (rate, timeout) = (runtime.policy.ramp_rate, runtime.policy.ramp_timeout);
+        self.power.wake_due(runtime, now);
+        let (book, power) = (&self.power.handle.book, &runtime.power);
+        let awake = |m: &MinerView| power.miner_awake(book, m);
+        let may_finish = may_finish && power.wakes_done(book);
+        let pace = RampPace {
+            rate: runtime.policy.ramp_rate,
+            timeout: runtime.policy.ramp_timeout,
+        };
         let step = runtime
             .ramp
             .get_or_insert_with(|| Ramp::new(now))
-            .step(now, rate, timeout, observed, roster, may_finish);
+            .step(now, pace, observed, roster, may_finish, awake);
         if let Some(admit_through) = step.admit_through {
             let gate = Gate::Ramp {
                 epoch,
@@ -612,8 +644,12 @@ impl GroupController {
     /// Every group's miners, judged (groups in a drain, and those `detailed` names, list their
     /// miners).
     fn observe_with(&self, detailed: impl Fn(usize) -> bool) -> Vec<Observed> {
-        let records: Vec<GroupRecord> = self.groups.iter().map(|g| self.record(&g.name)).collect();
-        observe::observe(self.sessions.registry(), &self.groups, &records, detailed)
+        observe::observe(
+            self.sessions.registry(),
+            &self.groups,
+            &self.records(),
+            detailed,
+        )
     }
 
     fn observe_all(&self) -> Vec<Observed> {
@@ -623,6 +659,11 @@ impl GroupController {
     /// One group, with its miners listed.
     fn observe(&self, index: usize) -> Observed {
         self.observe_with(|i| i == index).swap_remove(index)
+    }
+
+    /// Every group's record, in group order.
+    fn records(&self) -> Vec<GroupRecord> {
+        self.groups.iter().map(|g| self.record(&g.name)).collect()
     }
 
     fn status_of(&self, group: &str) -> GroupStatus {
@@ -636,31 +677,19 @@ impl GroupController {
     /// Publishes statuses and metrics.
     fn publish(&self, observed: &[Observed]) {
         let now_ms = unix_ms();
-        let mut published = Vec::with_capacity(self.groups.len());
-        let statuses: Vec<GroupStatus> = self
-            .groups
-            .iter()
-            .zip(observed)
-            .map(|(runtime, observed)| {
-                let record = self.record(&runtime.name);
-                let power = status::power_watts(runtime, observed);
-                let listed_since = status::refused_listed_since(&record);
-                let refusals = self
-                    .sessions
-                    .registry()
-                    .refusals(&runtime.name, listed_since);
-                let efficiency = runtime.efficiency(power);
-                let status =
-                    status::group_status(runtime, &record, observed, &refusals, efficiency, now_ms);
-                published.push((record, power));
-                status
-            })
-            .collect();
+        let records = self.records();
+        let (statuses, watts) = status::statuses(
+            &self.groups,
+            &records,
+            observed,
+            self.sessions.registry(),
+            now_ms,
+        );
         self.sched.publish(&statuses, &self.metrics, now_ms);
         *lock(&self.status) = statuses;
         // Metrics after the statuses: a reader that saw a metric finds a status at least as new.
-        for (runtime, (record, power)) in self.groups.iter().zip(&published) {
-            status::publish_metrics(&self.metrics, &runtime.name, record, *power);
+        for ((runtime, record), watts) in self.groups.iter().zip(&records).zip(watts) {
+            status::publish_metrics(&self.metrics, &runtime.name, record, watts);
         }
     }
 
@@ -669,43 +698,16 @@ impl GroupController {
     fn on_schedule(&mut self, command: ScheduleCommand) {
         let now_ms = unix_ms();
         let view = ClaimsView::of(&self.groups, &self.records, Instant::now());
-        let candidates = matches!(command, ScheduleCommand::CreateCapacity { .. }).then(|| {
-            let records: Vec<GroupRecord> =
-                self.groups.iter().map(|g| self.record(&g.name)).collect();
-            status::candidates(&self.groups, &records, &self.observe_with(|_| true))
-        });
+        let candidates = matches!(command, ScheduleCommand::CreateCapacity { .. })
+            .then(|| {
+                status::candidates(&self.groups, &self.records(), &self.observe_with(|_| true))
+            })
+            .unwrap_or_default();
         let (outcome, reply) = {
             let (records, orphans, file) = (&self.records, &self.orphans, &mut self.state_file);
             let mut save = |s: &Schedules| file.save(records, orphans, s);
-            match command {
-                ScheduleCommand::CreateWindow { spec, key, reply } => (
-                    self.sched
-                        .create_window(spec, key, now_ms, &view, &mut save),
-                    reply,
-                ),
-                ScheduleCommand::DeleteWindow { name, reply } => {
-                    (self.sched.delete_window(&name, &view, &mut save), reply)
-                }
-                ScheduleCommand::CreateCapacity {
-                    request,
-                    key,
-                    reply,
-                } => {
-                    let candidates = candidates.unwrap_or_default();
-                    let outcome = self
-                        .sched
-                        .create_capacity(request, key, candidates, now_ms, &view, &mut save);
-                    (outcome, reply)
-                }
-                ScheduleCommand::EndCapacity { id, reply } => (
-                    self.sched
-                        .end_capacity(&id, "deleted", now_ms, &view, &mut save),
-                    reply,
-                ),
-                ScheduleCommand::Heartbeat { id, reply } => {
-                    (self.sched.heartbeat(&id, now_ms, &mut save), reply)
-                }
-            }
+            self.sched
+                .take(command, now_ms, &view, candidates, &mut save)
         };
         let Outcome {
             reply: answer,

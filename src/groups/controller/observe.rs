@@ -13,7 +13,11 @@ pub(super) struct MinerView {
     pub id: u64,
     pub name: String,
     pub address: String,
+    /// The address it connects from (its machine's management address by default).
+    pub ip: std::net::IpAddr,
     pub paused: bool,
+    /// Mining now: given work, or still submitting after being told to stop.
+    pub mining: bool,
     pub last_submit_ms: Option<u64>,
     pub difficulty: f64,
     pub hashrate: f64,
@@ -64,7 +68,9 @@ pub(super) fn observe(
                 id,
                 name: name.clone(),
                 address: stats.remote.to_string(),
+                ip: stats.remote.ip(),
                 paused: stats.paused,
+                mining: true,
                 last_submit_ms: stats.last_submit_unix_ms,
                 difficulty: stats.difficulty,
                 hashrate: stats.hashrate_15m(),
@@ -85,7 +91,7 @@ pub(super) fn observe(
             continue;
         };
         group.miners.sort_by_key(|m| m.id);
-        for (i, miner) in group.miners.iter().enumerate() {
+        for (i, miner) in group.miners.iter_mut().enumerate() {
             let mining = if record.state == GroupState::Resuming {
                 !miner.paused
             } else {
@@ -97,6 +103,7 @@ pub(super) fn observe(
                 }
                 still
             };
+            miner.mining = mining;
             if mining {
                 group.mining += 1;
             }

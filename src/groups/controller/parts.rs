@@ -12,6 +12,7 @@ use crate::groups::events::Event;
 use crate::groups::hooks::HookRunner;
 use crate::groups::store::{PersistedState, Store};
 use crate::metrics::Metrics;
+use crate::power::PowerHandle;
 
 /// What [`GroupController::new`] needs.
 pub struct ControllerParts {
@@ -37,4 +38,6 @@ pub struct ControllerParts {
     pub tracker: TaskTracker,
     /// Where hook tasks run: the proxy's runtime.
     pub runtime: tokio::runtime::Handle,
+    /// The power poller: the machines to watch, their readings, sleep and wake.
+    pub power: PowerHandle,
 }

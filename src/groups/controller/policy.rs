@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::observe::Observed;
+use super::observe::{MinerView, Observed};
 use crate::config::Config;
 use crate::groups::state::RosterEntry;
 
@@ -73,7 +73,43 @@ impl Policy {
     }
 }
 
+/// The trigger of a drain that measured power proved.
+pub(super) const MEASURED: &str = "measured";
+
 impl Policy {
+    /// Whether a measured draining group is drained at `now_ms`: its machines have all been
+    /// off for `settle` (trigger `measured`), or the drain timeout is reached (trigger
+    /// `timeout`, a detail naming the machines not off with their driver's error).
+    pub(super) fn drained_measured(
+        &self,
+        started_ms: u64,
+        now_ms: u64,
+        off_for: Option<Duration>,
+        settle: Duration,
+        not_off: &[super::machines::MachineIssue],
+    ) -> Option<(&'static str, String)> {
+        if off_for.is_some_and(|off| off >= settle) {
+            return Some((MEASURED, String::new()));
+        }
+        let elapsed = Duration::from_millis(now_ms.saturating_sub(started_ms));
+        if elapsed < self.drain_timeout {
+            return None;
+        }
+        let listed: Vec<String> = not_off
+            .iter()
+            .take(20)
+            .map(|m| format!("{} ({}): {}", m.worker, m.address, m.problem))
+            .collect();
+        Some((
+            "timeout",
+            format!(
+                "drain timeout: {} machine(s) not off: {}",
+                not_off.len(),
+                listed.join("; ")
+            ),
+        ))
+    }
+
     /// Whether a draining group (drain started at `started_ms`) is drained at `now_ms`: every
     /// miner quiet, none refused for `quiet_min`, and `quiet_min` passed (trigger `quiet`); or
     /// the drain timeout reached (trigger `timeout`, with a detail naming who still hashes).
@@ -158,20 +194,28 @@ impl Ramp {
     pub(super) fn step(
         &mut self,
         now: Instant,
-        rate: f64,
-        timeout: Duration,
+        pace: RampPace,
         observed: &Observed,
         roster: &[RosterEntry],
         may_finish: bool,
+        awake: impl Fn(&MinerView) -> bool,
     ) -> RampStep {
-        let mut waiting: Vec<u64> = observed
+        let RampPace { rate, timeout } = pace;
+        let mut waiting: Vec<(u64, bool)> = observed
             .miners
             .iter()
             .filter(|m| m.paused && m.ticket > self.admit_through)
-            .map(|m| m.ticket)
+            .map(|m| (m.ticket, awake(m)))
             .collect();
-        waiting.sort_unstable();
-        let admit_through = self.admit(now, rate, &waiting);
+        waiting.sort_unstable_by_key(|(ticket, _)| *ticket);
+        // The watermark admits every ticket below it: only the prefix whose machines are awake.
+        let ready: Vec<u64> = waiting
+            .iter()
+            .take_while(|(_, awake)| *awake)
+            .map(|(ticket, _)| *ticket)
+            .collect();
+        let waiting: Vec<u64> = waiting.iter().map(|(ticket, _)| *ticket).collect();
+        let admit_through = self.admit(now, rate, &ready);
         let still_waiting = waiting.iter().any(|t| *t > self.admit_through);
         let admitted = self.admit_through;
         let missing: Vec<&str> = roster
@@ -211,6 +255,15 @@ impl Ramp {
         self.tokens = (self.tokens + elapsed * rate).min(rate.max(1.0));
         self.filled = now;
     }
+}
+
+/// How fast a resume admits miners and how long it may take.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RampPace {
+    /// Miners a second.
+    pub rate: f64,
+    /// The ramp is over after this, whoever is missing.
+    pub timeout: Duration,
 }
 
 /// What one ramp tick decided.
@@ -272,7 +325,9 @@ mod tests {
             id: ticket,
             name: name.into(),
             address: "127.0.0.1:1".into(),
+            ip: std::net::IpAddr::from([127, 0, 0, 1]),
             paused,
+            mining: !paused,
             last_submit_ms: None,
             difficulty: 1.0,
             hashrate: 0.0,
@@ -291,6 +346,36 @@ mod tests {
     }
 
     #[test]
+    fn the_ramp_admits_only_up_to_the_first_miner_whose_machine_is_not_awake() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(60);
+        let roster = roster(&["a", "b", "c"]);
+        let observed = Observed {
+            miners: vec![
+                miner("a", 1, true),
+                miner("b", 2, true),
+                miner("c", 3, true),
+            ],
+            ..Observed::default()
+        };
+        let mut ramp = Ramp::new(start);
+        let later = start + Duration::from_secs(10);
+        let pace = RampPace {
+            rate: 10.0,
+            timeout,
+        };
+        let mut step = |at, awake: &dyn Fn(&MinerView) -> bool| {
+            ramp.step(at, pace, &observed, &roster, true, awake)
+        };
+        // Plenty of tokens, but b's machine is still waking: a only (c comes after b).
+        let first = step(later, &|m| m.name != "b");
+        assert_eq!((first.admit_through, first.finished), (Some(1), None));
+        assert_eq!(step(later, &|_| false).admit_through, None);
+        let rest = step(later + Duration::from_secs(1), &|_| true);
+        assert_eq!(rest.admit_through, Some(3));
+    }
+
+    #[test]
     fn a_ramp_ends_once_the_roster_is_back_or_at_its_timeout_naming_who_is_missing() {
         let start = Instant::now();
         let at = |s: u64| start + Duration::from_secs(s);
@@ -302,19 +387,47 @@ mod tests {
             miners: vec![miner("a", 1, true), miner("b", 2, true)],
             ..Observed::default()
         };
-        let first = ramp.step(at(0), 1.0, timeout, &observed, &roster, true);
+        let first = ramp.step(
+            at(0),
+            RampPace { rate: 1.0, timeout },
+            &observed,
+            &roster,
+            true,
+            |_| true,
+        );
         assert_eq!(first.admit_through, Some(1));
         assert_eq!(first.finished, None, "b still waits for admission");
-        let second = ramp.step(at(1), 1.0, timeout, &observed, &roster, true);
+        let second = ramp.step(
+            at(1),
+            RampPace { rate: 1.0, timeout },
+            &observed,
+            &roster,
+            true,
+            |_| true,
+        );
         assert_eq!(second.admit_through, Some(2));
         assert_eq!(
             second.finished, None,
             "c is missing and the timeout is not reached"
         );
         // A hook run under way holds the end back even at the timeout.
-        let held = ramp.step(at(61), 1.0, timeout, &observed, &roster, false);
+        let held = ramp.step(
+            at(61),
+            RampPace { rate: 1.0, timeout },
+            &observed,
+            &roster,
+            false,
+            |_| true,
+        );
         assert_eq!(held.finished, None);
-        let timed_out = ramp.step(at(61), 1.0, timeout, &observed, &roster, true);
+        let timed_out = ramp.step(
+            at(61),
+            RampPace { rate: 1.0, timeout },
+            &observed,
+            &roster,
+            true,
+            |_| true,
+        );
         assert_eq!(
             timed_out.finished,
             Some((
@@ -332,7 +445,14 @@ mod tests {
             ],
             ..Observed::default()
         };
-        let done = ramp.step(at(0), 1.0, timeout, &all, &roster, true);
+        let done = ramp.step(
+            at(0),
+            RampPace { rate: 1.0, timeout },
+            &all,
+            &roster,
+            true,
+            |_| true,
+        );
         assert_eq!(
             (done.admit_through, done.finished),
             (None, Some(("ramp", None)))

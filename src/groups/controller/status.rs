@@ -2,9 +2,12 @@
 //! what was observed on the tick.
 
 use super::group::GroupRuntime;
-use super::handle::{DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus, HashingMiner};
+use super::handle::{
+    DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus, HashingMiner, PowerStatus,
+};
+use super::machines::Watts;
 use super::observe::Observed;
-use crate::downstream::Refusals;
+use crate::downstream::{Refusals, SessionRegistry};
 use crate::groups::capacity::{Candidate, EfficiencySource};
 use crate::groups::state::{Claim, GroupRecord, GroupState};
 use crate::metrics::Metrics;
@@ -12,9 +15,16 @@ use crate::metrics::Metrics;
 /// Miners listed as still hashing in a group's status (the API pages the rest by group).
 const MAX_LISTED_HASHING: usize = 100;
 
-/// Watts a group's mining draws now, by its declared figure.
+/// Watts a group draws now: measured where its machines were read, declared for the rest.
 pub(super) fn power_watts(runtime: &GroupRuntime, observed: &Observed) -> f64 {
-    observed.mining as f64 * runtime.policy.watts_per_worker
+    watts(runtime, observed).total
+}
+
+/// A group's draw now, by source.
+pub(super) fn watts(runtime: &GroupRuntime, observed: &Observed) -> Watts {
+    runtime
+        .power
+        .watts(observed.mining, runtime.policy.watts_per_worker)
 }
 
 /// Watts a non-active group has given back: what it drew before the drain minus what it draws.
@@ -34,13 +44,16 @@ pub(super) fn refused_listed_since(record: &GroupRecord) -> Option<u64> {
         .map(|d| d.started_at_ms)
 }
 
-/// Sets the group's power, released power and state series.
-pub(super) fn publish_metrics(metrics: &Metrics, name: &str, record: &GroupRecord, power: f64) {
-    metrics
-        .groups
-        .power_watts
-        .with_label_values(&[name])
-        .set(power);
+/// Sets the group's power (by source), released power and state series.
+pub(super) fn publish_metrics(metrics: &Metrics, name: &str, record: &GroupRecord, watts: Watts) {
+    for (source, part) in watts.by_source() {
+        metrics
+            .groups
+            .power_watts
+            .with_label_values(&[name, source.as_str()])
+            .set(part);
+    }
+    let power = watts.total;
     metrics
         .groups
         .released_watts
@@ -55,6 +68,28 @@ pub(super) fn publish_metrics(metrics: &Metrics, name: &str, record: &GroupRecor
     }
 }
 
+/// Every group's status now, and its draw by source (for the metrics published after).
+pub(super) fn statuses(
+    groups: &[GroupRuntime],
+    records: &[GroupRecord],
+    observed: &[Observed],
+    registry: &SessionRegistry,
+    now_ms: u64,
+) -> (Vec<GroupStatus>, Vec<Watts>) {
+    groups
+        .iter()
+        .zip(records)
+        .zip(observed)
+        .map(|((runtime, record), observed)| {
+            let watts = watts(runtime, observed);
+            let refusals = registry.refusals(&runtime.name, refused_listed_since(record));
+            let efficiency = runtime.efficiency(watts.total);
+            let status = group_status(runtime, record, observed, &refusals, efficiency, now_ms);
+            (status, watts)
+        })
+        .unzip()
+}
+
 /// The group's status now.
 pub(super) fn group_status(
     runtime: &GroupRuntime,
@@ -64,8 +99,11 @@ pub(super) fn group_status(
     efficiency: (Option<f64>, EfficiencySource),
     now_ms: u64,
 ) -> GroupStatus {
-    let power = power_watts(runtime, observed);
+    let watts = watts(runtime, observed);
+    let power = watts.total;
     let drain = record.drain.as_ref();
+    let measure = &runtime.power.measure;
+    let in_drain = matches!(record.state, GroupState::Draining | GroupState::Drained);
     GroupStatus {
         name: runtime.name.to_string(),
         state: record.state,
@@ -114,6 +152,20 @@ pub(super) fn group_status(
         efficiency: EfficiencyStatus {
             efficiency_j_per_th: efficiency.0,
             efficiency_source: Some(efficiency.1),
+        },
+        power: PowerStatus {
+            power_source: watts.source,
+            power_by_source: watts.by_source(),
+            verified: record.state == GroupState::Drained && drain.is_some_and(|d| d.verified),
+            sleep: runtime.power.sleep,
+            machines: measure.machines,
+            machines_read: measure.read,
+            machines_off: measure.off,
+            machines_not_off: if in_drain {
+                measure.not_off.clone()
+            } else {
+                Vec::new()
+            },
         },
     }
 }
@@ -173,6 +225,7 @@ mod tests {
                 started_at_ms: 0,
                 watts_before: 6500.0,
                 roster: Vec::new(),
+                verified: false,
             }),
             ..GroupRecord::default()
         };

@@ -65,6 +65,7 @@ pub(super) fn draining(
             started_at_ms: now_ms,
             watts_before,
             roster,
+            verified: false,
         }),
         claims: [request.claim].into(),
     }
@@ -82,6 +83,20 @@ pub(super) enum Release {
         /// The claims still holding it.
         left: Vec<String>,
     },
+}
+
+/// The record of a draining group once drained, at `now_ms`: `verified` when its measured
+/// power proved it.
+pub(super) fn drained(current: &GroupRecord, verified: bool, now_ms: u64) -> GroupRecord {
+    let mut next = GroupRecord {
+        state: GroupState::Drained,
+        since: now_ms / 1000,
+        ..current.clone()
+    };
+    if let Some(drain) = next.drain.as_mut() {
+        drain.verified = verified;
+    }
+    next
 }
 
 /// Releases `claim` (or every claim with `force`) at `now_ms`.

@@ -6,7 +6,12 @@
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Answer, ClaimsView, Intent, MAX_API_WINDOWS, MAX_ENDED_CAPACITY, Save, Schedules};
+use tokio::sync::oneshot;
+
+use super::{
+    Answer, ClaimsView, Intent, MAX_API_WINDOWS, MAX_ENDED_CAPACITY, Save, ScheduleCommand,
+    Schedules,
+};
 use crate::config::DrainMode;
 use crate::config::windows::{Window, WindowSpec, check_reason, format_time, parse_time};
 use crate::groups::capacity::{Candidate, Capacity, CapacityRequest, plan};
@@ -30,6 +35,40 @@ pub(in crate::groups::controller) struct Outcome {
     pub reply: Reply,
     /// Drains and releases to make, in order.
     pub intents: Vec<Intent>,
+}
+
+impl Schedules {
+    /// Carries out one API command; returns its outcome and where its answer goes.
+    /// `candidates` are the groups a new capacity request may drain (empty for the others).
+    pub(in crate::groups::controller) fn take(
+        &mut self,
+        command: ScheduleCommand,
+        now_ms: u64,
+        view: &ClaimsView,
+        candidates: Vec<Candidate>,
+        save: &mut Save<'_>,
+    ) -> (Outcome, oneshot::Sender<Answer>) {
+        match command {
+            ScheduleCommand::CreateWindow { spec, key, reply } => {
+                (self.create_window(spec, key, now_ms, view, save), reply)
+            }
+            ScheduleCommand::DeleteWindow { name, reply } => {
+                (self.delete_window(&name, view, save), reply)
+            }
+            ScheduleCommand::CreateCapacity {
+                request,
+                key,
+                reply,
+            } => {
+                let outcome = self.create_capacity(request, key, candidates, now_ms, view, save);
+                (outcome, reply)
+            }
+            ScheduleCommand::EndCapacity { id, reply } => {
+                (self.end_capacity(&id, "deleted", now_ms, view, save), reply)
+            }
+            ScheduleCommand::Heartbeat { id, reply } => (self.heartbeat(&id, now_ms, save), reply),
+        }
+    }
 }
 
 impl Outcome {

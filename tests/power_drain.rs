@@ -1,0 +1,353 @@
+//! Drains that switch the power and prove it, on the wire: simulated Bitaxes (ESP-Miner's REST
+//! API on their own loopback addresses, found by hashgate's driver on a forwarded port) mine
+//! through the proxy from those same addresses; a drain with `sleep` puts them to sleep through
+//! their firmware, `drained` follows the measured drop, hooks get the measured watts, a machine
+//! whose API is down is named and holds the drain to its timeout, a restart of a drained group
+//! wakes nothing, and a resume wakes the machines in batches before they get work.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Api, config_for, pool, state_dir};
+use hashgate::config::Config;
+use hashgate::proxy::Proxy;
+use hashgate::sim::{
+    DeviceProfile, Faults, SimDevice, SimEspMiner, SimMinerConfig, SimMinerStats, run_sim_miner,
+};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Power waits are longer than the harness's: firmware is polled, slept and settled.
+const POWER_WAIT: Duration = Duration::from_secs(30);
+
+/// One simulated Bitaxe: its device, its API, and the miner hashing on it.
+struct Bitaxe {
+    device: Arc<SimDevice>,
+    _api: SimEspMiner,
+    worker: String,
+}
+
+/// `n` Bitaxes at 127.0.`net`.1.. with their web API on one port (as a farm forwards it).
+async fn bitaxes(net: u8, n: u8) -> (Vec<Bitaxe>, u16) {
+    let mut port = 0;
+    let mut machines = Vec::new();
+    for i in 1..=n {
+        let ip = IpAddr::from([127, 0, net, i]);
+        let listener = TcpListener::bind(SocketAddr::new(ip, port))
+            .await
+            .expect("bind the web API");
+        port = listener.local_addr().expect("addr").port();
+        let device = Arc::new(SimDevice::new(DeviceProfile::bitaxe()));
+        let api = SimEspMiner::start(listener, Arc::clone(&device), &format!("bitaxe-{i}"))
+            .expect("start");
+        machines.push(Bitaxe {
+            device,
+            _api: api,
+            worker: format!("farm.bx{net}-{i}"),
+        });
+    }
+    (machines, port)
+}
+
+/// Starts the miners: each connects from its machine's address and hashes while it mines.
+fn mine(proxy: &Proxy, machines: &[Bitaxe], net: u8, cancel: &CancellationToken) {
+    for (i, machine) in machines.iter().enumerate() {
+        let mut config = SimMinerConfig::new(proxy.miner_addr, machine.worker.clone(), 50_000.0);
+        config.bind = Some(IpAddr::from([127, 0, net, i as u8 + 1]));
+        config.device = Some(Arc::clone(&machine.device));
+        tokio::spawn(run_sim_miner(
+            config,
+            Arc::new(SimMinerStats::default()),
+            cancel.child_token(),
+        ));
+    }
+}
+
+/// `[power]` fast enough for a test (plus `power`), group `desk` of the `net` machines with
+/// sleep on and their web API on `port` (plus `extra`).
+fn power_config(
+    pool: &hashgate::sim::SimPool,
+    net: u8,
+    port: u16,
+    power: &str,
+    extra: &str,
+) -> Config {
+    config_for(
+        &[pool],
+        &format!(
+            "[power]\npoll_interval = \"1s\"\nfast_poll_interval = \"200ms\"\nrequest_timeout = \"1s\"\nmax_backoff = \"2s\"\nsettle = \"1s\"\nredispatch = \"2s\"\n{power}\
+             [[group]]\nname = \"desk\"\nworkers = [\"farm.bx{net}-*\"]\nwatts_per_worker = 20.0\nsleep = true\nidle_watts_per_worker = 5.0\n\
+             [group.management]\nweb_port = {port}\n{extra}"
+        ),
+    )
+}
+
+/// Polls the group until `done` holds for it.
+async fn group_until(api: &Api, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + POWER_WAIT;
+    loop {
+        let group = api.get_ok("/api/v1/groups/desk").await;
+        if done(&group) {
+            return group;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {group:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn f(value: &Value, key: &str) -> f64 {
+    value[key].as_f64().unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_with_sleep_is_measured_down_verified_and_hooks_get_the_measured_watts() {
+    let pool = pool(1.0).await;
+    let (machines, port) = bitaxes(93, 3).await;
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let hook_out = dir.join("hook.env");
+    let hook = format!(
+        "[[hook]]\nevents = [\"drained\"]\ngroups = [\"desk\"]\nrequired = true\ncommand = [\"/bin/sh\", \"-c\", \"echo $HASHGATE_WATTS $HASHGATE_WATTS_SOURCE > {}\"]\n",
+        hook_out.display()
+    );
+    let mut config = power_config(&pool, 93, port, "", &hook);
+    config.api.token = Some(common::TOKEN.into());
+    let proxy = common::proxy(config).await;
+    let api = Api::new(&proxy);
+    let cancel = CancellationToken::new();
+    mine(&proxy, &machines, 93, &cancel);
+
+    // Mining: every machine read by its firmware, the group's figure measured (3 x 18 W, not
+    // the declared 3 x 20 W).
+    let group = group_until(&api, "three machines measured", |g| {
+        g["machines_read"] == 3 && g["power_source"] == "firmware" && g["workers"] == 3
+    })
+    .await;
+    assert_eq!(f(&group, "power_watts"), 54.0, "{group:#}");
+    let firmware = proxy
+        .metrics
+        .groups
+        .power_watts
+        .with_label_values(&["desk", "firmware"])
+        .get();
+    assert_eq!(firmware, 54.0);
+
+    let (status, body) = api
+        .post_token(
+            "/api/v1/groups/desk/drain",
+            r#"{"mode": "pause", "reason": "AI window"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let drained = group_until(&api, "drained on measured power", |g| {
+        g["state"] == "drained"
+    })
+    .await;
+    assert_eq!(drained["verified"], true, "{drained:#}");
+    assert_eq!(drained["machines_off"], 3);
+    assert!(f(&drained, "power_watts") <= 7.5 + 1e-9, "{drained:#}");
+    let released = f(&drained, "released_watts");
+    assert!(
+        (released - 46.5).abs() < 1e-6,
+        "54 W before, 7.5 W asleep: {drained:#}"
+    );
+    for machine in &machines {
+        assert!(machine.device.asleep(), "{} sleeps", machine.worker);
+        assert_eq!(machine.device.commands(), (1, 0), "slept once, never woken");
+    }
+    // The drained hook got the measured release and its source.
+    let env = std::fs::read_to_string(&hook_out).expect("the drained hook ran");
+    let mut parts = env.split_whitespace();
+    let watts: f64 = parts.next().and_then(|w| w.parse().ok()).expect("watts");
+    assert!((watts - 46.5).abs() < 1e-6, "{env}");
+    assert_eq!(parts.next(), Some("firmware"), "{env}");
+    // Each worker shows its machine's power.
+    let worker = api
+        .get_ok(&format!("/api/v1/workers/{}", machines[0].worker))
+        .await;
+    assert_eq!(
+        (
+            &worker["power_watts"],
+            &worker["asleep"],
+            &worker["power_source"]
+        ),
+        (&json!(2.5), &json!(true), &json!("firmware")),
+        "{worker:#}"
+    );
+    // The audit log says the drained state was verified, and on what.
+    let events = api.get_ok("/api/v1/events").await;
+    let last = events
+        .as_array()
+        .and_then(|e| e.iter().rev().find(|e| e["to"] == "drained"))
+        .cloned()
+        .expect("a drained event");
+    assert_eq!(
+        (&last["verified"], &last["watts_source"]),
+        (&json!(true), &json!("firmware")),
+        "{last:#}"
+    );
+    cancel.cancel();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_whose_api_is_down_is_named_and_holds_the_drain_to_its_timeout() {
+    let pool = pool(1.0).await;
+    let (machines, port) = bitaxes(94, 3).await;
+    let mut config = power_config(&pool, 94, port, "", "");
+    config.groups[0].drain_timeout = Some(Duration::from_secs(6));
+    config.api.token = Some(common::TOKEN.into());
+    let proxy = common::proxy(config).await;
+    let api = Api::new(&proxy);
+    let cancel = CancellationToken::new();
+    mine(&proxy, &machines, 94, &cancel);
+    group_until(&api, "three machines measured", |g| g["machines_read"] == 3).await;
+    // The third machine's API goes down: its sleep cannot be sent, its power not read.
+    machines[2].device.set_faults(Faults {
+        refuse: true,
+        ..Faults::default()
+    });
+    let (status, body) = api
+        .post_token("/api/v1/groups/desk/drain", r#"{"mode": "pause"}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let waiting = group_until(&api, "two machines off, one named", |g| {
+        g["machines_off"] == 2
+            && g["machines_not_off"]
+                .as_array()
+                .is_some_and(|m| m.len() == 1)
+    })
+    .await;
+    assert_eq!(waiting["state"], "draining", "{waiting:#}");
+    let named = &waiting["machines_not_off"][0];
+    assert_eq!(named["worker"], machines[2].worker.as_str(), "{waiting:#}");
+    assert!(
+        named["problem"].as_str().is_some_and(|p| !p.is_empty()),
+        "{waiting:#}"
+    );
+    assert!(machines[0].device.asleep() && machines[1].device.asleep());
+    assert!(!machines[2].device.asleep());
+    // At the timeout: drained, but not verified, and the audit log names the machine.
+    let drained = group_until(&api, "drained at the timeout", |g| g["state"] == "drained").await;
+    assert_eq!(drained["verified"], false, "{drained:#}");
+    let events = api.get_ok("/api/v1/events").await;
+    let timeout = events
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["kind"] == "drain_timeout"))
+        .cloned()
+        .expect("a drain_timeout event");
+    let detail = timeout["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&machines[2].worker) && detail.contains("1 machine(s) not off"),
+        "{detail}"
+    );
+    cancel.cancel();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_a_drained_group_asleep_and_a_resume_wakes_in_batches_before_work() {
+    let pool = pool(1.0).await;
+    let (machines, port) = bitaxes(95, 3).await;
+    let dir = state_dir();
+    // One machine per batch, 1.5 s apart.
+    let batches = "wake_interval = \"1500ms\"\nwake_batch_min = 1\nwake_batch_max = 1\n";
+    let make_config = || {
+        let mut config = power_config(&pool, 95, port, batches, "");
+        config.state.dir = dir.clone();
+        config.api.token = Some(common::TOKEN.into());
+        config
+    };
+    let proxy = common::proxy(make_config()).await;
+    let api = Api::new(&proxy);
+    let cancel = CancellationToken::new();
+    mine(&proxy, &machines, 95, &cancel);
+    group_until(&api, "three machines measured", |g| g["machines_read"] == 3).await;
+    let (status, body) = api
+        .post_token("/api/v1/groups/desk/drain", r#"{"mode": "pause"}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    group_until(&api, "drained", |g| {
+        g["state"] == "drained" && g["verified"] == true
+    })
+    .await;
+
+    // An abrupt stop and a new process on the same state: still drained, machines watched
+    // again (read asleep), nothing woken.
+    proxy.abort().await;
+    let proxy = common::proxy(make_config()).await;
+    let api = Api::new(&proxy);
+    // The miners' firmware reconnects (to a paused group: no work).
+    mine(&proxy, &machines, 95, &cancel);
+    let again = group_until(&api, "the restarted proxy reads the machines asleep", |g| {
+        g["state"] == "drained" && g["machines_off"] == 3 && g["workers"] == 3
+    })
+    .await;
+    assert_eq!(again["verified"], true);
+    for machine in &machines {
+        assert_eq!(machine.device.commands().1, 0, "no wake after the restart");
+        assert!(machine.device.asleep());
+    }
+
+    // Resume: one machine woken per batch; no session gets work before its machine's wake.
+    let (status, body) = api.post_token("/api/v1/groups/desk/resume", "{}").await;
+    assert_eq!(status, 200, "{body}");
+    let started = tokio::time::Instant::now();
+    let mut woken_at: Vec<Option<Duration>> = vec![None; machines.len()];
+    let deadline = started + POWER_WAIT;
+    loop {
+        let page = api.get_ok("/api/v1/workers?group=desk").await;
+        // Wakes seen after the page: a worker the page shows with work was woken before it.
+        let wakes: Vec<u64> = machines.iter().map(|m| m.device.commands().1).collect();
+        for (i, count) in wakes.iter().enumerate() {
+            if *count > 0 && woken_at[i].is_none() {
+                woken_at[i] = Some(started.elapsed());
+            }
+        }
+        for worker in page["workers"].as_array().into_iter().flatten() {
+            let i = machines
+                .iter()
+                .position(|m| worker["name"] == m.worker.as_str())
+                .expect("one of ours");
+            if worker["paused"] == false {
+                assert!(
+                    wakes[i] > 0,
+                    "{} got work before its wake",
+                    machines[i].worker
+                );
+            }
+        }
+        let group = api.get_ok("/api/v1/groups/desk").await;
+        if group["state"] == "active" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "resume did not finish: {group:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut times: Vec<Duration> = woken_at
+        .iter()
+        .map(|t| t.expect("every machine woken"))
+        .collect();
+    times.sort();
+    for pair in times.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(1000),
+            "wakes come in batches 1.5 s apart: {times:?}"
+        );
+    }
+    for machine in &machines {
+        assert_eq!(machine.device.commands().1, 1, "woken once");
+    }
+    cancel.cancel();
+    proxy.shutdown().await;
+}
