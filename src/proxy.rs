@@ -22,7 +22,7 @@ use crate::groups::state::restored_gates;
 use crate::groups::store::Store;
 use crate::groups::{ControllerParts, GroupController, GroupState, GroupsHandle};
 use crate::metrics::Metrics;
-use crate::power::Poller;
+use crate::power::{Meter, MeterPoller, ModbusMeter, Poller};
 use crate::router::{Router, RouterHandle};
 
 /// Why the proxy could not start.
@@ -214,6 +214,20 @@ impl Proxy {
         // a firmware, nor does anyone wait on it.
         let (poller, power) = Poller::new(config.power.clone(), tasks.clone());
         tasks.spawn(poller.run(rest.child_token()));
+        let meters: Vec<(String, Arc<dyn Meter>)> = config
+            .meters
+            .iter()
+            .filter_map(|m| {
+                let meter: Arc<dyn Meter> = Arc::new(ModbusMeter::new(m)?);
+                Some((m.group.clone(), meter))
+            })
+            .collect();
+        let (meter_poller, meter_book) = MeterPoller::new(
+            meters,
+            config.power.fast_poll_interval,
+            config.power.request_timeout,
+        );
+        meter_poller.spawn(&tasks, rest.child_token());
         let (controller, groups) = GroupController::new(ControllerParts {
             config: Arc::clone(&config),
             groups: group_rules.clone(),
@@ -227,6 +241,7 @@ impl Proxy {
             tracker: tasks.clone(),
             runtime: tokio::runtime::Handle::current(),
             power: power.clone(),
+            meters: meter_book,
         });
         let controller = controller
             .spawn(&tasks)

@@ -351,3 +351,82 @@ async fn a_restart_keeps_a_drained_group_asleep_and_a_resume_wakes_in_batches_be
     cancel.cancel();
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_outranks_firmware_which_outranks_declared() {
+    let pool = pool(1.0).await;
+    let (machines, port) = bitaxes(96, 2).await;
+    let (lab, _) = bitaxes(97, 1).await;
+    // The rack's meter: both machines plus 10 W of fans and switch.
+    let listener = TcpListener::bind((IpAddr::from([127, 0, 96, 250]), 0))
+        .await
+        .expect("bind the meter");
+    let devices = machines.iter().map(|m| Arc::clone(&m.device)).collect();
+    let meter = hashgate::sim::SimMeter::start(listener, devices, 10.0).expect("meter");
+    let extra = format!(
+        "[[meter]]\ngroup = \"desk\"\naddress = \"{}\"\nregister = 52\ntype = \"float32\"\nword_order = \"big\"\n\
+         [[group]]\nname = \"lab\"\nworkers = [\"farm.bx97-*\"]\nwatts_per_worker = 20.0\npower_source = \"declared\"\n",
+        meter.addr
+    );
+    let mut config = power_config(&pool, 96, port, "", &extra);
+    config.groups[0].idle_watts_per_worker = Some(10.0);
+    config.api.token = Some(common::TOKEN.into());
+    let proxy = common::proxy(config).await;
+    let api = Api::new(&proxy);
+    let cancel = CancellationToken::new();
+    mine(&proxy, &machines, 96, &cancel);
+    mine(&proxy, &lab, 97, &cancel);
+
+    // The meter's 46 W (2 x 18 W + 10 W), not the firmware's 36 W nor the declared 40 W.
+    let metered = group_until(&api, "the meter's figure", |g| g["power_source"] == "meter").await;
+    assert_eq!(f(&metered, "power_watts"), 46.0, "{metered:#}");
+    assert_eq!(metered["power_by_source"]["meter"], 46.0);
+    let meter_series = || {
+        proxy
+            .metrics
+            .groups
+            .power_watts
+            .with_label_values(&["desk", "meter"])
+            .get()
+    };
+    common::eventually("the meter series", || meter_series() == 46.0).await;
+    assert_eq!(
+        common::group_power(&proxy, "desk"),
+        46.0,
+        "the series sum to the figure"
+    );
+    // A declared group: its nameplate figure, and its machine is not asked.
+    let lab_group = api.get_ok("/api/v1/groups/lab").await;
+    assert_eq!(
+        (&lab_group["power_source"], f(&lab_group, "power_watts")),
+        (&json!("declared"), 20.0),
+        "{lab_group:#}"
+    );
+    assert_eq!(lab_group["machines_read"], 0);
+
+    // A drain is verified by the meter (2 x 2.5 W + 10 W at or below 2 x 10 W).
+    let (status, body) = api
+        .post_token("/api/v1/groups/desk/drain", r#"{"mode": "pause"}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let drained = group_until(&api, "drained by the meter", |g| g["state"] == "drained").await;
+    assert_eq!(
+        (
+            &drained["verified"],
+            &drained["power_source"],
+            f(&drained, "power_watts")
+        ),
+        (&json!(true), &json!("meter"), 15.0),
+        "{drained:#}"
+    );
+
+    // The meter goes away: the machines' own readings take over once its reading is stale.
+    drop(meter);
+    let fallback = group_until(&api, "the firmware's figure", |g| {
+        g["power_source"] == "firmware"
+    })
+    .await;
+    assert_eq!(f(&fallback, "power_watts"), 5.0, "{fallback:#}");
+    cancel.cancel();
+    proxy.shutdown().await;
+}

@@ -18,6 +18,7 @@ mod groups;
 mod hooks;
 mod locate;
 mod management;
+mod meter;
 mod power;
 mod server;
 mod upstream;
@@ -31,6 +32,7 @@ pub use hooks::{HookConfig, HookEvent};
 pub use management::{
     AddressMapConfig, Credentials, Management, ManagementConfig, PowerSourceChoice, Secret,
 };
+pub use meter::{MeterConfig, RegisterKind, ValueType, WordOrder};
 pub use power::PowerConfig;
 pub use server::{ApiConfig, ServerConfig, StateConfig};
 pub use upstream::{Endpoint, FailoverConfig, UpstreamConfig, parse_stratum_url, split_host_port};
@@ -75,6 +77,9 @@ pub struct Config {
     /// How machines' firmware is polled for power and told to sleep and wake.
     #[serde(default)]
     pub power: PowerConfig,
+    /// Rack or PDU meters, one per group at most: the best power source.
+    #[serde(rename = "meter", default)]
+    pub meters: Vec<MeterConfig>,
 }
 
 impl Config {
@@ -130,6 +135,7 @@ impl Config {
         self.drain.validate()?;
         hooks::validate_hooks(&self.hooks, &group_names)?;
         windows::validate_windows(&self.windows, &group_names)?;
+        meter::validate_meters(&self.meters, &group_names)?;
         self.capacity.validate()?;
         self.power.validate()?;
         self.api.validate()?;

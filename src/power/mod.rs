@@ -9,12 +9,14 @@ mod asicrs;
 mod detect;
 mod driver;
 mod espminer;
+mod meter;
 mod poller;
 
 pub use detect::detect;
 pub use driver::{
     DriverError, DriverFuture, ManagementAddress, MinerDriver, RPC_PORT, Reading, WEB_PORT,
 };
+pub use meter::{Meter, MeterBook, MeterPoller, MeterReading, ModbusMeter, decode};
 pub use poller::{
     CommandOutcome, MachinePower, Poller, PowerBook, PowerCommand, PowerHandle, Switch, Target,
 };

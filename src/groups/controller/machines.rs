@@ -126,6 +126,8 @@ pub(super) struct GroupPower {
     pub slept_at: HashMap<ManagementAddress, Instant>,
     /// The resume's wakes.
     pub wakes: Option<Wakes>,
+    /// The group's meter's last fresh reading (W), when it has one and it counts.
+    pub meter_watts: Option<f64>,
 }
 
 /// A resume's wakes: batches sent in order, the next at `next_at`.
@@ -150,6 +152,7 @@ impl GroupPower {
             off_since: None,
             slept_at: HashMap::new(),
             wakes: None,
+            meter_watts: None,
         }
     }
 
@@ -162,6 +165,12 @@ impl GroupPower {
             )
     }
 
+    /// Whether the group's machines are listed each second: watched, or metered (the meter's
+    /// idle level counts them).
+    pub fn listed(&self) -> bool {
+        self.watched() || self.meter_watts.is_some()
+    }
+
     /// Whether the firmware's readings make the group's figure.
     fn firmware_counts(&self) -> bool {
         matches!(
@@ -170,15 +179,59 @@ impl GroupPower {
         )
     }
 
-    /// Whether the group's drained state can rest on measured power: its figure comes from the
-    /// firmware and at least one machine has been read.
+    /// Whether a meter reading makes the group's figure (`auto` or `meter`).
+    pub fn meter_counts(&self) -> bool {
+        matches!(
+            self.choice,
+            PowerSourceChoice::Auto | PowerSourceChoice::Meter
+        )
+    }
+
+    /// Whether the group's drained state can rest on measured power: a fresh meter reading, or
+    /// the firmware's figure with at least one machine read.
     pub fn measurable(&self) -> bool {
-        self.firmware_counts() && self.measure.read > 0
+        self.meter_watts.is_some() || (self.firmware_counts() && self.measure.read > 0)
+    }
+
+    /// The meter's verdict on a drain: off when it reads at or below the idle level of the
+    /// group's machines (none: no meter reading, or no `idle_watts_per_worker` to judge by).
+    fn meter_off(&self) -> Option<bool> {
+        let (watts, idle) = (self.meter_watts?, self.idle_watts_per_worker?);
+        Some(watts <= idle * self.machines.len().max(1) as f64)
+    }
+
+    /// Names the meter in the machines not off when it reads above the idle level.
+    pub fn judge_meter(&mut self, meter: &str) {
+        if self.meter_off() == Some(false)
+            && let (Some(watts), Some(idle)) = (self.meter_watts, self.idle_watts_per_worker)
+        {
+            let level = idle * self.machines.len().max(1) as f64;
+            self.measure.not_off.insert(
+                0,
+                MachineIssue {
+                    worker: "(meter)".into(),
+                    address: meter.to_owned(),
+                    watts: Some(watts),
+                    problem: format!(
+                        "the group's meter reads {watts:.1} W, above its idle level {level:.1} W"
+                    ),
+                },
+            );
+        }
     }
 
     /// Watts drawn now with `mining_workers` mining: the fresh readings, plus the declared
     /// watts of mining workers whose machine has none; by source.
     pub fn watts(&self, mining_workers: usize, watts_per_worker: f64) -> Watts {
+        if let Some(meter) = self.meter_watts {
+            return Watts {
+                total: meter,
+                meter,
+                firmware: 0.0,
+                declared: 0.0,
+                source: PowerSource::Meter,
+            };
+        }
         let (firmware, read_mining) = if self.firmware_counts() {
             (
                 self.measure.firmware_watts,
@@ -193,6 +246,7 @@ impl GroupPower {
             && self.measure.read == self.measure.machines;
         Watts {
             total: firmware + declared,
+            meter: 0.0,
             firmware,
             declared,
             source: if fully_read {
@@ -359,9 +413,10 @@ impl GroupPower {
         });
     }
 
-    /// Whether every machine of the group is measured off.
+    /// Whether the group is measured off: by its meter where it can judge, else every machine.
     pub fn all_off(&self) -> bool {
-        self.measure.machines > 0 && self.measure.off == self.measure.machines
+        let machines_off = self.measure.machines > 0 && self.measure.off == self.measure.machines;
+        self.meter_off().unwrap_or(machines_off)
     }
 
     /// How long every machine has been measured off, as of `now` (none: one is not).
@@ -485,10 +540,11 @@ impl GroupPower {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(super) struct Watts {
     pub total: f64,
+    pub meter: f64,
     pub firmware: f64,
     pub declared: f64,
-    /// Firmware when every machine has a fresh reading, else declared (the figure holds a
-    /// nameplate part).
+    /// Meter when the group's meter makes the figure; else firmware when every machine has a
+    /// fresh reading, else declared (the figure holds a nameplate part).
     pub source: PowerSource,
 }
 
@@ -496,7 +552,7 @@ impl Watts {
     /// The parts, by source, for the API and the metric series.
     pub fn by_source(&self) -> BTreeMap<PowerSource, f64> {
         BTreeMap::from([
-            (PowerSource::Meter, 0.0),
+            (PowerSource::Meter, self.meter),
             (PowerSource::Firmware, self.firmware),
             (PowerSource::Declared, self.declared),
         ])
@@ -563,6 +619,7 @@ mod tests {
         assert_eq!(p.baseline(42.0), 42.0);
         let measured = |total| Watts {
             total,
+            meter: 0.0,
             firmware: total,
             declared: 0.0,
             source: PowerSource::Firmware,

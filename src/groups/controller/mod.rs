@@ -146,6 +146,7 @@ impl GroupController {
             sched,
             power: PowerLink {
                 handle: parts.power,
+                meters: parts.meters,
                 settings: parts.config.power.clone(),
                 refreshed: None,
             },
@@ -530,7 +531,7 @@ impl GroupController {
         self.reconcile_schedules(now_ms, now);
         let refresh = self.power.due(now);
         let observed = if refresh {
-            self.observe_with(|i| self.groups[i].power.watched())
+            self.observe_with(|i| self.groups[i].power.listed())
         } else {
             self.observe_all()
         };

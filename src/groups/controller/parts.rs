@@ -12,7 +12,7 @@ use crate::groups::events::Event;
 use crate::groups::hooks::HookRunner;
 use crate::groups::store::{PersistedState, Store};
 use crate::metrics::Metrics;
-use crate::power::PowerHandle;
+use crate::power::{MeterBook, PowerHandle};
 
 /// What [`GroupController::new`] needs.
 pub struct ControllerParts {
@@ -40,4 +40,6 @@ pub struct ControllerParts {
     pub runtime: tokio::runtime::Handle,
     /// The power poller: the machines to watch, their readings, sleep and wake.
     pub power: PowerHandle,
+    /// The groups' meters, as last read.
+    pub meters: Arc<MeterBook>,
 }

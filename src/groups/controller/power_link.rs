@@ -5,6 +5,7 @@
 //! wakes in batches. Nothing here waits on a firmware: commands are queued with `try_send`,
 //! outcomes come back through the book.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
@@ -14,7 +15,7 @@ use super::observe::Observed;
 use crate::clock::unix_ms;
 use crate::config::PowerConfig;
 use crate::groups::state::{GroupRecord, GroupState};
-use crate::power::{ManagementAddress, PowerCommand, PowerHandle, Switch, Target};
+use crate::power::{ManagementAddress, MeterBook, PowerCommand, PowerHandle, Switch, Target};
 
 /// How often machines are re-listed and groups re-measured.
 pub(super) const REFRESH: Duration = Duration::from_secs(1);
@@ -22,6 +23,8 @@ pub(super) const REFRESH: Duration = Duration::from_secs(1);
 /// The poller's handle and settings, and when the groups were last measured.
 pub(super) struct PowerLink {
     pub handle: PowerHandle,
+    /// The groups' meters.
+    pub meters: Arc<MeterBook>,
     pub settings: PowerConfig,
     pub refreshed: Option<Instant>,
 }
@@ -55,11 +58,22 @@ impl PowerLink {
         let mut targets: Vec<Target> = Vec::new();
         for ((runtime, record), observed) in groups.iter_mut().zip(records).zip(observed) {
             let power = &mut runtime.power;
-            if !power.watched() {
+            let meter = self.meters.get(&runtime.name);
+            power.meter_watts = meter
+                .as_ref()
+                .filter(|_| power.meter_counts())
+                .and_then(|m| {
+                    m.watts
+                        .filter(|_| m.read_at_ms.is_some_and(|t| t + stale_ms >= now_ms))
+                });
+            if !power.listed() {
                 continue;
             }
             power.refresh_machines(observed, record);
             power.remeasure(&self.handle.book, now_ms, stale_ms);
+            if let Some(meter) = &meter {
+                power.judge_meter(&meter.meter);
+            }
             let fast = record.state != GroupState::Active;
             power.targets(&runtime.name, fast, &mut targets);
         }
