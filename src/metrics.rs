@@ -6,8 +6,8 @@
 //! serves per-worker detail), so 100,000 workers do not make 100,000 series.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric hashgate exports, by the part of hashgate that updates it.
@@ -109,6 +109,10 @@ pub struct GroupMetrics {
     /// Watts a drained group has released to other loads (what it drew before the drain minus
     /// what it draws now).
     pub released_watts: GaugeVec,
+    /// Energy a group drew, by source (the energy ledger, continued across restarts).
+    pub energy_joules: CounterVec,
+    /// Energy a group did not draw against its pre-drain baseline while drained.
+    pub energy_released_joules: CounterVec,
 }
 
 impl Metrics {
@@ -463,6 +467,28 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            energy_joules: register(
+                &registry,
+                CounterVec::new(
+                    Opts::new(
+                        "hashgate_group_energy_joules_total",
+                        "Energy the group drew, by source (meter, firmware, declared), integrated from the measured samples.",
+                    ),
+                    &["group", "source"],
+                )
+                .expect("valid metric"),
+            ),
+            energy_released_joules: register(
+                &registry,
+                CounterVec::new(
+                    Opts::new(
+                        "hashgate_group_energy_released_joules_total",
+                        "Energy the group did not draw against its pre-drain baseline while in a drain.",
+                    ),
+                    &["group"],
+                )
+                .expect("valid metric"),
+            ),
         };
         let m = Metrics {
             miners,
@@ -512,6 +538,12 @@ impl Metrics {
             self.groups.power_watts.with_label_values(&[name, source]);
         }
         self.groups.released_watts.with_label_values(&[name]);
+        self.groups
+            .energy_released_joules
+            .with_label_values(&[name]);
+        for source in ["meter", "firmware", "declared"] {
+            self.groups.energy_joules.with_label_values(&[name, source]);
+        }
         self.groups.refused_miners.with_label_values(&[name]);
         for to in ["draining", "drained", "resuming", "active"] {
             self.groups

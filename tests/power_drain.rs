@@ -430,3 +430,94 @@ async fn a_meter_outranks_firmware_which_outranks_declared() {
     cancel.cancel();
     proxy.shutdown().await;
 }
+
+/// The sum of the devices' exact energy integrals, and when it was taken (Unix ms).
+fn device_joules(machines: &[Bitaxe]) -> (f64, u64) {
+    let joules = machines.iter().map(|m| m.device.joules()).sum();
+    (joules, hashgate::clock::unix_ms())
+}
+
+/// The group's ledger: firmware-measured energy drawn (J), released in the drain (J), and
+/// the sample it is as of (Unix ms).
+fn ledger(group: &Value) -> (f64, f64, u64) {
+    (
+        group["energy_kwh_by_source"]["firmware"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            * 3.6e6,
+        group["energy_released_kwh"].as_f64().unwrap_or(f64::NAN) * 3.6e6,
+        group["energy_as_of_ms"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_integrates_the_measured_power_and_the_release() {
+    let pool = pool(1.0).await;
+    let (machines, port) = bitaxes(98, 3).await;
+    let mut config = power_config(&pool, 98, port, "", "");
+    config.api.token = Some(common::TOKEN.into());
+    let proxy = common::proxy(config).await;
+    let api = Api::new(&proxy);
+    let cancel = CancellationToken::new();
+    mine(&proxy, &machines, 98, &cancel);
+    let first = group_until(&api, "three machines measured", |g| {
+        g["power_source"] == "firmware" && g["machines_read"] == 3
+    })
+    .await;
+    // Two samples later the ledger holds the full draw: the window starts there.
+    let start_sample = first["energy_as_of_ms"].as_u64().unwrap_or(0);
+    let start = group_until(&api, "two more ledger samples", |g| {
+        g["energy_as_of_ms"].as_u64().unwrap_or(0) >= start_sample + 2_000
+    })
+    .await;
+    let (devices_start, read_start) = device_joules(&machines);
+    let (ledger_start, _, as_of_start) = ledger(&start);
+    let end = group_until(&api, "eight seconds of samples", |g| {
+        g["energy_as_of_ms"].as_u64().unwrap_or(0) >= as_of_start + 8_000
+    })
+    .await;
+    let (devices_end, read_end) = device_joules(&machines);
+    let (ledger_end, _, as_of_end) = ledger(&end);
+    // The devices' integral over the ledger's own window [as_of_start, as_of_end]: the draw is
+    // steady at 54 W, so the few milliseconds between a sample and the devices' read are
+    // taken off at that draw.
+    let steady = 54.0;
+    let devices = (devices_end - steady * (read_end - as_of_end) as f64 / 1000.0)
+        - (devices_start - steady * (read_start - as_of_start) as f64 / 1000.0);
+    let measured = ledger_end - ledger_start;
+    assert!(
+        (measured - devices).abs() <= 0.01 * devices,
+        "ledger {measured:.1} J, devices {devices:.1} J over {} ms",
+        as_of_end - as_of_start
+    );
+    let counter = proxy
+        .metrics
+        .groups
+        .energy_joules
+        .with_label_values(&["desk", "firmware"])
+        .get();
+    assert!(counter >= ledger_end, "the counter follows the ledger");
+
+    // Drained and asleep: the release accrues at the baseline minus the asleep draw
+    // (54 - 7.5 W), and the energy drawn at 7.5 W.
+    let (status, body) = api
+        .post_token("/api/v1/groups/desk/drain", r#"{"mode": "pause"}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let drained = group_until(&api, "drained", |g| g["state"] == "drained").await;
+    let (_, released_start, as_of_drained) = ledger(&drained);
+    let later = group_until(&api, "five seconds drained", |g| {
+        g["energy_as_of_ms"].as_u64().unwrap_or(0) >= as_of_drained + 5_000
+    })
+    .await;
+    let (_, released_end, as_of_later) = ledger(&later);
+    let seconds = (as_of_later - as_of_drained) as f64 / 1000.0;
+    let expected = (54.0 - 7.5) * seconds;
+    assert!(
+        ((released_end - released_start) - expected).abs() <= 0.01 * expected,
+        "released {:.1} J, expected {expected:.1} J",
+        released_end - released_start
+    );
+    cancel.cancel();
+    proxy.shutdown().await;
+}

@@ -115,7 +115,11 @@ pub struct Plan {
     pub expected_drained_seconds: f64,
 }
 
-/// Orders candidates least efficient first and takes them until the watts are met.
+/// Orders candidates least efficient first and takes them until the watts are met, skipping a
+/// group that would overshoot `watts` by more than `tolerance` (a smaller, more efficient one
+/// may fit instead). Feasible only when the plan is within `tolerance` either way; when that
+/// finds none, the plan shown is the plain least-efficient-first cover, marked infeasible with
+/// its overshoot (the scheduler may ask again with a wider `tolerance`).
 pub fn plan(watts: f64, tolerance: f64, mut candidates: Vec<Candidate>) -> Plan {
     candidates.retain(|c| c.watts > 0.0);
     candidates.sort_by(|a, b| {
@@ -135,21 +139,32 @@ pub fn plan(watts: f64, tolerance: f64, mut candidates: Vec<Candidate>) -> Plan 
             .then_with(|| a.group.cmp(&b.group))
     });
     let enough = watts * (1.0 - tolerance);
-    let mut planned = 0.0;
-    let mut groups = Vec::new();
-    for candidate in candidates {
-        if planned >= enough {
-            break;
+    let most = watts * (1.0 + tolerance);
+    let cover = |skip_over: Option<f64>| {
+        let mut planned = 0.0;
+        let mut groups = Vec::new();
+        for candidate in &candidates {
+            if planned >= enough {
+                break;
+            }
+            if skip_over.is_some_and(|most| planned + candidate.watts > most) {
+                continue;
+            }
+            planned += candidate.watts;
+            groups.push(PlannedGroup {
+                group: candidate.group.clone(),
+                watts: candidate.watts,
+                efficiency_j_per_th: candidate.efficiency_j_per_th,
+                efficiency_source: candidate.source,
+                expected_drained_seconds: candidate.expected_drained_seconds,
+            });
         }
-        planned += candidate.watts;
-        groups.push(PlannedGroup {
-            group: candidate.group,
-            watts: candidate.watts,
-            efficiency_j_per_th: candidate.efficiency_j_per_th,
-            efficiency_source: candidate.source,
-            expected_drained_seconds: candidate.expected_drained_seconds,
-        });
-    }
+        (planned, groups)
+    };
+    let (planned, groups) = match cover(Some(most)) {
+        (planned, groups) if planned >= enough => (planned, groups),
+        _ => cover(None),
+    };
     let overshoot = planned - watts;
     Plan {
         expected_drained_seconds: groups
@@ -166,7 +181,7 @@ pub fn plan(watts: f64, tolerance: f64, mut candidates: Vec<Candidate>) -> Plan 
             0.0
         },
         tolerance,
-        feasible: planned >= enough,
+        feasible: planned >= enough && planned <= most,
     }
 }
 
@@ -205,6 +220,10 @@ pub struct CapacityView {
     pub group_states: Vec<(String, String)>,
     /// Watts its groups have released now.
     pub released_watts: f64,
+    /// Energy its groups have not drawn against their pre-drain baselines so far (kWh).
+    pub energy_released_kwh: f64,
+    /// Energy its groups drew while held by it (kWh).
+    pub energy_drawn_kwh: f64,
     /// Every planned group is drained.
     pub satisfied: bool,
     /// `until` has passed and the request does not resume by itself.
@@ -302,7 +321,30 @@ mod tests {
         assert_eq!(plan.watts_planned, 120_000.0);
         assert_eq!(plan.overshoot_watts, 20_000.0);
         assert!((plan.overshoot_percent - 20.0).abs() < 1e-9);
-        assert!(plan.feasible);
+        assert!(!plan.feasible, "20% over is outside a 5% tolerance");
+    }
+
+    #[test]
+    fn a_group_that_would_overshoot_is_skipped_for_one_that_fits() {
+        // The field report: 3,000 W asked of a farm whose least efficient group draws 13,000 W
+        // used to be planned as that group, 333% over, and called feasible.
+        let candidates = vec![
+            candidate("container", 13_000.0, Some(35.0), None),
+            candidate("rack-a", 1_600.0, Some(30.0), None),
+            candidate("rack-b", 1_500.0, Some(28.0), None),
+            candidate("rack-c", 1_400.0, Some(25.0), None),
+        ];
+        let fits = plan(3_000.0, 0.05, candidates.clone());
+        let order: Vec<&str> = fits.groups.iter().map(|g| g.group.as_str()).collect();
+        assert_eq!(order, ["rack-a", "rack-b"], "the least efficient that fit");
+        assert_eq!(fits.watts_planned, 3_100.0);
+        assert!(fits.feasible);
+        // Nothing fits 500 W within 5%: the plain cover, infeasible, its overshoot shown.
+        let none = plan(500.0, 0.05, candidates);
+        assert_eq!(none.groups.len(), 1);
+        assert_eq!(none.groups[0].group, "container");
+        assert!((none.overshoot_percent - 2_500.0).abs() < 1e-9);
+        assert!(!none.feasible);
     }
 
     #[test]

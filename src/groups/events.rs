@@ -57,6 +57,9 @@ pub struct Event {
     /// The drained state rests on measured power (only on events of a drained group).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
+    /// Energy the drain in force had released when this happened (kWh; none outside a drain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_released_kwh: Option<f64>,
 }
 
 fn declared() -> String {
@@ -84,6 +87,7 @@ impl Event {
             detail: String::new(),
             watts_source: declared(),
             verified: None,
+            energy_released_kwh: None,
         }
     }
 }
@@ -139,12 +143,12 @@ impl EventLog {
 /// Events as CSV (RFC 4180 quoting), one header line.
 pub fn to_csv(events: &[Event]) -> String {
     let mut out = String::from(
-        "seq,time,group,kind,from,to,trigger,mode,reason,watts_before,watts_after,released_watts,workers,detail,watts_source,verified\n",
+        "seq,time,group,kind,from,to,trigger,mode,reason,watts_before,watts_after,released_watts,workers,detail,watts_source,verified,energy_released_kwh\n",
     );
     for e in events {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             e.seq,
             csv_field(&e.time),
             csv_field(&e.group),
@@ -161,6 +165,8 @@ pub fn to_csv(events: &[Event]) -> String {
             csv_field(&e.detail),
             csv_field(&e.watts_source),
             e.verified.map_or("", |v| if v { "true" } else { "false" }),
+            e.energy_released_kwh
+                .map_or(String::new(), |k| k.to_string()),
         );
     }
     out
@@ -185,7 +191,7 @@ mod tests {
         assert!(lines.next().unwrap().starts_with("seq,time,group"));
         assert_eq!(
             lines.next().unwrap(),
-            "3,2026-12-01T19:00:00Z,c07,transition,active,draining,manual,pause,\"AI job, \"\"batch 7\"\"\",6500,6500,0,2,,declared,"
+            "3,2026-12-01T19:00:00Z,c07,transition,active,draining,manual,pause,\"AI job, \"\"batch 7\"\"\",6500,6500,0,2,,declared,,"
         );
     }
 

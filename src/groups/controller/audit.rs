@@ -23,6 +23,8 @@ pub(super) struct Entry<'a> {
     pub detail: &'a str,
     /// Watts drawn when the transition started (the last published status).
     pub watts_before: f64,
+    /// Energy released so far by the drain in force (kWh).
+    pub released_kwh: Option<f64>,
 }
 
 /// The event for `entry` of a group in `record`, as observed now (its sequence number is set
@@ -52,6 +54,7 @@ pub(super) fn event(
         workers: observed.workers,
         detail: entry.detail.to_owned(),
         watts_source: now.source.as_str().to_owned(),
+        energy_released_kwh: entry.released_kwh,
         verified: (record.state == GroupState::Drained).then(|| drain.is_some_and(|d| d.verified)),
     }
 }

@@ -160,6 +160,23 @@ pub struct GroupStatus {
     /// Where `power_watts` comes from and what the machines' firmware says.
     #[serde(flatten)]
     pub power: PowerStatus,
+    /// The energy ledger's figures for the group.
+    #[serde(flatten)]
+    pub energy: EnergyStatus,
+}
+
+/// A group's energy: over the drain in force, and drawn in all by source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct EnergyStatus {
+    /// Not drawn against the pre-drain baseline since the drain in force began (kWh; 0 while
+    /// active).
+    pub energy_released_kwh: f64,
+    /// Drawn since the drain in force began (kWh).
+    pub energy_drawn_kwh: f64,
+    /// Drawn since the ledger began, by source (kWh).
+    pub energy_kwh_by_source: BTreeMap<PowerSource, f64>,
+    /// The ledger's last sample (Unix ms): the figures are as of then.
+    pub energy_as_of_ms: u64,
 }
 
 /// A group's power as measured: the source of its figure, the parts by source, and its machines.

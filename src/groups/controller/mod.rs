@@ -25,6 +25,7 @@ mod durable;
 mod group;
 mod handle;
 mod hook_runs;
+mod ledger;
 mod machines;
 mod observe;
 mod parts;
@@ -35,8 +36,8 @@ mod status;
 mod transition;
 
 pub use handle::{
-    ControlError, DrainRequest, DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus,
-    GroupsHandle, HashingMiner, PowerStatus,
+    ControlError, DrainRequest, DrainStatus, DrainWitness, EfficiencyStatus, EnergyStatus,
+    GroupStatus, GroupsHandle, HashingMiner, PowerStatus,
 };
 pub use machines::{MachineIssue, PowerSource};
 pub use parts::ControllerParts;
@@ -46,6 +47,7 @@ use self::durable::StateFile;
 use self::group::{GroupRuntime, Pending, Progress};
 use self::handle::{Control, Reply, Step, lock};
 use self::hook_runs::HookRuns;
+use self::ledger::Ledger;
 use self::observe::{MinerView, Observed};
 use self::policy::{Ramp, RampPace};
 use self::power_link::PowerLink;
@@ -87,6 +89,8 @@ pub struct GroupController {
     sched: Schedules,
     /// The power poller: machines watched, measured, slept and woken.
     power: PowerLink,
+    /// Energy drawn and released, by group, drain, window and capacity request.
+    ledger: Ledger,
 }
 
 impl GroupController {
@@ -115,6 +119,8 @@ impl GroupController {
             }
         }
         let events = Arc::new(Mutex::new(EventLog::new(parts.events)));
+        let ledger = Ledger::open(parts.store.dir());
+        status::continue_energy(&parts.metrics, &groups, &ledger);
         let status = Arc::new(Mutex::new(Vec::new()));
         let handle = GroupsHandle {
             tx: tx.clone(),
@@ -150,6 +156,7 @@ impl GroupController {
                 settings: parts.config.power.clone(),
                 refreshed: None,
             },
+            ledger,
         };
         controller.publish(&controller.observe_all());
         (controller, handle)
@@ -511,6 +518,10 @@ impl GroupController {
             trigger,
             detail,
             watts_before: self.status_of(&runtime.name).power_watts,
+            released_kwh: self
+                .ledger
+                .drain_of(&runtime.name)
+                .map(|a| a.released_kwh()),
         };
         let event = audit::event(runtime, &record, &observed, entry);
         audit::append(self.state_file.store(), &self.events, &self.metrics, event);
@@ -539,6 +550,11 @@ impl GroupController {
             let records = self.records();
             self.power
                 .refresh(&mut self.groups, &records, &observed, now);
+            let (groups, ledger) = (
+                (&self.groups[..], &records[..], &observed[..]),
+                &mut self.ledger,
+            );
+            status::sample_energy(ledger, &self.metrics, groups, now_ms);
         }
         let changes = self.progress;
         for (index, observed) in observed.iter().enumerate() {
@@ -683,10 +699,11 @@ impl GroupController {
             &self.groups,
             &records,
             observed,
-            self.sessions.registry(),
+            (self.sessions.registry(), &self.ledger),
             now_ms,
         );
-        self.sched.publish(&statuses, &self.metrics, now_ms);
+        let claims = &self.ledger.state.claims;
+        self.sched.publish(&statuses, claims, &self.metrics, now_ms);
         *lock(&self.status) = statuses;
         // Metrics after the statuses: a reader that saw a metric finds a status at least as new.
         for ((runtime, record), watts) in self.groups.iter().zip(&records).zip(watts) {
@@ -721,7 +738,12 @@ impl GroupController {
                 let statuses = lock(&self.status).clone();
                 Answer::new(
                     status,
-                    self.sched.capacity_view(&capacity, &statuses, unix_ms()),
+                    self.sched.capacity_view(
+                        &capacity,
+                        &statuses,
+                        &self.ledger.state.claims,
+                        unix_ms(),
+                    ),
                 )
             }
         };

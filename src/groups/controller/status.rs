@@ -3,9 +3,11 @@
 
 use super::group::GroupRuntime;
 use super::handle::{
-    DrainStatus, DrainWitness, EfficiencyStatus, GroupStatus, HashingMiner, PowerStatus,
+    DrainStatus, DrainWitness, EfficiencyStatus, EnergyStatus, GroupStatus, HashingMiner,
+    PowerStatus,
 };
-use super::machines::Watts;
+use super::ledger::{Account, JOULES_PER_KWH, Ledger};
+use super::machines::{PowerSource, Watts};
 use super::observe::Observed;
 use crate::downstream::{Refusals, SessionRegistry};
 use crate::groups::capacity::{Candidate, EfficiencySource};
@@ -73,7 +75,7 @@ pub(super) fn statuses(
     groups: &[GroupRuntime],
     records: &[GroupRecord],
     observed: &[Observed],
-    registry: &SessionRegistry,
+    (registry, ledger): (&SessionRegistry, &Ledger),
     now_ms: u64,
 ) -> (Vec<GroupStatus>, Vec<Watts>) {
     groups
@@ -84,10 +86,71 @@ pub(super) fn statuses(
             let watts = watts(runtime, observed);
             let refusals = registry.refusals(&runtime.name, refused_listed_since(record));
             let efficiency = runtime.efficiency(watts.total);
-            let status = group_status(runtime, record, observed, &refusals, efficiency, now_ms);
+            let mut status = group_status(runtime, record, observed, &refusals, efficiency, now_ms);
+            status.energy = energy_status(ledger, &runtime.name);
             (status, watts)
         })
         .unzip()
+}
+
+/// A group's energy as the ledger holds it.
+fn energy_status(ledger: &Ledger, group: &str) -> EnergyStatus {
+    let drain = ledger.drain_of(group);
+    let total = ledger.total_of(group);
+    EnergyStatus {
+        energy_released_kwh: drain.map_or(0.0, Account::released_kwh),
+        energy_drawn_kwh: drain.map_or(0.0, Account::drawn_kwh),
+        energy_kwh_by_source: PowerSource::ALL
+            .iter()
+            .map(|s| (*s, total.of(*s) / JOULES_PER_KWH))
+            .collect(),
+        energy_as_of_ms: ledger.state.as_of_ms,
+    }
+}
+
+/// Carries a restarted process's counters on from the ledger's totals.
+pub(super) fn continue_energy(metrics: &Metrics, groups: &[GroupRuntime], ledger: &Ledger) {
+    for group in groups {
+        let total = ledger.total_of(&group.name);
+        for source in PowerSource::ALL {
+            metrics
+                .groups
+                .energy_joules
+                .with_label_values(&[&group.name, source.as_str()])
+                .inc_by(total.of(source));
+        }
+    }
+}
+
+/// Takes one ledger sample of every group's draw now and adds it to the energy counters.
+pub(super) fn sample_energy(
+    ledger: &mut Ledger,
+    metrics: &Metrics,
+    (groups, records, observed): (&[GroupRuntime], &[GroupRecord], &[Observed]),
+    now_ms: u64,
+) {
+    let samples: Vec<_> = (groups.iter().zip(records).zip(observed))
+        .map(|((g, r), o)| (&*g.name, r, watts(g, o)))
+        .collect();
+    for sample in ledger.sample(now_ms, &samples) {
+        for source in PowerSource::ALL {
+            let joules = sample.drawn.of(source);
+            if joules > 0.0 {
+                metrics
+                    .groups
+                    .energy_joules
+                    .with_label_values(&[&sample.group, source.as_str()])
+                    .inc_by(joules);
+            }
+        }
+        if sample.released_joules > 0.0 {
+            metrics
+                .groups
+                .energy_released_joules
+                .with_label_values(&[&sample.group])
+                .inc_by(sample.released_joules);
+        }
+    }
 }
 
 /// The group's status now.
@@ -153,6 +216,7 @@ pub(super) fn group_status(
             efficiency_j_per_th: efficiency.0,
             efficiency_source: Some(efficiency.1),
         },
+        energy: EnergyStatus::default(),
         power: PowerStatus {
             power_source: watts.source,
             power_by_source: watts.by_source(),

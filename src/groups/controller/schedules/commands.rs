@@ -339,10 +339,20 @@ impl Schedules {
             let answer = Answer::new(
                 409,
                 json!({
-                    "error": format!(
-                        "not enough mining capacity to free {} W: {} W can be drained now",
-                        request.watts, plan.watts_planned
-                    ),
+                    "error": if plan.watts_planned < request.watts * (1.0 - tolerance) {
+                        format!(
+                            "not enough mining capacity to free {} W: {} W can be drained now",
+                            request.watts, plan.watts_planned
+                        )
+                    } else {
+                        format!(
+                            "no plan frees {} W within {}%: the closest drains {} W ({:.0}% over); ask again with a wider tolerance",
+                            request.watts,
+                            tolerance * 100.0,
+                            plan.watts_planned,
+                            plan.overshoot_percent
+                        )
+                    },
                     "plan": plan,
                 }),
             );
@@ -360,7 +370,10 @@ impl Schedules {
             claimed: Vec::new(),
         };
         // Its groups' states as the request is taken: all still mining.
-        let answer = Answer::new(201, self.capacity_view(&capacity, &[], now_ms));
+        let answer = Answer::new(
+            201,
+            self.capacity_view(&capacity, &[], &Default::default(), now_ms),
+        );
         self.capacity.push(capacity.clone());
         if let Some((key, fingerprint)) = key {
             self.remember(key, fingerprint, &answer, now_ms);

@@ -1,10 +1,13 @@
 //! What the API reads of windows and capacity requests, and their metrics: computed from the
 //! schedules and the groups' last published statuses.
 
+use std::collections::BTreeMap;
+
 use super::Schedules;
 use crate::config::windows::WindowView;
 use crate::groups::capacity::{Capacity, CapacityView};
 use crate::groups::controller::handle::{GroupStatus, lock};
+use crate::groups::controller::ledger::Account;
 use crate::groups::state::{Claim, GroupState};
 use crate::metrics::Metrics;
 
@@ -24,8 +27,10 @@ impl Schedules {
         &self,
         capacity: &Capacity,
         statuses: &[GroupStatus],
+        energy: &BTreeMap<String, Account>,
         now_ms: u64,
     ) -> CapacityView {
+        let account = energy.get(&Claim::Capacity(capacity.id.clone()).to_string());
         let claim = Claim::Capacity(capacity.id.clone()).to_string();
         let mut group_states = Vec::new();
         let mut released = 0.0;
@@ -49,6 +54,8 @@ impl Schedules {
             capacity: capacity.clone(),
             group_states,
             released_watts: released,
+            energy_released_kwh: account.map_or(0.0, Account::released_kwh),
+            energy_drawn_kwh: account.map_or(0.0, Account::drawn_kwh),
             satisfied,
             overdue: capacity.state == "active"
                 && !capacity.request.resume_at_until
@@ -64,6 +71,7 @@ impl Schedules {
     pub(in crate::groups::controller) fn publish(
         &self,
         statuses: &[GroupStatus],
+        energy: &BTreeMap<String, Account>,
         metrics: &Metrics,
         now_ms: u64,
     ) {
@@ -83,7 +91,7 @@ impl Schedules {
         let capacity: Vec<CapacityView> = self
             .capacity
             .iter()
-            .map(|c| self.capacity_view(c, statuses, now_ms))
+            .map(|c| self.capacity_view(c, statuses, energy, now_ms))
             .collect();
         let active: Vec<&CapacityView> = capacity
             .iter()
