@@ -2,7 +2,6 @@
 
 mod cli;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use cli::client::{group_command, groups, status};
-use cli::demo::demo;
+use cli::demo::{DemoOptions, demo};
 use cli::run::{check_config, run};
 use cli::verify::verify_share;
 
@@ -39,26 +38,7 @@ enum Command {
         file: PathBuf,
     },
     /// A local pool and simulated miners through the real proxy, in one process.
-    Demo {
-        /// Simulated miners.
-        #[arg(long, default_value_t = 8)]
-        miners: usize,
-        /// Stop after this many seconds (default: run until Ctrl-C).
-        #[arg(long)]
-        seconds: Option<u64>,
-        /// Where miners connect.
-        #[arg(long, default_value = "127.0.0.1:3333")]
-        listen: SocketAddr,
-        /// Where the API and metrics listen.
-        #[arg(long, default_value = "127.0.0.1:9100")]
-        api: SocketAddr,
-        /// Hashes per second of each simulated miner.
-        #[arg(long, default_value_t = 200_000.0)]
-        hashrate: f64,
-        /// Bearer token for the API's mutating endpoints (required with a non-loopback --api).
-        #[arg(long)]
-        api_token: Option<String>,
-    },
+    Demo(DemoOptions),
     /// Show upstreams, groups and the busiest workers of a running hashgate (read from its API).
     Status {
         /// The API's base URL.
@@ -133,17 +113,9 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(run(&config)))
         }
         Command::CheckConfig { file } => check_config(&file),
-        Command::Demo {
-            miners,
-            seconds,
-            listen,
-            api,
-            hashrate,
-            api_token,
-        } => {
+        Command::Demo(options) => {
             init_logging(false, "warn");
-            runtime()
-                .and_then(|rt| rt.block_on(demo(miners, seconds, listen, api, hashrate, api_token)))
+            runtime().and_then(|rt| rt.block_on(demo(options)))
         }
         Command::Status { api, top } => status(&api, top),
         Command::Groups { api } => groups(&api.api),

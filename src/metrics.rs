@@ -113,6 +113,9 @@ pub struct GroupMetrics {
     pub energy_joules: CounterVec,
     /// Energy a group did not draw against its pre-drain baseline while drained.
     pub energy_released_joules: CounterVec,
+    /// A worker's machine's power as its firmware reports it (only with
+    /// `api.per_worker_metrics`: a farm of 20,000 machines would be 20,000 series).
+    pub worker_power_watts: GaugeVec,
 }
 
 impl Metrics {
@@ -475,6 +478,17 @@ impl Metrics {
                         "Energy the group drew, by source (meter, firmware, declared), integrated from the measured samples.",
                     ),
                     &["group", "source"],
+                )
+                .expect("valid metric"),
+            ),
+            worker_power_watts: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "hashgate_worker_power_watts",
+                        "Watts a worker's machine draws by its firmware's last reading (only with api.per_worker_metrics).",
+                    ),
+                    &["worker", "group"],
                 )
                 .expect("valid metric"),
             ),

@@ -126,28 +126,25 @@ fn check_config_names_the_file_the_key_and_the_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/hashgate.toml"));
 }
 
-#[test]
-fn demo_runs_and_the_pool_accepts_every_forwarded_share() {
+/// Runs the demo on free ports with `args`; its stdout, after checking it succeeded.
+fn run_demo(args: &[&str]) -> String {
     let out = hashgate()
-        .args([
-            "demo",
-            "--seconds",
-            "6",
-            "--miners",
-            "4",
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-        ])
+        .args(["demo", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"])
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn demo_runs_and_the_pool_accepts_every_forwarded_share() {
+    let stdout = run_demo(&["--seconds", "6", "--miners", "4"]);
     assert!(
         stdout.contains("ok: the pool accepted every share hashgate forwarded"),
         "{stdout}"
@@ -156,6 +153,41 @@ fn demo_runs_and_the_pool_accepts_every_forwarded_share() {
         stdout.contains("miners 4"),
         "status lines show the miners: {stdout}"
     );
+}
+
+#[test]
+fn the_demo_drains_a_rack_with_sleep_on_measured_power_and_brings_it_back() {
+    let stdout = run_demo(&[
+        "--seconds",
+        "45",
+        "--miners",
+        "8",
+        "--power-cycle-after",
+        "8",
+    ]);
+    for line in [
+        "rack-a active",
+        "kW meter",
+        "kW firmware",
+        "-> demo: rack-b drained (verified by measured power: true; 4 of 4 machines off)",
+        "-> demo: rack-b active again",
+        "ok: the pool accepted every share hashgate forwarded",
+    ] {
+        assert!(stdout.contains(line), "{line:?} not in: {stdout}");
+    }
+    // Drained after every machine was read: the baseline is the firmware's 5,636 W (two
+    // S19k Pros and two Bitaxes), and asleep they draw under 150 W.
+    let drained = stdout
+        .lines()
+        .find(|l| l.starts_with("-> demo: rack-b drained"))
+        .unwrap_or_default();
+    let released: f64 = drained
+        .split("released ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0.0);
+    assert!((5_486.0..=5_636.0).contains(&released), "{drained}");
 }
 
 #[test]

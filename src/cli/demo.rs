@@ -1,5 +1,7 @@
 //! `hashgate demo`: a simulated pool and simulated miners through the real proxy, with a status
-//! line each second and a summary that checks the pool accepted every forwarded share.
+//! line each second and a summary that checks the pool accepted every forwarded share. Each
+//! miner runs on a simulated machine (`demo_machines.rs`); once, the demo drains rack-b with
+//! sleep, shows its measured watts go down and come back, and resumes it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,22 +12,55 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hashgate::config::Config;
+use hashgate::config::DrainMode;
+use hashgate::groups::{Claim, DrainRequest, GroupState};
 use hashgate::metrics::Metrics;
 use hashgate::proxy::Proxy;
 use hashgate::sim::{SimMinerConfig, SimMinerStats, SimPool, SimPoolConfig, run_sim_miner};
 use tokio_util::sync::CancellationToken;
 
+use super::demo_machines::RACK_A;
+
 /// The demo's configuration, embedded so `hashgate demo` needs no file.
 const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
-pub(crate) async fn demo(
+/// `hashgate demo`'s flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoOptions {
+    /// Simulated miners.
+    #[arg(long, default_value_t = 8)]
     miners: usize,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
     seconds: Option<u64>,
+    /// Where miners connect.
+    #[arg(long, default_value = "127.0.0.1:3333")]
     listen: SocketAddr,
+    /// Where the API and metrics listen.
+    #[arg(long, default_value = "127.0.0.1:9100")]
     api: SocketAddr,
+    /// Hashes per second of each simulated miner.
+    #[arg(long, default_value_t = 200_000.0)]
     hashrate: f64,
+    /// Bearer token for the API's mutating endpoints (required with a non-loopback --api).
+    #[arg(long)]
     api_token: Option<String>,
-) -> Result<ExitCode> {
+    /// Drain rack-b with sleep after this many seconds, resume it once it has been drained
+    /// 10 s (0: never; drain it yourself with `hashgate drain rack-b`).
+    #[arg(long, default_value_t = 10)]
+    power_cycle_after: u64,
+}
+
+pub(crate) async fn demo(options: DemoOptions) -> Result<ExitCode> {
+    let DemoOptions {
+        miners,
+        seconds,
+        listen,
+        api,
+        hashrate,
+        api_token,
+        power_cycle_after,
+    } = options;
     let pool = SimPool::start(SimPoolConfig {
         difficulty: 0.0005,
         job_interval: Duration::from_secs(10),
@@ -41,6 +76,7 @@ pub(crate) async fn demo(
     // The demo's drains are its own: state in a fresh directory, not /var/lib/hashgate.
     let state_dir = std::env::temp_dir().join(format!("hashgate-demo-{}", std::process::id()));
     config.state.dir = state_dir.clone();
+    let machines = super::demo_machines::start(miners, &mut config).await?;
     let config = config.validate()?;
     let proxy = Proxy::start(config).await?;
 
@@ -59,7 +95,11 @@ pub(crate) async fn demo(
     for i in 0..miners {
         let miner_stats = Arc::new(SimMinerStats::default());
         stats.push(Arc::clone(&miner_stats));
-        let config = SimMinerConfig::new(proxy.miner_addr, format!("demo.rig{i:02}"), hashrate);
+        let mut config = SimMinerConfig::new(proxy.miner_addr, format!("demo.rig{i:02}"), hashrate);
+        if let Some(machine) = machines.machines.get(i) {
+            config.bind = Some(machine.ip);
+            config.device = Some(Arc::clone(&machine.device));
+        }
         let cancel = cancel.clone();
         tokio::spawn(async move {
             if let Err(error) = run_sim_miner(config, miner_stats, cancel).await {
@@ -70,6 +110,7 @@ pub(crate) async fn demo(
 
     let started = Instant::now();
     let deadline = seconds.map(|s| started + Duration::from_secs(s));
+    let mut cycle = PowerCycle::new(power_cycle_after, miners > RACK_A);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
@@ -77,12 +118,14 @@ pub(crate) async fn demo(
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {
                 println!("{}", status_line(&proxy, started));
+                cycle.step(&proxy, started.elapsed()).await;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
             }
         }
     }
+    drop(machines);
     cancel.cancel();
     let metrics = proxy.metrics.clone();
     proxy.shutdown().await;
@@ -158,8 +201,23 @@ fn status_line(proxy: &Proxy, started: Instant) -> String {
         .serving_upstream()
         .map(|u| format!("{u} up"))
         .unwrap_or_else(|| "no upstream".into());
+    let racks: Vec<String> = proxy
+        .groups
+        .statuses()
+        .iter()
+        .filter(|g| g.workers > 0)
+        .map(|g| {
+            format!(
+                "{} {} {:.1} kW {}",
+                g.name,
+                g.state,
+                g.power_watts / 1000.0,
+                g.power.power_source.as_str()
+            )
+        })
+        .collect();
     format!(
-        "[{:>4.0}s] miners {} | shares accepted {} rejected {} | ~{:.2} MH/s | upstream: {} ({} forwarded, {} accepted) | metrics http://{}/metrics",
+        "[{:>4.0}s] miners {} | shares accepted {} rejected {} | ~{:.2} MH/s | {} | upstream: {} ({} forwarded, {} accepted) | metrics http://{}/metrics",
         elapsed,
         m.miners.connections.get(),
         accepted,
@@ -169,6 +227,7 @@ fn status_line(proxy: &Proxy, started: Instant) -> String {
             rejected.join(", ")
         },
         hashrate / 1e6,
+        racks.join(" | "),
         upstream,
         Metrics::sum_counter(&m.upstream.shares, "result", "accepted")
             + Metrics::sum_counter(&m.upstream.shares, "result", "rejected")
@@ -176,4 +235,104 @@ fn status_line(proxy: &Proxy, started: Instant) -> String {
         Metrics::sum_counter(&m.upstream.shares, "result", "accepted"),
         proxy.api_addr
     )
+}
+
+/// The demo's one power cycle of rack-b: drained with sleep after `after`, resumed once it has
+/// been drained a while, each step printed with the measured watts.
+struct PowerCycle {
+    after: Option<Duration>,
+    step: CycleStep,
+    drained_at: Option<Duration>,
+}
+
+#[derive(PartialEq)]
+enum CycleStep {
+    Waiting,
+    Draining,
+    Drained,
+    Resuming,
+    Done,
+}
+
+/// How long rack-b stays drained before the demo resumes it.
+const DRAINED_FOR: Duration = Duration::from_secs(10);
+
+impl PowerCycle {
+    fn new(after: u64, has_rack_b: bool) -> PowerCycle {
+        PowerCycle {
+            after: (after > 0 && has_rack_b).then(|| Duration::from_secs(after)),
+            step: CycleStep::Waiting,
+            drained_at: None,
+        }
+    }
+
+    async fn step(&mut self, proxy: &Proxy, elapsed: Duration) {
+        let Some(after) = self.after else { return };
+        let Some(rack) = proxy.groups.status("rack-b") else {
+            return;
+        };
+        let watts = |s: &hashgate::groups::GroupStatus| {
+            format!(
+                "{:.0} W ({}), released {:.0} W",
+                s.power_watts,
+                s.power.power_source.as_str(),
+                s.released_watts
+            )
+        };
+        match self.step {
+            CycleStep::Waiting if elapsed >= after => {
+                println!(
+                    "-> demo: draining rack-b for an AI window, with sleep: {}",
+                    watts(&rack)
+                );
+                let request = DrainRequest {
+                    mode: DrainMode::Pause,
+                    reason: "demo: AI window".into(),
+                    reconnect_to: None,
+                    claim: Claim::Manual,
+                };
+                match proxy.groups.drain("rack-b", request).await {
+                    Ok(_) => self.step = CycleStep::Draining,
+                    Err(error) => {
+                        println!("-> demo: rack-b not drained: {error}");
+                        self.step = CycleStep::Done;
+                    }
+                }
+            }
+            CycleStep::Draining if rack.state == GroupState::Drained => {
+                println!(
+                    "-> demo: rack-b drained (verified by measured power: {}; {} of {} machines off): {}; {:.4} kWh released so far",
+                    rack.power.verified,
+                    rack.power.machines_off,
+                    rack.power.machines,
+                    watts(&rack),
+                    rack.energy.energy_released_kwh
+                );
+                self.step = CycleStep::Drained;
+                self.drained_at = Some(elapsed);
+            }
+            CycleStep::Drained
+                if self
+                    .drained_at
+                    .is_some_and(|at| elapsed >= at + DRAINED_FOR) =>
+            {
+                println!(
+                    "-> demo: resuming rack-b ({:.4} kWh released): machines woken in batches, then work at the ramp",
+                    rack.energy.energy_released_kwh
+                );
+                match proxy.groups.resume("rack-b", Claim::Manual, false).await {
+                    Ok(_) => self.step = CycleStep::Resuming,
+                    Err(error) => {
+                        println!("-> demo: rack-b not resumed: {error}");
+                        self.step = CycleStep::Done;
+                    }
+                }
+            }
+            CycleStep::Resuming if rack.state == GroupState::Active => {
+                println!("-> demo: rack-b active again: {}", watts(&rack));
+                self.step = CycleStep::Done;
+            }
+            _ => {}
+        }
+    }
 }

@@ -4,5 +4,6 @@
 
 pub mod client;
 pub mod demo;
+mod demo_machines;
 pub mod run;
 pub mod verify;

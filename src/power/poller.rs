@@ -340,7 +340,11 @@ impl Poller {
                 // A driver that keeps failing for a reason a retry cannot fix is detected again.
                 slot.driver = outcome.driver.filter(|_| error.transient());
                 let (worker, group) = (slot.target.worker.clone(), slot.target.group.clone());
-                if slot.failures == 1 {
+                // A machine with no supported firmware (stock firmware, a GPU rig, a firewalled
+                // port) is common on a farm: named at debug, counted in the API, not a warning
+                // per machine every poll.
+                let not_detected = matches!(error, DriverError::NotDetected { .. });
+                if slot.failures == 1 && !not_detected {
                     warn!(%worker, %group, address = %outcome.address, %error, "machine's power not read");
                 } else {
                     debug!(%worker, %group, address = %outcome.address, %error, failures = slot.failures, retry_in = ?backoff, "machine's power still not read");

@@ -105,6 +105,8 @@ pub(super) struct Measure {
     pub off: usize,
     /// Parallel to the machines.
     pub states: Vec<MachineState>,
+    /// Each machine's fresh reading (W), parallel to the machines.
+    pub readings: Vec<Option<f64>>,
     /// The first machines that are not off, and why.
     pub not_off: Vec<MachineIssue>,
 }
@@ -408,6 +410,7 @@ impl GroupPower {
                     });
                 }
                 measure.states.push(state);
+                measure.readings.push(watts);
             }
             measure
         });

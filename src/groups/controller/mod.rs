@@ -121,6 +121,7 @@ impl GroupController {
         let events = Arc::new(Mutex::new(EventLog::new(parts.events)));
         let ledger = Ledger::open(parts.store.dir());
         status::continue_energy(&parts.metrics, &groups, &ledger);
+        let power = PowerLink::new(parts.power, parts.meters, &parts.config, &parts.metrics);
         let status = Arc::new(Mutex::new(Vec::new()));
         let handle = GroupsHandle {
             tx: tx.clone(),
@@ -150,12 +151,7 @@ impl GroupController {
                 commits: 0,
             },
             sched,
-            power: PowerLink {
-                handle: parts.power,
-                meters: parts.meters,
-                settings: parts.config.power.clone(),
-                refreshed: None,
-            },
+            power,
             ledger,
         };
         controller.publish(&controller.observe_all());

@@ -5,6 +5,7 @@
 //! wakes in batches. Nothing here waits on a firmware: commands are queued with `try_send`,
 //! outcomes come back through the book.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,9 @@ use tracing::{info, warn};
 use super::group::GroupRuntime;
 use super::observe::Observed;
 use crate::clock::unix_ms;
-use crate::config::PowerConfig;
+use crate::config::{Config, PowerConfig};
 use crate::groups::state::{GroupRecord, GroupState};
+use crate::metrics::Metrics;
 use crate::power::{ManagementAddress, MeterBook, PowerCommand, PowerHandle, Switch, Target};
 
 /// How often machines are re-listed and groups re-measured.
@@ -23,6 +25,8 @@ pub(super) const REFRESH: Duration = Duration::from_secs(1);
 /// The poller's handle and settings, and when the groups were last measured.
 pub(super) struct PowerLink {
     pub handle: PowerHandle,
+    /// Per-worker power series (`api.per_worker_metrics`), and the ones set last time.
+    pub per_worker: Option<(Metrics, HashSet<(String, String)>)>,
     /// The groups' meters.
     pub meters: Arc<MeterBook>,
     pub settings: PowerConfig,
@@ -30,6 +34,23 @@ pub(super) struct PowerLink {
 }
 
 impl PowerLink {
+    /// The controller's side of the poller and the meters, by `[power]` and
+    /// `api.per_worker_metrics`.
+    pub fn new(
+        handle: PowerHandle,
+        meters: Arc<MeterBook>,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> PowerLink {
+        PowerLink {
+            handle,
+            per_worker: (config.api.per_worker_metrics).then(|| (metrics.clone(), HashSet::new())),
+            meters,
+            settings: config.power.clone(),
+            refreshed: None,
+        }
+    }
+
     /// Whether the machines are due to be listed and measured again.
     pub fn due(&self, now: Instant) -> bool {
         self.refreshed
@@ -85,6 +106,7 @@ impl PowerLink {
                 runtime.power.sample(now, watts);
             }
         }
+        self.publish_workers(groups);
         self.handle.targets.send_if_modified(|current| {
             if *current == targets {
                 false
@@ -99,6 +121,36 @@ impl PowerLink {
                 self.sleep_due(runtime, now);
             }
         }
+    }
+
+    /// Sets each read machine's `hashgate_worker_power_watts` and removes the series of
+    /// machines no longer read (only with per-worker metrics).
+    fn publish_workers(&mut self, groups: &[GroupRuntime]) {
+        let Some((metrics, set)) = self.per_worker.as_mut() else {
+            return;
+        };
+        let mut now = HashSet::new();
+        for runtime in groups {
+            let power = &runtime.power;
+            for (machine, reading) in power.machines.iter().zip(&power.measure.readings) {
+                if let Some(watts) = reading {
+                    let labels = (machine.worker.clone(), runtime.name.to_string());
+                    metrics
+                        .groups
+                        .worker_power_watts
+                        .with_label_values(&[&labels.0, &labels.1])
+                        .set(*watts);
+                    now.insert(labels);
+                }
+            }
+        }
+        for (worker, group) in set.difference(&now) {
+            let _ = metrics
+                .groups
+                .worker_power_watts
+                .remove_label_values(&[worker, group]);
+        }
+        *set = now;
     }
 
     /// Sends sleep to the machines of a draining or drained group with `sleep` on that are not
