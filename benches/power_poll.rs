@@ -94,12 +94,16 @@ fn main() {
             // First reads (detection included) are spread over one interval.
             let warm = Instant::now();
             while read_machines(&handle.book) < machines {
-                assert!(
-                    warm.elapsed() < interval * 3,
-                    "only {} of {machines} machines read after {:?}",
-                    read_machines(&handle.book),
-                    warm.elapsed()
-                );
+                if warm.elapsed() > interval * 3 {
+                    let errors: Vec<String> = handle
+                        .book
+                        .read(|m| m.values().filter_map(|m| m.error.clone()).take(3).collect());
+                    panic!(
+                        "only {} of {machines} machines read after {:?}; errors: {errors:?}",
+                        read_machines(&handle.book),
+                        warm.elapsed()
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             let warmup = warm.elapsed();

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Where a machine's management API listens. The address defaults to the miner's Stratum
 /// source address; the ports to the firmware's standard ones (a farm that forwards them, or a
 /// simulator that cannot bind below 1024, sets others).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ManagementAddress {
     /// The machine.
     pub ip: IpAddr,

@@ -58,24 +58,34 @@ fn has_pause(version: &str) -> bool {
     (major, minor) >= (2, 14)
 }
 
+/// One HTTP client for every ESP-Miner (a client per machine cost 50 KB and its own connector
+/// and TLS roots: 1 GB and a saturated core at 20,000 machines, BENCHMARKS.md); each request
+/// carries its own timeout.
+fn shared_client() -> Result<reqwest::Client, reqwest::Error> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        // No idle connections kept: a machine is polled every few seconds at most, and
+        // 20,000 idle sockets would take the file descriptors miners need.
+        .pool_max_idle_per_host(0)
+        .build()?;
+    Ok(CLIENT.get_or_init(|| client).clone())
+}
+
 impl EspMiner {
     /// The ESP-Miner at `address`, if AxeOS answers there (`None`: something else does).
     pub async fn detect(
         address: SocketAddr,
         timeout: Duration,
     ) -> Result<Option<EspMiner>, DriverError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            // No idle connections kept: a machine is polled every few seconds at most, and
-            // 20,000 idle sockets would take the file descriptors miners need.
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| failed(e, timeout))?;
+        let client = shared_client().map_err(|e| failed(e, timeout))?;
         let base = format!("http://{address}");
         let response = client
             .get(format!("{base}/"))
+            .timeout(timeout)
             .send()
             .await
             .map_err(|e| failed(e, timeout))?;
@@ -101,6 +111,7 @@ impl EspMiner {
         let response = self
             .client
             .get(format!("{}/api/system/info", self.base))
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| failed(e, self.timeout))?;
@@ -119,6 +130,7 @@ impl EspMiner {
         let response = self
             .client
             .post(format!("{}{path}", self.base))
+            .timeout(self.timeout)
             .send()
             .await
             .map_err(|e| failed(e, self.timeout))?;

@@ -8,7 +8,8 @@
 //! not recognised is detected again on its next turn. What is known lands in the [`PowerBook`],
 //! which the group controller reads on its tick.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -179,6 +180,9 @@ pub struct Poller {
     targets: watch::Receiver<Vec<Target>>,
     commands: mpsc::Receiver<PowerCommand>,
     slots: HashMap<ManagementAddress, Slot>,
+    /// When each machine is due, soonest first: a read starts without scanning every slot
+    /// (an entry whose slot's `due` moved since is stale and skipped).
+    queue: BinaryHeap<Reverse<(Instant, ManagementAddress)>>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
 }
@@ -196,6 +200,7 @@ impl Poller {
             targets,
             commands,
             slots: HashMap::new(),
+            queue: BinaryHeap::new(),
             permits,
             tracker,
         };
@@ -217,7 +222,11 @@ impl Poller {
                 biased;
                 _ = cancel.cancelled() => return,
                 Ok(()) = self.targets.changed() => self.on_targets(),
-                Some(outcome) = done.recv() => self.on_outcome(outcome),
+                Some(outcome) = done.recv() => {
+                    self.on_outcome(outcome);
+                    // Its permit is free again: the next due machine need not wait for a tick.
+                    self.start_due(&done_tx);
+                }
                 Some(command) = self.commands.recv() => self.on_command(command),
                 _ = tick.tick() => self.start_due(&done_tx),
             }
@@ -243,13 +252,15 @@ impl Poller {
             let interval = self.interval(&target);
             match self.slots.get_mut(&target.address) {
                 Some(slot) => {
-                    if target.fast && !slot.target.fast {
-                        slot.due = slot.due.min(now);
+                    if target.fast && !slot.target.fast && slot.due > now {
+                        slot.due = now;
+                        self.queue.push(Reverse((now, target.address)));
                     }
                     slot.target = target;
                 }
                 None => {
                     let spread = interval.mul_f64(fastrand::f64());
+                    self.queue.push(Reverse((now + spread, target.address)));
                     self.book.lock().insert(
                         target.address,
                         MachinePower {
@@ -275,18 +286,27 @@ impl Poller {
         self.book.lock().retain(|address, _| seen.contains(address));
     }
 
-    /// Starts the reads that are due, as far as the permits go.
+    /// Starts the reads that are due, soonest first, as far as the permits go.
     fn start_due(&mut self, done: &mpsc::Sender<Outcome>) {
         let now = Instant::now();
-        for (address, slot) in &mut self.slots {
-            if slot.busy || slot.due > now {
+        while let Some(Reverse((due, address))) = self.queue.peek().copied() {
+            if due > now {
+                return;
+            }
+            let Some(slot) = self.slots.get_mut(&address) else {
+                self.queue.pop(); // no longer watched
+                continue;
+            };
+            if slot.busy || slot.due != due {
+                self.queue.pop(); // stale: its outcome or a command rescheduled it
                 continue;
             }
             let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-                return; // all permits in use: the rest wait for the next tick
+                return; // all permits in use: the next outcome or tick starts it
             };
+            self.queue.pop();
             slot.busy = true;
-            let (address, driver, done) = (*address, slot.driver.clone(), done.clone());
+            let (driver, done) = (slot.driver.clone(), done.clone());
             let credentials = slot.target.credentials.clone();
             let timeout = self.settings.request_timeout;
             self.tracker.spawn(async move {
@@ -318,6 +338,7 @@ impl Poller {
             Ok(reading) => {
                 slot.failures = 0;
                 slot.due = now + interval;
+                self.queue.push(Reverse((slot.due, outcome.address)));
                 let driver = outcome.driver.clone();
                 slot.driver = outcome.driver;
                 self.book.update(outcome.address, |m| {
@@ -337,6 +358,7 @@ impl Poller {
                     .saturating_mul(1 << slot.failures.min(10))
                     .min(self.settings.max_backoff.max(interval));
                 slot.due = now + backoff;
+                self.queue.push(Reverse((slot.due, outcome.address)));
                 // A driver that keeps failing for a reason a retry cannot fix is detected again.
                 slot.driver = outcome.driver.filter(|_| error.transient());
                 let (worker, group) = (slot.target.worker.clone(), slot.target.group.clone());
@@ -382,7 +404,11 @@ impl Poller {
             let Some(slot) = self.slots.get_mut(&address) else {
                 continue;
             };
-            slot.due = slot.due.min(now + self.settings.fast_poll_interval);
+            let soon = now + self.settings.fast_poll_interval;
+            if soon < slot.due && !slot.busy {
+                slot.due = soon;
+                self.queue.push(Reverse((soon, address)));
+            }
             let (permits, book, driver) = (
                 Arc::clone(&self.permits),
                 Arc::clone(&self.book),
