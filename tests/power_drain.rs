@@ -102,6 +102,22 @@ async fn group_until(api: &Api, what: &str, done: impl Fn(&Value) -> bool) -> Va
     }
 }
 
+/// Drains group `desk` with `body`; the call must succeed.
+async fn drain(api: &Api, body: &str) {
+    let (status, answer) = api.post_token("/api/v1/groups/desk/drain", body).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// The newest audit event into `state`.
+async fn last_event_to(api: &Api, state: &str) -> Value {
+    let events = api.get_ok("/api/v1/events").await;
+    events
+        .as_array()
+        .and_then(|e| e.iter().rev().find(|e| e["to"] == state))
+        .cloned()
+        .unwrap_or_else(|| panic!("no event into {state}: {events:#}"))
+}
+
 fn f(value: &Value, key: &str) -> f64 {
     value[key].as_f64().unwrap_or(f64::NAN)
 }
@@ -139,13 +155,7 @@ async fn a_drain_with_sleep_is_measured_down_verified_and_hooks_get_the_measured
         .get();
     assert_eq!(firmware, 54.0);
 
-    let (status, body) = api
-        .post_token(
-            "/api/v1/groups/desk/drain",
-            r#"{"mode": "pause", "reason": "AI window"}"#,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    drain(&api, r#"{"mode": "pause", "reason": "AI window"}"#).await;
     let drained = group_until(&api, "drained on measured power", |g| {
         g["state"] == "drained"
     })
@@ -182,12 +192,7 @@ async fn a_drain_with_sleep_is_measured_down_verified_and_hooks_get_the_measured
         "{worker:#}"
     );
     // The audit log says the drained state was verified, and on what.
-    let events = api.get_ok("/api/v1/events").await;
-    let last = events
-        .as_array()
-        .and_then(|e| e.iter().rev().find(|e| e["to"] == "drained"))
-        .cloned()
-        .expect("a drained event");
+    let last = last_event_to(&api, "drained").await;
     assert_eq!(
         (&last["verified"], &last["watts_source"]),
         (&json!(true), &json!("firmware")),
@@ -214,10 +219,7 @@ async fn a_machine_whose_api_is_down_is_named_and_holds_the_drain_to_its_timeout
         refuse: true,
         ..Faults::default()
     });
-    let (status, body) = api
-        .post_token("/api/v1/groups/desk/drain", r#"{"mode": "pause"}"#)
-        .await;
-    assert_eq!(status, 200, "{body}");
+    drain(&api, r#"{"mode": "pause"}"#).await;
     let waiting = group_until(&api, "two machines off, one named", |g| {
         g["machines_off"] == 2
             && g["machines_not_off"]
@@ -270,10 +272,7 @@ async fn a_restart_keeps_a_drained_group_asleep_and_a_resume_wakes_in_batches_be
     let cancel = CancellationToken::new();
     mine(&proxy, &machines, 95, &cancel);
     group_until(&api, "three machines measured", |g| g["machines_read"] == 3).await;
-    let (status, body) = api
-        .post_token("/api/v1/groups/desk/drain", r#"{"mode": "pause"}"#)
-        .await;
-    assert_eq!(status, 200, "{body}");
+    drain(&api, r#"{"mode": "pause"}"#).await;
     group_until(&api, "drained", |g| {
         g["state"] == "drained" && g["verified"] == true
     })
@@ -405,10 +404,7 @@ async fn a_meter_outranks_firmware_which_outranks_declared() {
     assert_eq!(lab_group["machines_read"], 0);
 
     // A drain is verified by the meter (2 x 2.5 W + 10 W at or below 2 x 10 W).
-    let (status, body) = api
-        .post_token("/api/v1/groups/desk/drain", r#"{"mode": "pause"}"#)
-        .await;
-    assert_eq!(status, 200, "{body}");
+    drain(&api, r#"{"mode": "pause"}"#).await;
     let drained = group_until(&api, "drained by the meter", |g| g["state"] == "drained").await;
     assert_eq!(
         (
@@ -500,10 +496,7 @@ async fn the_ledger_integrates_the_measured_power_and_the_release() {
 
     // Drained and asleep: the release accrues at the baseline minus the asleep draw
     // (54 - 7.5 W), and the energy drawn at 7.5 W.
-    let (status, body) = api
-        .post_token("/api/v1/groups/desk/drain", r#"{"mode": "pause"}"#)
-        .await;
-    assert_eq!(status, 200, "{body}");
+    drain(&api, r#"{"mode": "pause"}"#).await;
     let drained = group_until(&api, "drained", |g| g["state"] == "drained").await;
     let (_, released_start, as_of_drained) = ledger(&drained);
     let later = group_until(&api, "five seconds drained", |g| {
@@ -518,6 +511,36 @@ async fn the_ledger_integrates_the_measured_power_and_the_release() {
         "released {:.1} J, expected {expected:.1} J",
         released_end - released_start
     );
+    cancel.cancel();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_without_sleep_keeps_the_share_witness_and_says_its_power_did_not_drop() {
+    let pool = pool(1.0).await;
+    let (machines, port) = bitaxes(99, 2).await;
+    let mut config = power_config(&pool, 99, port, "", "[drain]\nquiet_min = \"1s\"\n");
+    // Its power is switched elsewhere (a PDU hook): hashgate reads it but does not sleep it.
+    config.groups[0].sleep = false;
+    config.api.token = Some(common::TOKEN.into());
+    let proxy = common::proxy(config).await;
+    let api = Api::new(&proxy);
+    let cancel = CancellationToken::new();
+    mine(&proxy, &machines, 99, &cancel);
+    group_until(&api, "two machines measured", |g| g["machines_read"] == 2).await;
+    drain(&api, r#"{"mode": "disconnect"}"#).await;
+    // Drained when its miners went quiet, not at the timeout; nothing slept them, so the
+    // machines still draw full power and the drain is not verified.
+    let drained = group_until(&api, "drained on share silence", |g| {
+        g["state"] == "drained"
+    })
+    .await;
+    assert_eq!(drained["verified"], false, "{drained:#}");
+    let last = last_event_to(&api, "drained").await;
+    assert_eq!(last["trigger"], "quiet", "{last:#}");
+    for machine in &machines {
+        assert_eq!(machine.device.commands(), (0, 0), "no sleep sent");
+    }
     cancel.cancel();
     proxy.shutdown().await;
 }

@@ -195,6 +195,15 @@ impl GroupPower {
         self.meter_watts.is_some() || (self.firmware_counts() && self.measure.read > 0)
     }
 
+    /// Whether a drain of this group is judged on measured power: hashgate sleeps its machines
+    /// (it is the switch, so it must see them off), or a meter sees the whole rack (a PDU hook
+    /// included). Other groups keep the share-silence witness, and `verified` says whether the
+    /// power agreed when they were drained: a PDU hook's machines stop answering, and a drain
+    /// must not wait out its timeout for readings that cannot come.
+    pub fn judged_by_power(&self) -> bool {
+        self.measurable() && (self.sleep || self.meter_watts.is_some())
+    }
+
     /// The meter's verdict on a drain: off when it reads at or below the idle level of the
     /// group's machines (none: no meter reading, or no `idle_watts_per_worker` to judge by).
     fn meter_off(&self) -> Option<bool> {

@@ -575,9 +575,9 @@ impl GroupController {
         }
     }
 
-    /// Drained once the group's measured power has stayed at its idle level for
-    /// `power.settle` (verified), or, with no measurement, once every miner is quiet and none
-    /// came back for `quiet_min`; at the timeout regardless.
+    /// A group with `sleep` or a meter: drained once its measured power has stayed at its idle
+    /// level for `power.settle` (verified). Others: once every miner is quiet and none came back
+    /// for `quiet_min` (verified if every machine is measured off then). The timeout regardless.
     fn check_drained(
         &mut self,
         index: usize,
@@ -587,7 +587,7 @@ impl GroupController {
     ) {
         let Some(drain) = &record.drain else { return };
         let runtime = &mut self.groups[index];
-        let decision = if runtime.power.measurable() {
+        let decision = if runtime.power.judged_by_power() {
             let off_for = runtime.power.off_for(Instant::now());
             let (settle, not_off) = (self.power.settings.settle, &runtime.power.measure.not_off);
             let policy = &runtime.policy;
@@ -608,7 +608,9 @@ impl GroupController {
             let change = (GroupState::Draining, GroupState::Draining);
             self.log_event(index, "drain_timeout", change, trigger, &detail);
         }
-        let next = transition::drained(record, trigger == policy::MEASURED, now_ms);
+        let power = &self.groups[index].power;
+        let verified = trigger == policy::MEASURED || (power.measurable() && power.all_off());
+        let next = transition::drained(record, verified, now_ms);
         let _ = self.begin(index, next, trigger.to_owned());
     }
 
