@@ -22,6 +22,10 @@ pub const JOULES_PER_KWH: f64 = 3.6e6;
 /// integrated: nobody knows what was drawn meanwhile.
 const MAX_GAP_MS: u64 = 10_000;
 
+/// Window and capacity accounts kept (the oldest go first: the events keep every drain's
+/// figures, and the file must not grow with every request a scheduler ever made).
+const MAX_CLAIMS: usize = 1_000;
+
 /// How often the ledger file is fsynced (it is replaced after every sample).
 const FSYNC_EVERY: Duration = Duration::from_secs(60);
 
@@ -227,6 +231,18 @@ impl Ledger {
                 drawn,
                 released_joules,
             });
+        }
+        while self.state.claims.len() > MAX_CLAIMS {
+            let oldest = self
+                .state
+                .claims
+                .iter()
+                .min_by_key(|(_, account)| account.since_ms)
+                .map(|(claim, _)| claim.clone());
+            match oldest {
+                Some(claim) => self.state.claims.remove(&claim),
+                None => break,
+            };
         }
         self.save();
         added

@@ -136,6 +136,9 @@ pub(super) struct GroupPower {
 #[derive(Debug)]
 pub(super) struct Wakes {
     pub queue: VecDeque<ManagementAddress>,
+    /// Every machine this resume wakes (asked on every tick for every waiting session: a set,
+    /// not a scan of the queue).
+    pub all: std::collections::HashSet<ManagementAddress>,
     pub sent: std::collections::HashSet<ManagementAddress>,
     pub next_at: Instant,
     pub batch: usize,
@@ -492,6 +495,7 @@ impl GroupPower {
     pub fn start_wakes(&mut self, now: Instant, batch: usize) {
         self.wakes = Some(Wakes {
             queue: self.machines.iter().map(|m| m.address).collect(),
+            all: self.machines.iter().map(|m| m.address).collect(),
             sent: Default::default(),
             next_at: now,
             batch,
@@ -521,7 +525,7 @@ impl GroupPower {
             return true;
         };
         if !wakes.sent.contains(address) {
-            return !wakes.queue.contains(address);
+            return !wakes.all.contains(address);
         }
         book.get(address).is_none_or(|m| {
             m.last_command
