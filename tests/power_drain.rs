@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::daemon::Daemon;
 use common::{Api, config_for, pool, state_dir};
 use hashgate::config::Config;
 use hashgate::proxy::Proxy;
@@ -55,8 +56,13 @@ async fn bitaxes(net: u8, n: u8) -> (Vec<Bitaxe>, u16) {
 
 /// Starts the miners: each connects from its machine's address and hashes while it mines.
 fn mine(proxy: &Proxy, machines: &[Bitaxe], net: u8, cancel: &CancellationToken) {
+    mine_at(proxy.miner_addr, machines, net, cancel);
+}
+
+/// [`mine`] against a proxy at `addr` (a daemon process).
+fn mine_at(addr: SocketAddr, machines: &[Bitaxe], net: u8, cancel: &CancellationToken) {
     for (i, machine) in machines.iter().enumerate() {
-        let mut config = SimMinerConfig::new(proxy.miner_addr, machine.worker.clone(), 50_000.0);
+        let mut config = SimMinerConfig::new(addr, machine.worker.clone(), 50_000.0);
         config.bind = Some(IpAddr::from([127, 0, net, i as u8 + 1]));
         config.device = Some(Arc::clone(&machine.device));
         tokio::spawn(run_sim_miner(
@@ -543,4 +549,116 @@ async fn a_group_without_sleep_keeps_the_share_witness_and_says_its_power_did_no
     }
     cancel.cancel();
     proxy.shutdown().await;
+}
+
+/// Starts `hashgate run` on `config` (the daemon's start waits, so off the runtime's threads).
+async fn daemon(config: &std::path::Path) -> Daemon {
+    let config = config.to_owned();
+    tokio::task::spawn_blocking(move || Daemon::start(&config))
+        .await
+        .expect("the daemon starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_sleep_keeps_the_group_draining_then_drained_and_wakes_nothing() {
+    let pool = pool(1.0).await;
+    let (machines, port) = bitaxes(92, 3).await;
+    let dir = state_dir();
+    let config = dir.with_extension("toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n\
+             [state]\ndir = \"{dir}\"\n\
+             [power]\npoll_interval = \"1s\"\nfast_poll_interval = \"200ms\"\nrequest_timeout = \"1s\"\nmax_backoff = \"2s\"\nsettle = \"1s\"\nredispatch = \"1s\"\n\
+             [[group]]\nname = \"desk\"\nworkers = [\"farm.bx92-*\"]\nwatts_per_worker = 20.0\nsleep = true\nidle_watts_per_worker = 5.0\ndrain_timeout = \"10m\"\n\
+             [group.management]\nweb_port = {port}\n\
+             [[upstream]]\nname = \"p\"\nurl = \"{url}\"\nuser = \"u\"\n",
+            token = common::TOKEN,
+            dir = dir.display(),
+            url = pool.url(),
+        ),
+    )
+    .expect("write the config");
+    let cancel = CancellationToken::new();
+    let first = daemon(&config).await;
+    let api = Api::at(first.api);
+    let miners = cancel.child_token();
+    mine_at(first.miners, &machines, 92, &miners);
+    group_until(&api, "three machines measured", |g| g["machines_read"] == 3).await;
+
+    // The third machine's firmware answers but ignores its sleep: the drain is mid-sleep,
+    // two machines asleep, one still drawing full power.
+    machines[2].device.set_faults(Faults {
+        ignore_commands: true,
+        ..Faults::default()
+    });
+    drain(&api, r#"{"mode": "pause", "reason": "AI window"}"#).await;
+    group_until(&api, "two machines asleep, one not", |g| {
+        g["machines_off"] == 2 && g["state"] == "draining"
+    })
+    .await;
+    assert!(machines[0].device.asleep() && machines[1].device.asleep());
+    assert!(!machines[2].device.asleep());
+
+    // kill -9 mid-sleep, the miners' connections cut with it.
+    tokio::task::spawn_blocking(move || first.kill())
+        .await
+        .expect("killed");
+    miners.cancel();
+    let second = daemon(&config).await;
+    let api = Api::at(second.api);
+    let miners = cancel.child_token();
+    mine_at(second.miners, &machines, 92, &miners);
+    let again = group_until(&api, "the restart reads the machines", |g| {
+        g["machines_read"] == 3 && g["workers"] == 3
+    })
+    .await;
+    assert_eq!(again["state"], "draining", "still draining: {again:#}");
+    for machine in &machines {
+        assert_eq!(machine.device.commands().1, 0, "no wake after kill -9");
+    }
+    assert!(machines[0].device.asleep() && machines[1].device.asleep());
+
+    // The third machine takes commands again: the restarted daemon's sleep reaches it and
+    // the drain ends measured.
+    machines[2].device.set_faults(Faults::default());
+    let drained = group_until(&api, "drained on measured power", |g| {
+        g["state"] == "drained"
+    })
+    .await;
+    assert_eq!(drained["verified"], true, "{drained:#}");
+    assert!(machines[2].device.asleep());
+
+    // kill -9 once drained: the restart keeps it drained and verified, and wakes nothing.
+    tokio::task::spawn_blocking(move || second.kill())
+        .await
+        .expect("killed");
+    miners.cancel();
+    let third = daemon(&config).await;
+    let api = Api::at(third.api);
+    mine_at(third.miners, &machines, 92, &cancel);
+    let kept = group_until(&api, "the restart reads the machines asleep", |g| {
+        g["machines_off"] == 3 && g["workers"] == 3
+    })
+    .await;
+    assert_eq!(
+        (&kept["state"], &kept["verified"]),
+        (&json!("drained"), &json!(true)),
+        "{kept:#}"
+    );
+    // A few polls later still nothing woken (the controller had every chance to).
+    let polled = kept["energy_as_of_ms"].as_u64().unwrap_or(0);
+    group_until(&api, "three more seconds of samples", |g| {
+        g["energy_as_of_ms"].as_u64().unwrap_or(0) >= polled + 3_000
+    })
+    .await;
+    for machine in &machines {
+        assert_eq!(machine.device.commands().1, 0, "no wake after kill -9");
+        assert!(machine.device.asleep());
+    }
+    cancel.cancel();
+    tokio::task::spawn_blocking(move || third.kill())
+        .await
+        .expect("killed");
 }

@@ -466,7 +466,12 @@ pub struct Api(Arc<Http>);
 
 impl Api {
     pub fn new(proxy: &Proxy) -> Api {
-        Api(Arc::new(Http::new(proxy.api_addr)))
+        Api::at(proxy.api_addr)
+    }
+
+    /// The API of a proxy elsewhere (a daemon process).
+    pub fn at(addr: std::net::SocketAddr) -> Api {
+        Api(Arc::new(Http::new(addr)))
     }
 
     /// Any call; the body parsed as JSON (or kept as a string when it is not JSON).
