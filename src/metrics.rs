@@ -116,6 +116,9 @@ pub struct GroupMetrics {
     /// A worker's machine's power as its firmware reports it (only with
     /// `api.per_worker_metrics`: a farm of 20,000 machines would be 20,000 series).
     pub worker_power_watts: GaugeVec,
+    /// Time the group controller spends in one tick (every 200 ms; once a second it also lists
+    /// and measures every machine): the control plane's cost as the farm grows.
+    pub controller_tick_seconds: Histogram,
 }
 
 impl Metrics {
@@ -500,6 +503,20 @@ impl Metrics {
                         "Energy the group did not draw against its pre-drain baseline while in a drain.",
                     ),
                     &["group"],
+                )
+                .expect("valid metric"),
+            ),
+            controller_tick_seconds: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "hashgate_controller_tick_seconds",
+                        "Time the group controller spends in one tick.",
+                    )
+                    .buckets(vec![
+                        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                        0.1, 0.25, 0.5, 1.0,
+                    ]),
                 )
                 .expect("valid metric"),
             ),

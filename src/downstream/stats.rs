@@ -67,8 +67,9 @@ impl RateEstimator {
 /// A miner as the API sees it.
 #[derive(Debug, Clone)]
 pub struct WorkerStats {
-    /// The first authorized worker name.
-    pub name: Option<String>,
+    /// The first authorized worker name (shared: the group controller lists a draining
+    /// group's miners five times a second).
+    pub name: Option<Arc<str>>,
     /// The miner's group.
     pub group: Arc<str>,
     /// The miner's address.
@@ -152,7 +153,7 @@ impl WorkerStats {
         let now = Instant::now();
         WorkerSnapshot {
             id,
-            name: self.name.clone(),
+            name: self.name.as_deref().map(str::to_owned),
             group: self.group.to_string(),
             remote: self.remote.to_string(),
             user_agent: self.user_agent.clone(),

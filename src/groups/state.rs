@@ -102,9 +102,10 @@ pub struct Drain {
     pub started_at_ms: u64,
     /// Watts the group drew when the drain started.
     pub watts_before: f64,
-    /// The group's miners when the drain started.
+    /// The group's miners when the drain started (shared: the controller reads its records
+    /// on every tick, and a farm's roster holds thousands of miners).
     #[serde(default)]
-    pub roster: Vec<RosterEntry>,
+    pub roster: Arc<[RosterEntry]>,
     /// The drained state rests on measured power (false: on share silence or a timeout).
     #[serde(default)]
     pub verified: bool,
@@ -215,7 +216,7 @@ mod tests {
                 reconnect_to: reconnect_to.map(str::to_owned),
                 started_at_ms: 1000,
                 watts_before: 6500.0,
-                roster: Vec::new(),
+                roster: Arc::from([]),
                 verified: false,
             }),
             claims: [Claim::Manual].into(),

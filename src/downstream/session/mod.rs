@@ -542,7 +542,7 @@ impl Session {
         tracing::Span::current().record("group", &*group_name);
         let held = gate_now.as_ref().is_some_and(|gate| gate.holds(ticket));
         self.member.paused = held;
-        let worker = worker.to_owned();
+        let worker: Arc<str> = Arc::from(worker);
         self.update_stats(|s| {
             s.group = group_name;
             s.name = Some(worker);

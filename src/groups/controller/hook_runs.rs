@@ -45,14 +45,14 @@ pub(super) fn context(
     };
     let roster = match event {
         HookEvent::Draining | HookEvent::Drained | HookEvent::Resuming => {
-            drain.map(|d| d.roster.clone()).unwrap_or_default()
+            drain.map(|d| d.roster.to_vec()).unwrap_or_default()
         }
         HookEvent::Active => observed
             .miners
             .iter()
             .map(|m| RosterEntry {
-                name: m.name.clone(),
-                address: m.address.clone(),
+                name: m.name.to_string(),
+                address: m.address.to_string(),
             })
             .collect(),
     };

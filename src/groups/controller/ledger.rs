@@ -318,7 +318,7 @@ mod tests {
                 reconnect_to: None,
                 started_at_ms: 2_000,
                 watts_before: 1_000.0,
-                roster: Vec::new(),
+                roster: Vec::new().into(),
                 verified: false,
             }),
             claims: [Claim::Capacity("cap-1".into())].into(),

@@ -307,13 +307,13 @@ impl GroupPower {
         let mut miners: Vec<_> = observed.miners.iter().collect();
         miners.sort_by_key(|m| m.ticket);
         for miner in miners {
-            let address = self.address_of(&miner.name, miner.ip);
+            let address = self.address_of(&miner.name, miner.address.ip());
             match index.get(&address) {
                 Some(&i) => machines[i].mining |= miner.mining,
                 None => {
                     index.insert(address, machines.len());
                     machines.push(Machine {
-                        worker: miner.name.clone(),
+                        worker: miner.name.to_string(),
                         address,
                         ticket: Some(miner.ticket),
                         mining: miner.mining,
@@ -324,7 +324,7 @@ impl GroupPower {
         if record.state != GroupState::Active
             && let Some(drain) = &record.drain
         {
-            for entry in &drain.roster {
+            for entry in drain.roster.iter() {
                 let Some(ip) = roster_ip(&entry.address) else {
                     continue;
                 };
@@ -537,7 +537,7 @@ impl GroupPower {
     /// Whether `miner` may get work on this resume: always without `sleep`; with it, once
     /// its machine is [`GroupPower::awake`].
     pub fn miner_awake(&self, book: &PowerBook, miner: &MinerView) -> bool {
-        !self.sleep || self.awake(book, &self.address_of(&miner.name, miner.ip))
+        !self.sleep || self.awake(book, &self.address_of(&miner.name, miner.address.ip()))
     }
 
     /// Every wake sent and answered (always, without `sleep`).

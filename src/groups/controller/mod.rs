@@ -31,6 +31,7 @@ mod observe;
 mod parts;
 mod policy;
 mod power_link;
+mod schedule_link;
 mod schedules;
 mod status;
 mod transition;
@@ -51,7 +52,7 @@ use self::ledger::Ledger;
 use self::observe::{MinerView, Observed};
 use self::policy::{Ramp, RampPace};
 use self::power_link::PowerLink;
-use self::schedules::{ClaimsView, Intent, Outcome, ScheduleCommand, Schedules};
+use self::schedules::Schedules;
 
 use super::events::EventLog;
 use super::hooks::HookFailure;
@@ -179,7 +180,11 @@ impl GroupController {
                 biased;
                 _ = self.cancel.cancelled() => break,
                 Some(control) = self.rx.recv() => self.on_control(control),
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => {
+                    let started = Instant::now();
+                    self.on_tick();
+                    self.metrics.groups.controller_tick_seconds.observe(started.elapsed().as_secs_f64());
+                }
             }
         }
     }
@@ -706,93 +711,6 @@ impl GroupController {
         // Metrics after the statuses: a reader that saw a metric finds a status at least as new.
         for ((runtime, record), watts) in self.groups.iter().zip(&records).zip(watts) {
             status::publish_metrics(&self.metrics, &runtime.name, record, watts);
-        }
-    }
-
-    /// A window or capacity command from the API: the schedules decide, the engine makes the
-    /// drains and releases, then the answer is sent.
-    fn on_schedule(&mut self, command: ScheduleCommand) {
-        let now_ms = unix_ms();
-        let view = ClaimsView::of(&self.groups, &self.records, Instant::now());
-        let candidates = matches!(command, ScheduleCommand::CreateCapacity { .. })
-            .then(|| {
-                status::candidates(&self.groups, &self.records(), &self.observe_with(|_| true))
-            })
-            .unwrap_or_default();
-        let (outcome, reply) = {
-            let (records, orphans, file) = (&self.records, &self.orphans, &mut self.state_file);
-            let mut save = |s: &Schedules| file.save(records, orphans, s);
-            self.sched
-                .take(command, now_ms, &view, candidates, &mut save)
-        };
-        let Outcome {
-            reply: answer,
-            intents,
-        } = outcome;
-        self.apply(intents);
-        let answer = match answer {
-            schedules::Reply::Now(answer) => answer,
-            schedules::Reply::CapacityView(status, capacity) => {
-                let statuses = lock(&self.status).clone();
-                Answer::new(
-                    status,
-                    self.sched.capacity_view(
-                        &capacity,
-                        &statuses,
-                        &self.ledger.state.claims,
-                        unix_ms(),
-                    ),
-                )
-            }
-        };
-        let _ = reply.send(answer);
-        self.publish(&self.observe_all());
-    }
-
-    /// Each tick: the schedules' drains and releases for `now_ms`.
-    fn reconcile_schedules(&mut self, now_ms: u64, now: Instant) {
-        let view = ClaimsView::of(&self.groups, &self.records, now);
-        let reconciled = {
-            let (records, orphans, file) = (&self.records, &self.orphans, &mut self.state_file);
-            let mut save = |s: &Schedules| file.save(records, orphans, s);
-            self.sched.reconcile(now_ms, &view, &mut save)
-        };
-        self.apply(reconciled.intents);
-        self.metrics
-            .groups
-            .capacity_heartbeat_lapsed
-            .set(reconciled.lapsed);
-    }
-
-    /// Carries out what the schedules asked for; a drain that cannot be made now is handed back.
-    fn apply(&mut self, intents: Vec<Intent>) {
-        for intent in intents {
-            match intent {
-                Intent::Drain { group, request } => {
-                    let claim = request.claim.clone();
-                    if let Err(error) = self.drain(&group, request) {
-                        warn!(%group, %claim, %error, "drain not made yet");
-                        self.forget_attempt(&group, &claim);
-                    }
-                }
-                Intent::Release { group, claim } => match self.resume(&group, claim.clone(), false)
-                {
-                    Ok(_) | Err(ControlError::Held { .. }) => {}
-                    Err(error) => warn!(%group, %claim, %error, "claim not released yet"),
-                },
-                Intent::Lapsed { group, claim } => {
-                    if let Some(index) = self.index(&group) {
-                        let state = self.record(&group).state;
-                        self.log_event(
-                            index,
-                            "heartbeat_lapsed",
-                            (state, state),
-                            &claim.to_string(),
-                            "the scheduler stopped renewing its lease; the group stays drained",
-                        );
-                    }
-                }
-            }
         }
     }
 }

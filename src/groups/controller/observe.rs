@@ -11,10 +11,11 @@ use crate::groups::state::{GroupRecord, GroupState};
 /// One authorized miner as the controller sees it on a tick.
 pub(super) struct MinerView {
     pub id: u64,
-    pub name: String,
-    pub address: String,
-    /// The address it connects from (its machine's management address by default).
-    pub ip: std::net::IpAddr,
+    pub name: std::sync::Arc<str>,
+    /// Where it connects from (formatted only where shown: this is built for every miner of a
+    /// draining group five times a second). Its IP is its machine's management address by
+    /// default.
+    pub address: std::net::SocketAddr,
     pub paused: bool,
     /// Mining now: given work, or still submitting after being told to stop.
     pub mining: bool,
@@ -67,8 +68,7 @@ pub(super) fn observe(
             group.miners.push(MinerView {
                 id,
                 name: name.clone(),
-                address: stats.remote.to_string(),
-                ip: stats.remote.ip(),
+                address: stats.remote,
                 paused: stats.paused,
                 mining: true,
                 last_submit_ms: stats.last_submit_unix_ms,

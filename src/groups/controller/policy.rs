@@ -1,6 +1,7 @@
 //! A group's drain and ramp settings, and the resume ramp's token bucket: the arithmetic of a
 //! drain, apart from the task that applies it.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use super::observe::{MinerView, Observed};
@@ -218,15 +219,16 @@ impl Ramp {
         let admit_through = self.admit(now, rate, &ready);
         let still_waiting = waiting.iter().any(|t| *t > self.admit_through);
         let admitted = self.admit_through;
+        let back: HashSet<&str> = observed
+            .miners
+            .iter()
+            .filter(|m| !m.paused || m.ticket <= admitted)
+            .map(|m| &*m.name)
+            .collect();
         let missing: Vec<&str> = roster
             .iter()
-            .filter(|entry| {
-                !observed
-                    .miners
-                    .iter()
-                    .any(|m| m.name == entry.name && (!m.paused || m.ticket <= admitted))
-            })
             .map(|entry| entry.name.as_str())
+            .filter(|name| !back.contains(name))
             .collect();
         let timed_out = now.saturating_duration_since(self.started) >= timeout;
         let finished = if still_waiting || !may_finish || (!missing.is_empty() && !timed_out) {
@@ -324,8 +326,7 @@ mod tests {
         super::super::observe::MinerView {
             id: ticket,
             name: name.into(),
-            address: "127.0.0.1:1".into(),
-            ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
             paused,
             mining: !paused,
             last_submit_ms: None,
@@ -368,7 +369,7 @@ mod tests {
             ramp.step(at, pace, &observed, &roster, true, awake)
         };
         // Plenty of tokens, but b's machine is still waking: a only (c comes after b).
-        let first = step(later, &|m| m.name != "b");
+        let first = step(later, &|m| &*m.name != "b");
         assert_eq!((first.admit_through, first.finished), (Some(1), None));
         assert_eq!(step(later, &|_| false).admit_through, None);
         let rest = step(later + Duration::from_secs(1), &|_| true);

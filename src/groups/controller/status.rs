@@ -195,8 +195,8 @@ pub(super) fn group_status(
                 .map(|&i| {
                     let m = &observed.miners[i];
                     HashingMiner {
-                        name: m.name.clone(),
-                        address: m.address.clone(),
+                        name: m.name.to_string(),
+                        address: m.address.to_string(),
                         last_submit_seconds_ago: m
                             .last_submit_ms
                             .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
@@ -288,7 +288,7 @@ mod tests {
                 reconnect_to: None,
                 started_at_ms: 0,
                 watts_before: 6500.0,
-                roster: Vec::new(),
+                roster: Vec::new().into(),
                 verified: false,
             }),
             ..GroupRecord::default()

@@ -1,6 +1,8 @@
 //! The rules of a group's record under a drain or a release, as pure functions of the record
 //! (the engine in `mod.rs` runs hooks, makes the result durable and sets the gate).
 
+use std::collections::HashSet;
+
 use super::handle::DrainRequest;
 use super::observe::Observed;
 use crate::groups::state::{Claim, Drain, GroupRecord, GroupState, RosterEntry};
@@ -44,13 +46,14 @@ pub(super) fn draining(
         .miners
         .iter()
         .map(|m| RosterEntry {
-            name: m.name.clone(),
-            address: m.address.clone(),
+            name: m.name.to_string(),
+            address: m.address.to_string(),
         })
         .collect();
     if current.state == GroupState::Resuming {
-        for entry in current.drain.iter().flat_map(|d| &d.roster) {
-            if !roster.iter().any(|r| r.name == entry.name) {
+        let present: HashSet<String> = roster.iter().map(|r| r.name.clone()).collect();
+        for entry in current.drain.iter().flat_map(|d| d.roster.iter()) {
+            if !present.contains(&entry.name) {
                 roster.push(entry.clone());
             }
         }
@@ -64,7 +67,7 @@ pub(super) fn draining(
             reconnect_to: request.reconnect_to,
             started_at_ms: now_ms,
             watts_before,
-            roster,
+            roster: roster.into(),
             verified: false,
         }),
         claims: [request.claim].into(),
