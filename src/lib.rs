@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 pub mod downstream;
 pub mod groups;
+pub mod load;
 pub mod metrics;
 pub mod power;
 pub mod protocol;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use cli::client::{group_command, groups, status};
 use cli::demo::{DemoOptions, demo};
+use cli::load::{LoadCommand, load};
 use cli::run::{check_config, run};
 use cli::verify::verify_share;
 
@@ -39,6 +40,9 @@ enum Command {
     },
     /// A local pool and simulated miners through the real proxy, in one process.
     Demo(DemoOptions),
+    /// The load tool: a swarm of real miners against an endpoint, or the fan-out floor.
+    #[command(subcommand)]
+    Load(LoadCommand),
     /// Show upstreams, groups and the busiest workers of a running hashgate (read from its API).
     Status {
         /// The API's base URL.
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             init_logging(false, "warn");
             runtime().and_then(|rt| rt.block_on(demo(options)))
         }
+        Command::Load(command) => load(command),
         Command::Status { api, top } => status(&api, top),
         Command::Groups { api } => groups(&api.api),
         Command::Drain {

@@ -5,5 +5,6 @@
 pub mod client;
 pub mod demo;
 mod demo_machines;
+pub mod load;
 pub mod run;
 pub mod verify;

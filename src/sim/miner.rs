@@ -327,26 +327,17 @@ fn hash_slice(state: &mut MinerState, count: u64, stats: &SimMinerStats) -> Vec<
         return found;
     };
     let ntime = job.notify().ntime;
-    // Roll one version bit pattern per extranonce2 when rolling is allowed.
-    let version_bits = (state.version_mask != 0).then_some(state.version_mask & 0x0000_6000);
+    let version_bits = rolled_bits(state.version_mask);
     for _ in 0..count {
         if state.midstate.is_none() || state.nonce == u32::MAX {
             state.extranonce2_counter = state.extranonce2_counter.wrapping_add(1);
-            let size = state.extranonce2_size.min(8);
-            let bytes = state.extranonce2_counter.to_le_bytes();
-            let Ok(extranonce2) = Extranonce2::from_bytes(&bytes[..size]) else {
+            let Some(extranonce2) =
+                extranonce2_of(state.extranonce2_counter, state.extranonce2_size)
+            else {
                 return found;
             };
-            let share = Share {
-                job_id: job.id().clone(),
-                extranonce2,
-                ntime,
-                nonce: 0,
-                version_bits,
-            };
-            let root = share_merkle_root(&job, &extranonce1, &share);
-            let version = (job.notify().version & !state.version_mask) | version_bits.unwrap_or(0);
-            state.midstate = Some((HeaderMidstate::for_job(&job, &root, version), extranonce2));
+            let midstate = miner_midstate(&job, &extranonce1, extranonce2, state.version_mask);
+            state.midstate = Some((midstate, extranonce2));
             state.nonce = 0;
         }
         let Some((midstate, extranonce2)) = &state.midstate else {
@@ -361,6 +352,39 @@ fn hash_slice(state: &mut MinerState, count: u64, stats: &SimMinerStats) -> Vec<
     }
     stats.hashes.fetch_add(count, Ordering::Relaxed);
     found
+}
+
+/// The version bits a miner rolls: one fixed pattern inside the granted mask, when rolling is
+/// allowed.
+pub fn rolled_bits(version_mask: u32) -> Option<u32> {
+    (version_mask != 0).then_some(version_mask & 0x0000_6000)
+}
+
+/// Extranonce2 number `counter` in `size` bytes (at most 8).
+pub fn extranonce2_of(counter: u64, size: usize) -> Option<Extranonce2> {
+    Extranonce2::from_bytes(&counter.to_le_bytes()[..size.min(8)]).ok()
+}
+
+/// The header midstate a miner hashes nonces over, for `job` with its extranonces and the
+/// version bits of [`rolled_bits`]: the coinbase and merkle root are built once per
+/// extranonce2.
+pub fn miner_midstate(
+    job: &Job,
+    extranonce1: &Extranonce1,
+    extranonce2: Extranonce2,
+    version_mask: u32,
+) -> HeaderMidstate {
+    let version_bits = rolled_bits(version_mask);
+    let share = Share {
+        job_id: job.id().clone(),
+        extranonce2,
+        ntime: job.notify().ntime,
+        nonce: 0,
+        version_bits,
+    };
+    let root = share_merkle_root(job, extranonce1, &share);
+    let version = (job.notify().version & !version_mask) | version_bits.unwrap_or(0);
+    HeaderMidstate::for_job(job, &root, version)
 }
 
 /// The difficulty at which a miner of `hashrate` finds one share per `interval`.

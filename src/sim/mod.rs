@@ -17,5 +17,8 @@ pub use espminer::SimEspMiner;
 pub use luxos::SimLuxos;
 pub use meter::{SDM630_TOTAL_POWER, SimMeter};
 
-pub use miner::{SimMinerConfig, SimMinerError, SimMinerStats, difficulty_for, run_sim_miner};
-pub use pool::{SimPool, SimPoolCommand, SimPoolConfig, SimPoolStats};
+pub use miner::{
+    SimMinerConfig, SimMinerError, SimMinerStats, difficulty_for, extranonce2_of, miner_midstate,
+    rolled_bits, run_sim_miner,
+};
+pub use pool::{SimPool, SimPoolCommand, SimPoolConfig, SimPoolStats, job_sequence};

@@ -84,9 +84,39 @@ pub struct SimPoolStats {
     pub blocks: AtomicU64,
     /// Authorized worker names, with accepted share counts.
     workers: Mutex<HashMap<String, u64>>,
+    /// When each job was published to the connections (Unix ns), by sequence number - 1.
+    published: Mutex<Vec<u64>>,
+}
+
+/// Jobs whose publication time is kept (a job every 100 ms for 27 hours).
+const MAX_PUBLISHED: usize = 1_000_000;
+
+/// The coinbase output value of job 0; job `n` pays `n` satoshi more, so the job's sequence
+/// number can be read back from `coinb2` after any proxy renamed the job.
+const BASE_VALUE: u64 = 312_500_000;
+
+/// The pool's sequence number of a job (1, 2, ...), read from its `coinb2` (a proxy renames
+/// job ids but passes the coinbase through): what the load tool matches a notify to the
+/// pool's send instant with.
+pub fn job_sequence(notify: &Notify) -> Option<u64> {
+    let value: [u8; 8] = notify.coinb2.get(5..13)?.try_into().ok()?;
+    u64::from_le_bytes(value).checked_sub(BASE_VALUE)
 }
 
 impl SimPoolStats {
+    /// When job `sequence` was published to the pool's connections (Unix ns).
+    pub fn job_sent_ns(&self, sequence: u64) -> Option<u64> {
+        let index = usize::try_from(sequence.checked_sub(1)?).ok()?;
+        let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        published.get(index).copied()
+    }
+
+    /// Jobs published so far.
+    pub fn jobs_published(&self) -> u64 {
+        let published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        published.len() as u64
+    }
+
     /// Accepted shares per submitting worker name.
     pub fn accepted_by_worker(&self) -> HashMap<String, u64> {
         self.workers
@@ -142,7 +172,12 @@ impl SimPool {
         let (commands, _) = broadcast::channel(16);
         let cancel = CancellationToken::new();
         let (jobs_tx, jobs_rx) = watch::channel(None);
-        tokio::spawn(make_jobs(config.clone(), jobs_tx, cancel.clone()));
+        tokio::spawn(make_jobs(
+            config.clone(),
+            Arc::clone(&stats),
+            jobs_tx,
+            cancel.clone(),
+        ));
         tokio::spawn(accept(
             listener,
             config,
@@ -189,6 +224,7 @@ struct Template {
 
 async fn make_jobs(
     config: SimPoolConfig,
+    stats: Arc<SimPoolStats>,
     jobs: watch::Sender<Option<Arc<Template>>>,
     cancel: CancellationToken,
 ) {
@@ -224,7 +260,7 @@ async fn make_jobs(
         let mut coinb2 = Vec::new();
         coinb2.extend_from_slice(&u32::MAX.to_le_bytes());
         coinb2.push(1);
-        coinb2.extend_from_slice(&(312_500_000u64 + counter).to_le_bytes());
+        coinb2.extend_from_slice(&(BASE_VALUE + counter).to_le_bytes());
         coinb2.push(22);
         coinb2.extend_from_slice(&[0x00, 0x14]);
         let mut program = [0u8; 20];
@@ -253,6 +289,12 @@ async fn make_jobs(
             ntime,
             clean_jobs: clean,
         };
+        {
+            let mut published = stats.published.lock().unwrap_or_else(|p| p.into_inner());
+            if published.len() < MAX_PUBLISHED {
+                published.push(crate::clock::unix_ns());
+            }
+        }
         jobs.send_replace(Some(Arc::new(Template { notify })));
     }
 }

@@ -1,0 +1,255 @@
+//! A load run's report: what the JSON file holds and the table printed at the end.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::procstat::ProcSample;
+use super::run::{LoadPlan, WindowJobs};
+use super::stats::LatencySummary;
+use super::swarm::Record;
+
+/// The measured process's resources over a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Resources {
+    /// Before the first connection.
+    pub start: ProcSample,
+    /// Once every miner had a job.
+    pub after_ramp: ProcSample,
+    /// At the window's end.
+    pub end: ProcSample,
+    /// (after ramp - start) / miners with a job.
+    pub rss_per_miner_kib: f64,
+    /// Its CPU time in the window per share the pool accepted in it (0 shares: 0).
+    pub cpu_per_forwarded_share_us: f64,
+    /// Its CPU time in the window per second of it (1.0 = one core).
+    pub cores: f64,
+}
+
+impl Resources {
+    /// The figures from the samples, the miners held, and the pool's accepted shares over the
+    /// window.
+    pub fn of(
+        start: ProcSample,
+        after_ramp: ProcSample,
+        window_start: ProcSample,
+        end: ProcSample,
+        miners: u64,
+        forwarded: u64,
+        window: Duration,
+    ) -> Resources {
+        let cpu = (end.cpu_seconds - window_start.cpu_seconds).max(0.0);
+        Resources {
+            start,
+            after_ramp,
+            end,
+            rss_per_miner_kib: if miners == 0 {
+                0.0
+            } else {
+                after_ramp.rss_kib.saturating_sub(start.rss_kib) as f64 / miners as f64
+            },
+            cpu_per_forwarded_share_us: if forwarded == 0 {
+                0.0
+            } else {
+                cpu / forwarded as f64 * 1e6
+            },
+            cores: cpu / window.as_secs_f64().max(1e-9),
+        }
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// Where the miners connected.
+    pub target: String,
+    /// Straight to the pool (the baseline).
+    pub direct: bool,
+    /// Miners asked for.
+    pub miners: usize,
+    /// Connected.
+    pub connected: u64,
+    /// Authorized and given a job.
+    pub ready: u64,
+    /// Connections that ended before the run did.
+    pub closed: u64,
+    /// From the first connection until every miner had a job (or the ramp gave up).
+    pub ramp_seconds: f64,
+    /// TCP connect time.
+    pub connect: LatencySummary,
+    /// Subscribe to authorize answered.
+    pub handshake: LatencySummary,
+    /// The measured window.
+    pub window_seconds: f64,
+    /// Shares per second asked for.
+    pub shares_per_second_planned: f64,
+    /// Shares submitted in the window.
+    pub submitted: u64,
+    /// Answered true in the window.
+    pub accepted: u64,
+    /// Answered otherwise, by Stratum error code.
+    pub rejected: BTreeMap<String, u64>,
+    /// Accepted per second of the window.
+    pub shares_per_second: f64,
+    /// Submit to reply.
+    pub round_trip: LatencySummary,
+    /// Jobs the pool published in the window (old enough to have arrived).
+    pub jobs: u64,
+    /// Notifies received in the window.
+    pub notifies: u64,
+    /// (miner, job) pairs that never arrived.
+    pub missing_notifies: u64,
+    /// Notifies of a job the miner already had.
+    pub duplicate_notifies: u64,
+    /// Pool send to the kernel's receive stamp at each miner.
+    pub fan_out: LatencySummary,
+    /// Shares answered true over the whole run.
+    pub accepted_total: u64,
+    /// Shares the pool accepted over the whole run.
+    pub pool_accepted_total: u64,
+    /// Shares the pool refused as stale over the whole run: forwarded for a job the pool had
+    /// just replaced with a clean one (the race every proxy has; counted, not lost).
+    pub pool_stale_total: u64,
+    /// Answered true, yet neither accepted nor refused as stale by the pool (meaningful when
+    /// the pool's difficulty is at most the miners': then every share is forwarded).
+    pub lost_shares: u64,
+    /// What went wrong, by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// The measured process (with `--proxy-pid`).
+    pub proxy: Option<Resources>,
+    /// The tool's own CPU over the run (1.0 = one core): near 1.0, the tool was the limit.
+    pub tool_cores: Option<f64>,
+}
+
+impl LoadReport {
+    /// The report of a run from its record.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        target: SocketAddr,
+        plan: &LoadPlan,
+        record: &Record,
+        window_jobs: WindowJobs,
+        (ramp, window): (Duration, Duration),
+        (pool_accepted_total, pool_stale_total): (u64, u64),
+        proxy: Option<Resources>,
+        tool_cores: Option<f64>,
+    ) -> LoadReport {
+        LoadReport {
+            target: target.to_string(),
+            direct: plan.target.is_none(),
+            miners: plan.miners,
+            connected: record.connected,
+            ready: record.ready,
+            closed: record.closed,
+            ramp_seconds: ramp.as_secs_f64(),
+            connect: record.connect.summary(),
+            handshake: record.handshake.summary(),
+            window_seconds: window.as_secs_f64(),
+            shares_per_second_planned: plan.shares_per_second,
+            submitted: record.submitted,
+            accepted: record.accepted,
+            rejected: record
+                .rejected
+                .iter()
+                .map(|(code, n)| (code.to_string(), *n))
+                .collect(),
+            shares_per_second: record.accepted as f64 / window.as_secs_f64().max(1e-9),
+            round_trip: record.round_trip.summary(),
+            jobs: window_jobs.jobs,
+            notifies: record.notifies,
+            missing_notifies: window_jobs.missing,
+            duplicate_notifies: record.duplicate_notifies,
+            fan_out: record.fan_out.summary(),
+            accepted_total: record.accepted_total,
+            pool_accepted_total,
+            pool_stale_total,
+            lost_shares: record
+                .accepted_total
+                .saturating_sub(pool_accepted_total + pool_stale_total),
+            errors: record.errors.clone(),
+            proxy,
+            tool_cores,
+        }
+    }
+}
+
+fn latency(f: &mut fmt::Formatter<'_>, name: &str, l: &LatencySummary) -> fmt::Result {
+    writeln!(
+        f,
+        "  {name:<22} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+        l.count, l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+    )
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let to = if self.direct {
+            "the pool, direct"
+        } else {
+            "target"
+        };
+        writeln!(f, "load run against {} ({to})", self.target)?;
+        writeln!(
+            f,
+            "  miners {} asked, {} connected, {} with a job, {} closed; ramp {:.1} s",
+            self.miners, self.connected, self.ready, self.closed, self.ramp_seconds
+        )?;
+        writeln!(
+            f,
+            "  {:<22} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "latency (ms)", "count", "p50", "p99", "p99.9", "max"
+        )?;
+        latency(f, "connect", &self.connect)?;
+        latency(f, "handshake", &self.handshake)?;
+        latency(f, "submit round trip", &self.round_trip)?;
+        latency(f, "job fan-out", &self.fan_out)?;
+        writeln!(
+            f,
+            "  window {:.1} s: {} submitted, {} accepted ({:.0}/s of {:.0}/s planned), rejected {:?}",
+            self.window_seconds,
+            self.submitted,
+            self.accepted,
+            self.shares_per_second,
+            self.shares_per_second_planned,
+            self.rejected
+        )?;
+        writeln!(
+            f,
+            "  jobs {}: {} notifies, {} missing, {} duplicate",
+            self.jobs, self.notifies, self.missing_notifies, self.duplicate_notifies
+        )?;
+        writeln!(
+            f,
+            "  run: {} accepted by the target, {} by the pool, {} stale at the pool, {} lost",
+            self.accepted_total, self.pool_accepted_total, self.pool_stale_total, self.lost_shares
+        )?;
+        if !self.errors.is_empty() {
+            writeln!(f, "  errors: {:?}", self.errors)?;
+        }
+        if let Some(p) = &self.proxy {
+            writeln!(
+                f,
+                "  proxy: RSS {} -> {} -> {} KiB ({:.2} KiB per miner), open files {} -> {} -> {}",
+                p.start.rss_kib,
+                p.after_ramp.rss_kib,
+                p.end.rss_kib,
+                p.rss_per_miner_kib,
+                p.start.open_files,
+                p.after_ramp.open_files,
+                p.end.open_files
+            )?;
+            writeln!(
+                f,
+                "  proxy CPU in the window: {:.3} cores, {:.1} us per forwarded share",
+                p.cores, p.cpu_per_forwarded_share_us
+            )?;
+        }
+        if let Some(cores) = self.tool_cores {
+            writeln!(f, "  load tool CPU: {cores:.3} cores")?;
+        }
+        Ok(())
+    }
+}
