@@ -44,8 +44,10 @@ pub(crate) struct SwarmOptions {
     /// Where the embedded pool listens (point the proxy's upstream here).
     #[arg(long, default_value = "127.0.0.1:3334")]
     pool_listen: SocketAddr,
-    /// The pool's share difficulty (2^-20 by default: a share per ~4,000 hashes).
-    #[arg(long, default_value_t = 1.0 / 1_048_576.0)]
+    /// The pool's share difficulty. 2^-28 by default: a share per ~16 hashes, so the tool's
+    /// own hashing never caps the share rate (a proxy's cost per share does not depend on the
+    /// difficulty: it hashes every share once). Set the proxy's miner difficulty to match.
+    #[arg(long, default_value_t = 1.0 / 268_435_456.0)]
     pool_difficulty: f64,
     /// A new job this often.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
