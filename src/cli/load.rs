@@ -135,13 +135,14 @@ pub(crate) fn load(command: LoadCommand) -> Result<ExitCode> {
             };
             let report = runtime.block_on(run_floor(&plan))?;
             println!(
-                "floor: {} sockets, {} rounds: fan-out p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; write {:.2} us per socket",
+                "floor: {} sockets, {} rounds: fan-out p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; write {:.2} us per socket, slowest round {:.3} ms",
                 report.sockets,
                 report.rounds,
                 report.fan_out.p50_ms,
                 report.fan_out.p99_ms,
                 report.fan_out.max_ms,
-                report.write_us_per_socket
+                report.write_us_per_socket,
+                report.slowest_round_ms
             );
             write_json(o.json.as_ref(), &report)?;
         }

@@ -43,6 +43,9 @@ pub struct FloorReport {
     pub fan_out: LatencySummary,
     /// The writer's time for one round, per socket (microseconds, median round).
     pub write_us_per_socket: f64,
+    /// The slowest round's write time (milliseconds): a fan-out cannot end before its round
+    /// was written.
+    pub slowest_round_ms: f64,
 }
 
 /// Why the floor could not be measured.
@@ -94,11 +97,12 @@ pub async fn run_floor(plan: &FloorPlan) -> Result<FloorReport, FloorError> {
         rounds: plan.rounds,
         fan_out: fan_out.summary(),
         write_us_per_socket: median / plan.sockets.max(1) as f64,
+        slowest_round_ms: per_round.last().copied().unwrap_or(0.0) / 1000.0,
     })
 }
 
-/// The writer: each round, the round's start (Unix ns) in a 320-byte line to every socket.
-/// Returns each round's write time (us).
+/// The writer: a warm-up round, then each round's start (Unix ns) in a 320-byte line to every
+/// socket. Returns each measured round's write time (us).
 fn write_rounds(
     mut sockets: Vec<TcpStream>,
     rounds: usize,
@@ -109,22 +113,28 @@ fn write_rounds(
         timestamp::pin_to_cpu(cpu)?;
     }
     let mut times = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
+    // Round 0 warms the sockets and caches up and carries no start (0): not measured.
+    for round in 0..=rounds {
         std::thread::sleep(interval);
         let start = unix_ns();
-        let mut line = format!("{start:020}").into_bytes();
+        let stamped = if round == 0 { 0 } else { start };
+        let mut line = format!("{stamped:020}").into_bytes();
         line.resize(LINE - 1, b' ');
         line.push(b'\n');
         for socket in &mut sockets {
             socket.write_all(&line)?;
         }
-        times.push((unix_ns() - start) as f64 / 1000.0);
+        if round > 0 {
+            times.push((unix_ns() - start) as f64 / 1000.0);
+        }
     }
     Ok(times)
 }
 
-/// A reader: every line's receive stamp minus the round start it carries.
+/// A reader: every line's receive stamp minus the round start it carries (the warm-up
+/// round's line carries none).
 async fn read_rounds(reader: tokio::net::TcpStream, rounds: usize) -> Latencies {
+    let rounds = rounds + 1;
     let mut latencies = Latencies::default();
     let mut chunk = vec![0u8; LINE * 4];
     let mut pending: Vec<u8> = Vec::new();
@@ -141,7 +151,7 @@ async fn read_rounds(reader: tokio::net::TcpStream, rounds: usize) -> Latencies 
                     let start: Option<u64> = std::str::from_utf8(&pending[..20])
                         .ok()
                         .and_then(|s| s.parse().ok());
-                    if let (Some(start), Some(stamp)) = (start, stamp) {
+                    if let (Some(start @ 1..), Some(stamp)) = (start, stamp) {
                         latencies.record(stamp.saturating_sub(start) / 1000);
                     }
                     pending.drain(..LINE);
