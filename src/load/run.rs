@@ -44,6 +44,19 @@ pub struct LoadPlan {
 /// Why a run could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// More sockets than this process may open (each miner is one; straight to the embedded
+    /// pool, its end of each connection is another).
+    #[error(
+        "{miners} miners need {needed} open files in this process, its limit is {limit} (ulimit -n); straight to the embedded pool both ends of each connection count"
+    )]
+    OpenFiles {
+        /// Miners asked for.
+        miners: usize,
+        /// Files they need.
+        needed: u64,
+        /// RLIMIT_NOFILE.
+        limit: u64,
+    },
     /// The embedded pool could not listen.
     #[error("the embedded pool cannot listen on {addr}: {source}")]
     Pool {
@@ -58,8 +71,36 @@ pub enum LoadError {
 /// window's end is not missing).
 const IN_FLIGHT: Duration = Duration::from_secs(1);
 
+/// Files the tool needs beyond its miners' sockets (the pool's listener and upstream side,
+/// stdio, /proc reads).
+const SPARE_FILES: u64 = 64;
+
+/// This process's open-file limit (RLIMIT_NOFILE, soft).
+fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        u64::MAX
+    }
+}
+
 /// Runs the plan; the report of what was measured.
 pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
+    let per_miner = if plan.target.is_none() { 2 } else { 1 };
+    let needed = plan.miners as u64 * per_miner + SPARE_FILES;
+    let limit = open_file_limit();
+    if needed > limit {
+        return Err(LoadError::OpenFiles {
+            miners: plan.miners,
+            needed,
+            limit,
+        });
+    }
     let pool = SimPool::start(SimPoolConfig {
         listen: plan.pool_listen,
         difficulty: plan.pool_difficulty,

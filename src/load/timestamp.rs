@@ -4,7 +4,8 @@
 //! the load tool's own scheduling delay (a busy swarm reads late) does not count against the
 //! proxy.
 //!
-//! The `libc` calls are the only unsafe code of the crate; each block says what it relies on.
+//! These `libc` calls, with `sysconf` in `procstat.rs` and `getrlimit` in `run.rs`, are the only
+//! unsafe code of the crate; each block says what it relies on.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
