@@ -27,6 +27,10 @@ use crate::work::{Job, JobBook, Threshold};
 /// The longest line a load miner accepts before it calls the peer broken.
 const MAX_LINE: usize = 64 * 1024;
 
+/// Submits a miner keeps waiting for their reply; past this it submits no more until replies
+/// come (a target that stops answering must not grow the tool's memory).
+const MAX_PENDING: usize = 1024;
+
 /// Hashes tried for one share before the miner gives up on it (a difficulty far above what a
 /// load run sets).
 const MAX_GRIND: u64 = 1 << 26;
@@ -287,6 +291,10 @@ impl Miner {
                     }
                     if let (Some(at), Some(every)) = (next_share, self.share_interval) {
                         next_share = Some(at + every);
+                    }
+                    if session.submits.len() >= MAX_PENDING {
+                        lock(record).error("submits unanswered");
+                        continue;
                     }
                     if let Some(line) = self.share(&mut session) {
                         write.write_all(&line).await.map_err(|_| "write")?;
