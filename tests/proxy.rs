@@ -575,7 +575,7 @@ async fn a_miner_that_does_not_read_is_dropped_without_slowing_the_others() {
     })
     .await;
     let mut config = config_for(&[&pool], "");
-    config.server.write_queue = 8;
+    config.server.write_buffer_bytes = 16 * 1024;
     let proxy = proxy(config).await;
     // The stuck miner subscribes and authorizes, then never reads again (with a small receive
     // buffer so the kernel does not hide the backlog for minutes).

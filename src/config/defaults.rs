@@ -13,8 +13,8 @@ pub(super) fn upstream_max_line_bytes() -> usize {
 pub(super) fn max_extranonce2_size() -> usize {
     8
 }
-pub(super) fn write_queue() -> usize {
-    256
+pub(super) fn write_buffer_bytes() -> usize {
+    64 * 1024
 }
 pub(super) fn socket_send_buffer() -> usize {
     64 * 1024

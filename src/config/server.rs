@@ -25,9 +25,10 @@ pub struct ServerConfig {
     /// for the miner, else 1.
     #[serde(default)]
     pub extranonce_prefix_size: Option<usize>,
-    /// Lines queued for a miner that does not read before it is disconnected.
-    #[serde(default = "defaults::write_queue")]
-    pub write_queue: usize,
+    /// Bytes waiting for a miner that does not read before it is disconnected (on top of the
+    /// kernel's send buffer); a miner that reads holds none.
+    #[serde(default = "defaults::write_buffer_bytes")]
+    pub write_buffer_bytes: usize,
     /// Kernel send buffer per miner socket, in bytes. Bounded so a miner that stops reading is
     /// noticed after kilobytes, not after the kernel has buffered megabytes on its behalf.
     #[serde(default = "defaults::socket_send_buffer")]
@@ -128,8 +129,14 @@ impl ServerConfig {
                 format!("{} is below 4096 bytes", s.socket_send_buffer),
             ));
         }
-        if s.write_queue == 0 {
-            return Err(invalid("server.write_queue", "must be at least 1".into()));
+        if s.write_buffer_bytes < s.max_line_bytes {
+            return Err(invalid(
+                "server.write_buffer_bytes",
+                format!(
+                    "must hold at least one line (server.max_line_bytes = {})",
+                    s.max_line_bytes
+                ),
+            ));
         }
         if s.max_upstream_connections == 0 {
             return Err(invalid(

@@ -16,6 +16,7 @@ mod command;
 mod context;
 mod control;
 mod gate;
+mod mailbox;
 mod registry;
 mod reject;
 mod session;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -35,6 +36,7 @@ pub use command::SessionCommand;
 pub use context::{Downstream, SessionSettings};
 pub use control::SessionControl;
 pub use gate::{Gate, GroupGates};
+pub use mailbox::{Mailbox, MailboxError};
 pub use registry::{Refusals, RefusedMiner, SessionEntry, SessionRegistry};
 pub use reject::{reject_code, reject_response};
 pub use session::{Connection, serve_miner};
@@ -69,28 +71,27 @@ pub async fn listen(
                 let _ = stream.set_nodelay(true);
                 let _ =
                     socket2::SockRef::from(&stream).set_send_buffer_size(server.socket_send_buffer);
-                let (commands_tx, commands_rx) = mpsc::channel(16);
+                let commands = Arc::new(Mailbox::default());
                 let stats = Arc::new(Mutex::new(WorkerStats::new(
                     peer,
                     Arc::clone(&downstream.groups.default_group().name),
                 )));
                 let sessions = downstream.control.registry();
                 let id = sessions.register(SessionEntry {
-                    commands: commands_tx,
+                    commands: Arc::clone(&commands),
                     stats: Arc::clone(&stats),
                 });
                 let downstream = Arc::clone(&downstream);
-                let session_tracker = tracker.clone();
                 let cancel = cancel.clone();
                 tracker.spawn(async move {
                     let connection = Connection {
                         id,
                         stream,
                         peer,
-                        commands: commands_rx,
+                        commands,
                         stats,
                     };
-                    serve_miner(connection, Arc::clone(&downstream), cancel, session_tracker).await;
+                    serve_miner(connection, Arc::clone(&downstream), cancel).await;
                     downstream.control.registry().remove(id);
                     drop(permit);
                 });

@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
-
-use super::command::SessionCommand;
+use super::mailbox::Mailbox;
 use super::stats::{WorkerSnapshot, WorkerStats};
 use crate::clock::unix_ms;
 
@@ -22,7 +20,7 @@ const MAX_REFUSED_LISTED: usize = 100;
 #[derive(Debug, Clone)]
 pub struct SessionEntry {
     /// Where commands go.
-    pub commands: mpsc::Sender<SessionCommand>,
+    pub commands: Arc<Mailbox>,
     /// What the API shows; written only by the session.
     pub stats: Arc<Mutex<WorkerStats>>,
 }
@@ -140,10 +138,10 @@ impl SessionRegistry {
     }
 
     /// The command channel of a session.
-    pub fn commands(&self, id: u64) -> Option<mpsc::Sender<SessionCommand>> {
+    pub fn commands(&self, id: u64) -> Option<Arc<Mailbox>> {
         lock(&self.sessions)
             .get(&id)
-            .map(|entry| entry.commands.clone())
+            .map(|entry| Arc::clone(&entry.commands))
     }
 
     /// Reads every live session's stats, one at a time, after copying the entries (the map's

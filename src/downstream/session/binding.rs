@@ -60,6 +60,8 @@ pub(super) struct WorkLink {
     pub pending_subscribe: Option<(Id, Instant)>,
     /// Subscribed and authorized: the miner has been sent work.
     pub started: bool,
+    /// Every slot is full: the dispatcher asks the router for another one.
+    pub wants_slot: bool,
 }
 
 impl WorkLink {

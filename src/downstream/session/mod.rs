@@ -10,45 +10,44 @@
 mod binding;
 mod counters;
 mod difficulty;
+mod io;
 mod jobs;
 mod membership;
 mod work;
-mod writer;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use self::binding::WorkLink;
 use self::counters::{GroupCounters, WorkerMetrics};
 use self::difficulty::MinerDifficulty;
+use self::io::{MinerIo, PartialLine, READ_CHUNK, WriteError};
 use self::jobs::JobLedger;
 use self::membership::{MAX_WORKERS_PER_CONNECTION, Membership};
 use super::command::SessionCommand;
 use super::context::Downstream;
 use super::gate::Gate;
+use super::mailbox::Mailbox;
 use super::reject::reject_response;
 use super::stats::WorkerStats;
 use crate::protocol::{
-    Authorize, Configure, ConfigureResult, Difficulty, FrameError, Id, LineCodec, Message, Method,
-    ParamError, ProtocolError, Reconnect, Request, Response, Subscribe, code, method,
+    Authorize, Configure, ConfigureResult, Difficulty, FrameError, Id, Message, Method, ParamError,
+    ProtocolError, Reconnect, Request, Response, Subscribe, code, method,
 };
 use crate::work::{InvalidShare, Reject};
 
 /// The mask hashgate asks pools for; what a miner is offered before any pool has answered.
 const DEFAULT_VERSION_MASK: u32 = 0x1fff_e000;
-/// Initial read buffer per miner (grows to `server.max_line_bytes` if a line needs it).
-const READ_BUFFER: usize = 1024;
+/// Reads served per wake-up before the other events get their turn.
+const READS_PER_WAKE: usize = 4;
+/// How long a departing miner's last lines may take to be written.
+const FINAL_WRITE_GRACE: Duration = Duration::from_secs(2);
 /// Unparseable lines tolerated before the connection is closed.
 const MAX_BAD_LINES: u32 = 50;
 
@@ -66,6 +65,15 @@ enum Ending {
     NoExtranonce,
     TooManyBadLines,
     Drained,
+}
+
+impl From<WriteError> for Ending {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::SlowReader => Ending::SlowReader,
+            WriteError::Io(error) => Ending::Io(error.to_string()),
+        }
+    }
 }
 
 impl Ending {
@@ -95,18 +103,17 @@ pub struct Connection {
     /// The miner's address.
     pub peer: SocketAddr,
     /// Commands for this session.
-    pub commands: mpsc::Receiver<SessionCommand>,
+    pub commands: Arc<Mailbox>,
     /// What the API shows; written only by this session.
     pub stats: Arc<Mutex<WorkerStats>>,
 }
 
-/// Serves one miner until it leaves, misbehaves, or `cancel` stops hashgate. Its writer task
-/// runs on `tracker`, so a shutdown waits for the last lines to be flushed.
+/// Serves one miner until it leaves, misbehaves, or `cancel` stops hashgate: one task per miner,
+/// reading, writing and handling its work, so an idle miner costs its state and nothing more.
 pub async fn serve_miner(
     connection: Connection,
     context: Arc<Downstream>,
     cancel: CancellationToken,
-    tracker: TaskTracker,
 ) {
     let Connection {
         id,
@@ -119,24 +126,16 @@ pub async fn serve_miner(
     async move {
         let metrics = context.metrics.clone();
         metrics.miners.connections.inc();
-        let (read, write) = stream.into_split();
-        let (out_tx, out_rx) = mpsc::channel(context.settings.server.write_queue);
-        let writer = tracker.spawn(writer::write_lines(write, out_rx));
-        let mut session = Session::new(id, peer, Arc::clone(&context), out_tx, stats);
-        let ending = session.run(read, commands, cancel).await;
+        let io = MinerIo::new(stream, context.settings.server.write_buffer_bytes);
+        let mut session = Session::new(id, peer, Arc::clone(&context), io, stats);
+        let ending = session.run(&commands, cancel).await;
+        commands.close();
         session.release_extranonce();
         if !session.member.workers.is_empty() {
             session.member.counters.workers.dec();
         }
-        drop(session); // closes the queue: the writer flushes what is left and ends
-        let mut writer = writer;
-        if tokio::time::timeout(Duration::from_secs(2), &mut writer)
-            .await
-            .is_err()
-        {
-            // The miner does not read: do not leave a task and a socket behind.
-            writer.abort();
-        }
+        // The last lines (a reconnect, a refusal) still go out, unless the miner does not read.
+        session.io.finish(FINAL_WRITE_GRACE).await;
         match &ending {
             Ending::Io(error) => info!(reason = ending.label(), %error, "miner disconnected"),
             Ending::Command(reason) => {
@@ -176,8 +175,10 @@ struct Session {
     id: u64,
     peer: SocketAddr,
     context: Arc<Downstream>,
-    /// The writer's queue; full means the miner does not read.
-    out: mpsc::Sender<Bytes>,
+    /// The socket, and what waits to be written to it.
+    io: MinerIo,
+    /// A line split across two reads.
+    partial: PartialLine,
     /// What the API shows about this miner.
     stats: Arc<Mutex<WorkerStats>>,
     user_agent: Option<String>,
@@ -196,7 +197,7 @@ impl Session {
         id: u64,
         peer: SocketAddr,
         context: Arc<Downstream>,
-        out: mpsc::Sender<Bytes>,
+        io: MinerIo,
         stats: Arc<Mutex<WorkerStats>>,
     ) -> Self {
         let now = Instant::now();
@@ -206,8 +207,9 @@ impl Session {
             id,
             peer,
             difficulty: MinerDifficulty::new(context.settings.difficulty, now),
+            partial: PartialLine::new(context.settings.server.max_line_bytes),
             context,
-            out,
+            io,
             stats,
             user_agent: None,
             version: VersionRolling::default(),
@@ -233,22 +235,33 @@ impl Session {
         );
     }
 
-    /// The dispatcher: one `select!` over cancel-safe futures, the work done in the arm bodies.
-    async fn run(
-        &mut self,
-        read: OwnedReadHalf,
-        mut commands: mpsc::Receiver<SessionCommand>,
-        cancel: CancellationToken,
-    ) -> Ending {
-        // A miner's lines are a few hundred bytes: start the read buffer small (it grows up to
-        // the line limit when needed), since it is paid once per connected miner.
-        let server = &self.context.settings.server;
-        let mut lines =
-            FramedRead::with_capacity(read, LineCodec::new(server.max_line_bytes), READ_BUFFER);
-        let idle_timeout = server.idle_timeout;
-        let idle = tokio::time::sleep(idle_timeout);
-        tokio::pin!(idle);
+    /// The dispatcher: one `select!` over cancel-safe futures, the work done in the arm bodies
+    /// (synchronous: nothing the miner sends is held across an await), and whatever they queued
+    /// for the miner written once the event is handled.
+    async fn run(&mut self, commands: &Mailbox, cancel: CancellationToken) -> Ending {
+        let idle_timeout = self.context.settings.server.idle_timeout;
+        // One timer for the idle limit and a subscribe waiting for a pool, whichever is first.
+        let timer = tokio::time::sleep(idle_timeout);
+        tokio::pin!(timer);
         loop {
+            if self.link.wants_slot {
+                self.link.wants_slot = false;
+                if let Err(ending) = self.add_slot().await {
+                    return ending;
+                }
+            }
+            let wake_at = self.next_deadline(idle_timeout);
+            if wake_at < timer.deadline().into_std() {
+                timer.as_mut().reset(wake_at.into());
+            }
+            let io = &self.io;
+            let backlog_writable = async {
+                if io.has_backlog() {
+                    io.writable().await
+                } else {
+                    std::future::pending().await
+                }
+            };
             let work_changed = async {
                 match self.link.rx.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -261,81 +274,167 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
-            let subscribe_deadline = async {
-                match &self.link.pending_subscribe {
-                    Some((_, deadline)) => {
-                        tokio::time::sleep_until((*deadline).into()).await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             let outcome = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Err(Ending::Shutdown),
-                Some(command) = commands.recv() => self.on_command(command),
+                command = commands.recv() => self.on_command(command),
                 alive = gate_changed => {
                     if alive { self.on_gate_changed() } else { self.member.gate = None; Ok(()) }
                 }
                 alive = work_changed => {
-                    if alive { self.on_work_changed().await } else { self.link.rx = None; Ok(()) }
+                    if alive { self.on_work_changed() } else { self.link.rx = None; Ok(()) }
                 }
-                line = lines.next() => match line {
-                    None => Err(Ending::Eof),
-                    Some(Err(FrameError::LineTooLong { limit })) => {
-                        self.context.metrics.miners.protocol_errors.with_label_values(&["line_too_long"]).inc();
-                        warn!(limit, "line too long");
-                        Err(Ending::LineTooLong)
-                    }
-                    Some(Err(error)) => Err(Ending::Io(error.to_string())),
-                    Some(Ok(line)) => {
-                        self.health.last_activity = Instant::now();
-                        self.on_line(&line).await
-                    }
+                writable = backlog_writable => match writable {
+                    Ok(()) => self.io.write_backlog().map_err(Ending::from),
+                    Err(error) => Err(Ending::Io(error.to_string())),
                 },
-                _ = subscribe_deadline => self.subscribe_timed_out(),
-                _ = &mut idle => {
-                    let deadline = self.health.last_activity + idle_timeout;
-                    if Instant::now() >= deadline {
-                        Err(Ending::Idle)
-                    } else {
-                        idle.as_mut().reset(deadline.into());
-                        Ok(())
-                    }
-                }
+                readable = io.readable() => match readable {
+                    Ok(()) => self.on_readable(),
+                    Err(error) => Err(Ending::Io(error.to_string())),
+                },
+                _ = &mut timer => self.on_timer(idle_timeout),
             };
-            if let Err(ending) = outcome {
+            if let Err(ending) = outcome.and_then(|()| self.io.flush().map_err(Ending::from)) {
                 return ending;
             }
         }
     }
 
-    /// Queues a line for the miner; a full queue means the miner is not reading.
-    fn send(&self, line: Bytes) -> Result<(), Ending> {
-        self.out.try_send(line).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => Ending::SlowReader,
-            mpsc::error::TrySendError::Closed(_) => Ending::Io("write failed".into()),
-        })
+    /// The idle limit or the waiting subscribe's deadline, whichever comes first.
+    fn next_deadline(&self, idle_timeout: Duration) -> Instant {
+        let idle = self.health.last_activity + idle_timeout;
+        match &self.link.pending_subscribe {
+            Some((_, deadline)) => idle.min(*deadline),
+            None => idle,
+        }
     }
 
-    fn notify(&self, method: Method) -> Result<(), Ending> {
+    fn on_timer(&mut self, idle_timeout: Duration) -> Result<(), Ending> {
+        let now = Instant::now();
+        if self
+            .link
+            .pending_subscribe
+            .as_ref()
+            .is_some_and(|(_, deadline)| now >= *deadline)
+        {
+            self.subscribe_timed_out()?;
+        }
+        if now >= self.health.last_activity + idle_timeout {
+            return Err(Ending::Idle);
+        }
+        Ok(())
+    }
+
+    /// Reads what the miner sent and serves each complete line, without waiting.
+    fn on_readable(&mut self) -> Result<(), Ending> {
+        let mut chunk = [0u8; READ_CHUNK];
+        for _ in 0..READS_PER_WAKE {
+            match self.io.try_read(&mut chunk) {
+                Ok(0) => {
+                    // A last line without its newline is served, like any line.
+                    if !self.partial.is_empty() {
+                        let line = self
+                            .partial
+                            .complete(&[])
+                            .map_err(|e| self.frame_error(e))?;
+                        self.on_raw_line(&line)?;
+                    }
+                    return Err(Ending::Eof);
+                }
+                Ok(read) => {
+                    self.on_bytes(&chunk[..read])?;
+                    if read < chunk.len() {
+                        return Ok(());
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(Ending::Io(error.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Splits bytes into lines: the end of a line begun in an earlier read first, then every
+    /// line whole in `bytes` (served in place), then the start of the next one is kept.
+    fn on_bytes(&mut self, mut bytes: &[u8]) -> Result<(), Ending> {
+        if !self.partial.is_empty() {
+            let Some(end) = memchr::memchr(b'\n', bytes) else {
+                return self.partial.keep(bytes).map_err(|e| self.frame_error(e));
+            };
+            let line = self
+                .partial
+                .complete(&bytes[..end])
+                .map_err(|e| self.frame_error(e))?;
+            bytes = &bytes[end + 1..];
+            self.on_raw_line(&line)?;
+        }
+        while let Some(end) = memchr::memchr(b'\n', bytes) {
+            if end > self.partial.max_line() {
+                let limit = self.partial.max_line();
+                return Err(self.frame_error(FrameError::LineTooLong { limit }));
+            }
+            self.on_raw_line(&bytes[..end])?;
+            bytes = &bytes[end + 1..];
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.partial.keep(bytes).map_err(|e| self.frame_error(e))
+    }
+
+    /// A line, `\r\n` and surrounding blanks trimmed; blank lines (a keepalive of some firmware)
+    /// are skipped.
+    fn on_raw_line(&mut self, line: &[u8]) -> Result<(), Ending> {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return Ok(());
+        }
+        self.health.last_activity = Instant::now();
+        self.on_line(line)
+    }
+
+    fn frame_error(&self, error: FrameError) -> Ending {
+        match error {
+            FrameError::LineTooLong { limit } => {
+                self.context
+                    .metrics
+                    .miners
+                    .protocol_errors
+                    .with_label_values(&["line_too_long"])
+                    .inc();
+                warn!(limit, "line too long");
+                Ending::LineTooLong
+            }
+            other => Ending::Io(other.to_string()),
+        }
+    }
+
+    /// Queues a line for the miner (written when the current event is handled); a miner whose
+    /// unwritten bytes pass `server.write_buffer_bytes` does not read.
+    fn send(&mut self, line: Bytes) -> Result<(), Ending> {
+        self.io.queue(line).map_err(Ending::from)
+    }
+
+    fn notify(&mut self, method: Method) -> Result<(), Ending> {
         self.send(Request::notification(method).to_line())
     }
 
-    fn reply(&self, id: Id, result: serde_json::Value) -> Result<(), Ending> {
+    fn reply(&mut self, id: Id, result: serde_json::Value) -> Result<(), Ending> {
         if id.is_null() {
             return Ok(());
         }
         self.send(Response::ok(id, result).to_line())
     }
 
-    fn reply_error(&self, id: Id, code: i64, message: &str) -> Result<(), Ending> {
+    fn reply_error(&mut self, id: Id, code: i64, message: &str) -> Result<(), Ending> {
         if id.is_null() {
             return Ok(());
         }
         self.send(Response::error(id, code, message).to_line())
     }
 
-    async fn on_line(&mut self, line: &[u8]) -> Result<(), Ending> {
+    fn on_line(&mut self, line: &[u8]) -> Result<(), Ending> {
         let request = match Message::parse(line) {
             Ok(Message::Request(request)) => request,
             Ok(Message::Response(_)) => return Ok(()), // a miner answering us: nothing to do
@@ -366,7 +465,7 @@ impl Session {
         match method {
             Method::Submit(submit) => self.on_submit(id, submit),
             Method::Configure(configure) => self.on_configure(id, configure),
-            Method::Subscribe(subscribe) => self.on_subscribe(id, subscribe).await,
+            Method::Subscribe(subscribe) => self.on_subscribe(id, subscribe),
             Method::Authorize(authorize) => self.on_authorize(id, authorize),
             Method::ExtranonceSubscribe => {
                 self.extranonce_subscribed = true;
@@ -443,7 +542,7 @@ impl Session {
         self.reply(id, result.to_value())
     }
 
-    async fn on_subscribe(&mut self, id: Id, subscribe: Subscribe) -> Result<(), Ending> {
+    fn on_subscribe(&mut self, id: Id, subscribe: Subscribe) -> Result<(), Ending> {
         if subscribe.user_agent.is_some() {
             self.user_agent = subscribe.user_agent;
             let agent = self.user_agent.clone();
@@ -453,7 +552,7 @@ impl Session {
         if self.link.binding.is_some() {
             return self.answer_subscribe(id);
         }
-        if self.try_bind().await? {
+        if self.try_bind()? {
             self.answer_subscribe(id)?;
             self.start_work()
         } else {

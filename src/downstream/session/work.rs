@@ -19,7 +19,7 @@ use crate::work::{ForwardShare, Reject, ShareContext, Verdict, check_share_for_j
 pub(super) const VERIFY_SAMPLE: u32 = 64;
 
 impl Session {
-    pub(super) fn answer_subscribe(&self, id: Id) -> Result<(), Ending> {
+    pub(super) fn answer_subscribe(&mut self, id: Id) -> Result<(), Ending> {
         let Some(binding) = &self.link.binding else {
             return Ok(());
         };
@@ -31,9 +31,10 @@ impl Session {
         self.reply(id, result.to_value())
     }
 
-    /// Takes an extranonce prefix on the first slot with room. Ok(false): no pool is ready yet
-    /// (the session now watches a slot and retries when it changes).
-    pub(super) async fn try_bind(&mut self) -> Result<bool, Ending> {
+    /// Takes an extranonce prefix on the first slot with room. Ok(false): no pool is ready yet,
+    /// or every slot is full and another one was asked for (`link.wants_slot`, served by the
+    /// dispatcher); the session watches a slot and retries when it changes.
+    pub(super) fn try_bind(&mut self) -> Result<bool, Ending> {
         let slots = self.context.router.slots();
         let mut any_ready = false;
         for rx in &slots {
@@ -52,13 +53,19 @@ impl Session {
         }
         if !any_ready {
             self.link.rx = slots.first().cloned();
-            return Ok(false);
+        } else {
+            // Every prefix of every slot is taken: open another connection to the pools.
+            self.link.wants_slot = true;
         }
-        // Every prefix of every slot is taken: open another connection to the pools.
+        Ok(false)
+    }
+
+    /// Opens another connection to the pools (every prefix was taken) and watches it.
+    pub(super) async fn add_slot(&mut self) -> Result<(), Ending> {
         match self.context.router.add_slot().await {
             Some(rx) => {
                 self.link.rx = Some(rx);
-                Ok(false)
+                Ok(())
             }
             None => {
                 self.context.metrics.miners.extranonce_exhausted.inc();
@@ -166,7 +173,7 @@ impl Session {
         Ok(())
     }
 
-    pub(super) async fn on_work_changed(&mut self) -> Result<(), Ending> {
+    pub(super) fn on_work_changed(&mut self) -> Result<(), Ending> {
         let Some(latest) = self
             .link
             .rx
@@ -177,7 +184,7 @@ impl Session {
         };
         let Some(binding) = &mut self.link.binding else {
             if let Some((id, _)) = self.link.pending_subscribe.clone()
-                && self.try_bind().await?
+                && self.try_bind()?
             {
                 self.link.pending_subscribe = None;
                 self.answer_subscribe(id)?;

@@ -1,0 +1,133 @@
+//! One session's commands from outside (the API's disconnect and reconnect), in a mailbox that
+//! costs a few dozen bytes while empty: it exists for every connected miner and is almost never
+//! used, where a channel would reserve a block of slots per miner up front.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
+use super::command::SessionCommand;
+
+/// Commands waiting for a session at most; a session that does not take them is busy or gone.
+pub const MAILBOX_CAPACITY: usize = 16;
+
+/// Why a command was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MailboxError {
+    /// [`MAILBOX_CAPACITY`] commands are already waiting.
+    #[error("the session has {MAILBOX_CAPACITY} commands waiting")]
+    Full,
+    /// The session has ended.
+    #[error("the session has ended")]
+    Closed,
+}
+
+/// A session's command mailbox: many senders, the session the one receiver.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<SessionCommand>>,
+    arrived: Notify,
+    closed: AtomicBool,
+}
+
+impl Mailbox {
+    /// Queues a command without waiting.
+    pub fn try_send(&self, command: SessionCommand) -> Result<(), MailboxError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(MailboxError::Closed);
+        }
+        {
+            let mut queue = self.lock();
+            if queue.len() >= MAILBOX_CAPACITY {
+                return Err(MailboxError::Full);
+            }
+            queue.push_back(command);
+        }
+        // Stores a permit when the session is not waiting, so no command is missed.
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    /// The next command. Cancel-safe: a command is taken out only when it is returned.
+    pub async fn recv(&self) -> SessionCommand {
+        loop {
+            if let Some(command) = self.lock().pop_front() {
+                return command;
+            }
+            self.arrived.notified().await;
+        }
+    }
+
+    /// The session ended: later commands are refused, waiting ones dropped.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<SessionCommand>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn close(reason: &str) -> SessionCommand {
+        SessionCommand::Close {
+            reason: reason.into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_sent_before_the_session_waits_is_received() {
+        let mailbox = Arc::new(Mailbox::default());
+        mailbox.try_send(close("first")).unwrap();
+        let received = tokio::time::timeout(Duration::from_secs(1), mailbox.recv()).await;
+        assert!(matches!(received, Ok(SessionCommand::Close { reason }) if reason == "first"));
+        let waiting = {
+            let mailbox = Arc::clone(&mailbox);
+            tokio::spawn(async move { mailbox.recv().await })
+        };
+        tokio::task::yield_now().await;
+        mailbox.try_send(close("second")).unwrap();
+        let received = waiting.await.unwrap();
+        assert!(matches!(received, SessionCommand::Close { reason } if reason == "second"));
+    }
+
+    #[test]
+    fn a_full_or_closed_mailbox_refuses() {
+        let mailbox = Mailbox::default();
+        for i in 0..MAILBOX_CAPACITY {
+            mailbox.try_send(close(&i.to_string())).unwrap();
+        }
+        assert_eq!(
+            mailbox.try_send(close("one too many")),
+            Err(MailboxError::Full)
+        );
+        mailbox.close();
+        assert_eq!(mailbox.try_send(close("late")), Err(MailboxError::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_wait_loses_no_command() {
+        let mailbox = Mailbox::default();
+        // A wait dropped before anything arrived (as a select! drops it) ...
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), mailbox.recv())
+                .await
+                .is_err()
+        );
+        mailbox.try_send(close("kept")).unwrap();
+        // ... leaves the command for the next wait.
+        let received = tokio::time::timeout(Duration::from_secs(1), mailbox.recv()).await;
+        assert!(matches!(received, Ok(SessionCommand::Close { reason }) if reason == "kept"));
+    }
+}
