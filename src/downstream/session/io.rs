@@ -111,14 +111,20 @@ impl MinerIo {
         !self.backlog.is_empty()
     }
 
+    /// Ready when the socket has bytes (or its end) to read, or, while bytes wait, may take
+    /// more of them.
+    pub async fn ready(&self) -> io::Result<()> {
+        let interest = if self.has_backlog() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.stream.ready(interest).await.map(drop)
+    }
+
     /// Ready when the socket may take more of the backlog.
     pub async fn writable(&self) -> io::Result<()> {
         self.stream.writable().await
-    }
-
-    /// Ready when the socket has bytes (or its end) to read.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.stream.readable().await
     }
 
     /// Writes as much of the backlog as the kernel takes now.

@@ -72,9 +72,14 @@ impl JobLedger {
         &mut self.duplicates
     }
 
-    /// Forgets accepted shares of jobs no longer live.
+    /// Forgets the jobs no longer live and their accepted shares (a share on them is stale
+    /// either way), so a miner holds what it can still submit for, not its history.
     pub fn retire_before(&mut self, oldest_live_seq: u64) {
         self.duplicates.retire_jobs_before(oldest_live_seq);
+        self.sent.retain(|sent| sent.seq >= oldest_live_seq);
+        if self.sent.capacity() > 4 * self.sent.len().max(2) {
+            self.sent.shrink_to_fit();
+        }
     }
 
     /// A new extranonce: every job and share so far is void for this miner.
@@ -102,6 +107,11 @@ mod tests {
         let second = ledger.alias(&id).unwrap();
         assert_ne!(first, second);
         assert_eq!(first.as_str(), "a.1");
+        let newest = 3 * DEFAULT_JOB_HISTORY as u64 - 1;
+        ledger.retire_before(newest);
+        assert_eq!(ledger.sent.len(), 1, "only the live job is kept");
+        assert_eq!(ledger.newest_seq(), Some(newest));
+        assert!(ledger.sent.capacity() <= 8, "{}", ledger.sent.capacity());
         ledger.reset();
         assert!(ledger.last().is_none() && ledger.newest_seq().is_none());
     }

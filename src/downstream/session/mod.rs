@@ -124,7 +124,8 @@ pub async fn serve_miner(
     } = connection;
     let span = info_span!("miner", id, %peer, worker = field::Empty, group = field::Empty);
     async move {
-        let metrics = context.metrics.clone();
+        // Through the shared context: a copy of the metric handles would widen every task.
+        let metrics = &context.metrics;
         metrics.miners.connections.inc();
         let io = MinerIo::new(stream, context.settings.server.write_buffer_bytes);
         let mut session = Session::new(id, peer, Arc::clone(&context), io, stats);
@@ -135,7 +136,8 @@ pub async fn serve_miner(
             session.member.counters.workers.dec();
         }
         // The last lines (a reconnect, a refusal) still go out, unless the miner does not read.
-        session.io.finish(FINAL_WRITE_GRACE).await;
+        // Boxed: it runs once, and would otherwise widen the task for the miner's whole life.
+        Box::pin(session.io.finish(FINAL_WRITE_GRACE)).await;
         match &ending {
             Ending::Io(error) => info!(reason = ending.label(), %error, "miner disconnected"),
             Ending::Command(reason) => {
@@ -246,7 +248,8 @@ impl Session {
         loop {
             if self.link.wants_slot {
                 self.link.wants_slot = false;
-                if let Err(ending) = self.add_slot().await {
+                // Boxed: rare, and its future would otherwise widen every miner's task.
+                if let Err(ending) = Box::pin(self.add_slot()).await {
                     return ending;
                 }
             }
@@ -254,14 +257,9 @@ impl Session {
             if wake_at < timer.deadline().into_std() {
                 timer.as_mut().reset(wake_at.into());
             }
+            // One readiness wait for both directions (writable only while bytes wait).
             let io = &self.io;
-            let backlog_writable = async {
-                if io.has_backlog() {
-                    io.writable().await
-                } else {
-                    std::future::pending().await
-                }
-            };
+            let socket_ready = io.ready();
             let work_changed = async {
                 match self.link.rx.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -284,12 +282,9 @@ impl Session {
                 alive = work_changed => {
                     if alive { self.on_work_changed() } else { self.link.rx = None; Ok(()) }
                 }
-                writable = backlog_writable => match writable {
-                    Ok(()) => self.io.write_backlog().map_err(Ending::from),
-                    Err(error) => Err(Ending::Io(error.to_string())),
-                },
-                readable = io.readable() => match readable {
-                    Ok(()) => self.on_readable(),
+                ready = socket_ready => match ready {
+                    // Both are attempted: an attempt the socket is not ready for costs no call.
+                    Ok(()) => self.io.write_backlog().map_err(Ending::from).and_then(|()| self.on_readable()),
                     Err(error) => Err(Ending::Io(error.to_string())),
                 },
                 _ = &mut timer => self.on_timer(idle_timeout),
