@@ -254,7 +254,8 @@ impl Session {
                 }
             }
             let wake_at = self.next_deadline(idle_timeout);
-            if wake_at < timer.deadline().into_std() {
+            // Reset when something is due earlier, or once it fired (a fired Sleep stays ready).
+            if timer.is_elapsed() || wake_at < timer.deadline().into_std() {
                 timer.as_mut().reset(wake_at.into());
             }
             // One readiness wait for both directions (writable only while bytes wait).
