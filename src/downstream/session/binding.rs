@@ -1,7 +1,6 @@
 //! The miner's place in the extranonce space of the work it is on, and the slot it watches.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::protocol::{Extranonce1, Id};
 use crate::router::{WorkReceiver, WorkState};
@@ -57,7 +56,7 @@ pub(super) struct WorkLink {
     pub rx: Option<WorkReceiver>,
     pub binding: Option<Binding>,
     /// A subscribe answered once a pool is up, or with an error at this deadline.
-    pub pending_subscribe: Option<(Id, Instant)>,
+    pub pending_subscribe: Option<(Id, tokio::time::Instant)>,
     /// Subscribed and authorized: the miner has been sent work.
     pub started: bool,
     /// Every slot is full: the dispatcher asks the router for another one.

@@ -167,7 +167,8 @@ struct VersionRolling {
 /// The miner's line discipline: activity for the idle timer, unparseable lines, submits (one in
 /// [`work::VERIFY_SAMPLE`] is timed).
 struct LineHealth {
-    last_activity: Instant,
+    /// On the runtime's clock (tokio's), like the timer it arms: paused-time tests see it move.
+    last_activity: tokio::time::Instant,
     bad_lines: u32,
     submits: u32,
 }
@@ -220,7 +221,7 @@ impl Session {
             link: WorkLink::default(),
             member: Membership::new(default_group, counters),
             health: LineHealth {
-                last_activity: now,
+                last_activity: tokio::time::Instant::now(),
                 bad_lines: 0,
                 submits: 0,
             },
@@ -255,8 +256,8 @@ impl Session {
             }
             let wake_at = self.next_deadline(idle_timeout);
             // Reset when something is due earlier, or once it fired (a fired Sleep stays ready).
-            if timer.is_elapsed() || wake_at < timer.deadline().into_std() {
-                timer.as_mut().reset(wake_at.into());
+            if timer.is_elapsed() || wake_at < timer.deadline() {
+                timer.as_mut().reset(wake_at);
             }
             // One readiness wait for both directions (writable only while bytes wait).
             let io = &self.io;
@@ -297,7 +298,7 @@ impl Session {
     }
 
     /// The idle limit or the waiting subscribe's deadline, whichever comes first.
-    fn next_deadline(&self, idle_timeout: Duration) -> Instant {
+    fn next_deadline(&self, idle_timeout: Duration) -> tokio::time::Instant {
         let idle = self.health.last_activity + idle_timeout;
         match &self.link.pending_subscribe {
             Some((_, deadline)) => idle.min(*deadline),
@@ -306,7 +307,7 @@ impl Session {
     }
 
     fn on_timer(&mut self, idle_timeout: Duration) -> Result<(), Ending> {
-        let now = Instant::now();
+        let now = tokio::time::Instant::now();
         if self
             .link
             .pending_subscribe
@@ -386,7 +387,7 @@ impl Session {
         if line.is_empty() {
             return Ok(());
         }
-        self.health.last_activity = Instant::now();
+        self.health.last_activity = tokio::time::Instant::now();
         self.on_line(line)
     }
 
@@ -554,7 +555,8 @@ impl Session {
         } else {
             // No pool yet: answer as soon as one is up (the miner's other requests are served
             // meanwhile), or with an error at `server.subscribe_wait`.
-            let deadline = Instant::now() + self.context.settings.server.subscribe_wait;
+            let deadline =
+                tokio::time::Instant::now() + self.context.settings.server.subscribe_wait;
             self.link.pending_subscribe = Some((id, deadline));
             Ok(())
         }

@@ -163,12 +163,22 @@ impl GroupController {
     /// (and audit appends) are blocking file I/O: on this thread they never hold up a runtime
     /// worker that serves miners, and a slow disk delays only group control. The returned
     /// handle resolves once the controller has stopped; an error is a runtime that could not be
-    /// built (no thread or timer could be had).
+    /// built (no thread or timer could be had). A plain thread, not `spawn_blocking`: a
+    /// blocking task that never ends would stop a paused test clock from advancing.
     pub fn spawn(self, tracker: &TaskTracker) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        Ok(tracker.spawn_blocking(move || runtime.block_on(self.run())))
+        let (stopped, on_stop) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("hashgate-groups".into())
+            .spawn(move || {
+                runtime.block_on(self.run());
+                let _ = stopped.send(());
+            })?;
+        Ok(tracker.spawn(async move {
+            let _ = on_stop.await;
+        }))
     }
 
     /// Runs until cancelled.
