@@ -9,7 +9,8 @@ use hashgate::downstream::reject_response;
 use hashgate::protocol::{
     BadShareHex, Configure, ConfigureResult, Difficulty, Extranonce1, FrameError, Id, JobId,
     LineCodec, Message, Method, Notify, ParamError, ProtocolError, Reconnect, Request, Response,
-    SetExtranonce, Subscribe, SubscribeResult, code, notify_line,
+    SetExtranonce, Share, Submit, Subscribe, SubscribeResult, accepted_line, code, notify_line,
+    write_submit_line,
 };
 use hashgate::work::{InvalidShare, Reject, ShareVector};
 use tokio::io::AsyncWriteExt;
@@ -546,5 +547,62 @@ fn the_notify_line_is_the_generic_request_line_byte_for_byte() {
             }) => assert_eq!(parsed, notify),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// The forwarded share's line, written field by field into a reused buffer, is the generic
+/// request line byte for byte: on the mainnet block's real share (with its rolled version
+/// bits), without version bits, and with a worker name and job id that need escaping.
+#[test]
+fn the_submit_line_is_the_generic_request_line_byte_for_byte() {
+    let real = mainnet_vector().share().unwrap();
+    let plain = Share {
+        version_bits: None,
+        ..real.clone()
+    };
+    let quoted = Share {
+        job_id: JobId::new(r#"j"1\x"#).unwrap(),
+        ..real.clone()
+    };
+    let mut buffer = Vec::new();
+    for (id, worker, share) in [
+        (100u64, "farm.proxy", &real),
+        (u64::MAX, "farm.proxy", &plain),
+        (7, "a\"b\\c\u{1}", &quoted),
+    ] {
+        buffer.clear();
+        write_submit_line(&mut buffer, id, worker, share);
+        let generic = Request {
+            id: Id::from(id),
+            method: Method::Submit(Submit {
+                worker: worker.to_owned(),
+                share: share.clone(),
+            }),
+        }
+        .to_line();
+        assert_eq!(buffer, generic, "{}", String::from_utf8_lossy(&buffer));
+    }
+    buffer.clear();
+    write_submit_line(&mut buffer, 100, "farm.proxy", &real);
+    let text = std::str::from_utf8(&buffer).unwrap();
+    // The vector's submit fields, in Stratum's hex conventions.
+    assert!(text.ends_with("]}\n"), "{text}");
+    assert!(text.contains(&format!("\"{:08x}\"", real.nonce)), "{text}");
+}
+
+/// The answer to an accepted share is `Response::ok(id, true)` byte for byte, for every kind
+/// of id a miner may use.
+#[test]
+fn the_accepted_line_is_the_generic_response_byte_for_byte() {
+    for id in [
+        Id::from(4u64),
+        Id::from(u64::MAX),
+        Id::Null,
+        Id::from("sub\"mit-1"),
+        Id::Number(serde_json::Number::from(-3)),
+        Id::Number(serde_json::Number::from_f64(2.5).unwrap()),
+    ] {
+        let generic = Response::ok(id.clone(), true.into()).to_line();
+        assert_eq!(accepted_line(&id), generic, "{id:?}");
     }
 }

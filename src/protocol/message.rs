@@ -565,6 +565,36 @@ pub fn notify_line(notify: &Notify) -> Bytes {
 }
 
 /// `,"<hex>"`.
+/// Appends the `mining.submit` line a pool is sent for a forwarded share to `line`: the same
+/// bytes as the generic request line, written straight into the caller's buffer (no JSON value,
+/// no string per field), since it runs once per forwarded share.
+pub fn write_submit_line(line: &mut Vec<u8>, id: u64, worker: &str, share: &Share) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = write!(line, r#"{{"id":{id},"method":"mining.submit","params":["#);
+    let _ = serde_json::to_writer(&mut *line, worker);
+    line.push(b',');
+    let _ = serde_json::to_writer(&mut *line, share.job_id.as_str());
+    push_hex_field(line, share.extranonce2.as_bytes());
+    push_hex_field(line, &share.ntime.to_be_bytes());
+    push_hex_field(line, &share.nonce.to_be_bytes());
+    if let Some(bits) = share.version_bits {
+        push_hex_field(line, &bits.to_be_bytes());
+    }
+    line.extend_from_slice(b"]}\n");
+}
+
+/// The answer to an accepted share, `{"id":<id>,"result":true,"error":null}`: the same bytes as
+/// `Response::ok(id, true).to_line()`, without building a JSON value, once per share.
+pub fn accepted_line(id: &Id) -> Bytes {
+    let mut line = Vec::with_capacity(48);
+    line.extend_from_slice(br#"{"id":"#);
+    // Ids serialize (numbers, strings, null); into a Vec this cannot fail.
+    let _ = serde_json::to_writer(&mut line, id);
+    line.extend_from_slice(b",\"result\":true,\"error\":null}\n");
+    Bytes::from(line)
+}
+
 fn push_hex_field(line: &mut Vec<u8>, bytes: &[u8]) {
     line.push(b',');
     push_hex_string(line, bytes);

@@ -14,8 +14,34 @@ use super::error::UpstreamError;
 use super::events::{ConnKey, PoolStream, UpstreamEvent};
 use crate::config::{Endpoint, FailoverConfig, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::protocol::{Extranonce1, Id, Message, Method, Request, Response, Submit};
+use crate::protocol::{Extranonce1, Id, Message, Method, Request, Response, write_submit_line};
 use crate::work::ForwardShare;
+
+/// Most shares written to the pool in one batch.
+const SUBMIT_BATCH: usize = 256;
+
+/// This connection's share series, resolved once: a label lookup per share was measurable.
+pub(super) struct ShareMetrics {
+    accepted: prometheus::IntCounter,
+    rejected: prometheus::IntCounter,
+    lost: prometheus::IntCounter,
+    blocks: prometheus::IntCounter,
+    round_trip: prometheus::Histogram,
+}
+
+impl ShareMetrics {
+    /// The series of upstream `name`.
+    pub fn new(metrics: &Metrics, name: &str) -> Self {
+        let upstream = &metrics.upstream;
+        Self {
+            accepted: upstream.shares.with_label_values(&[name, "accepted"]),
+            rejected: upstream.shares.with_label_values(&[name, "rejected"]),
+            lost: upstream.shares.with_label_values(&[name, "lost"]),
+            blocks: upstream.blocks_found.with_label_values(&[name]),
+            round_trip: upstream.submit_seconds.with_label_values(&[name]),
+        }
+    }
+}
 
 /// A share sent upstream, waiting for the pool's answer.
 pub(super) struct Pending {
@@ -37,6 +63,9 @@ pub(super) struct Connection<'a> {
     pub last_job: Instant,
     /// The extranonce1 the pool gave this connection now (shares made under another are void).
     pub extranonce1: Extranonce1,
+    pub shares: ShareMetrics,
+    /// One submit line at a time is built here (kept: no allocation per share).
+    pub line: Vec<u8>,
 }
 
 impl Connection<'_> {
@@ -72,7 +101,7 @@ impl Connection<'_> {
                     // router let the connection go (unusable) or is gone (then reporting the
                     // error fails and the task ends).
                     let Some(share) = share else { return Err(UpstreamError::Unusable) };
-                    self.submit(framed, share).await?;
+                    self.submit_batch(framed, share, submits).await?;
                 }
                 _ = tick.tick() => {
                     self.expire_pending();
@@ -93,9 +122,10 @@ impl Connection<'_> {
     ) {
         submits.close();
         while let Ok(share) = submits.try_recv() {
-            if self.submit(framed, share).await.is_err() {
-                return;
-            }
+            self.queue_submit(framed, share);
+        }
+        if self.flush(framed).await.is_err() {
+            return;
         }
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         while !self.pending.is_empty() {
@@ -110,30 +140,44 @@ impl Connection<'_> {
         }
     }
 
-    async fn submit(
+    /// Sends `first` and every share queued behind it in one write. The sessions woken in the
+    /// same turn of the runtime queue theirs first (one yield: at most a turn's delay), so a
+    /// busy farm's shares go to the pool together instead of a write, and a wake-up of the
+    /// pool, each.
+    async fn submit_batch(
         &mut self,
         framed: &mut PoolStream,
-        share: ForwardShare,
+        first: ForwardShare,
+        submits: &mut mpsc::Receiver<ForwardShare>,
     ) -> Result<(), UpstreamError> {
+        tokio::task::yield_now().await;
+        self.queue_submit(framed, first);
+        for _ in 1..SUBMIT_BATCH {
+            let Ok(share) = submits.try_recv() else {
+                break;
+            };
+            self.queue_submit(framed, share);
+        }
+        self.flush(framed).await
+    }
+
+    /// Puts a share's submit in the write buffer and tracks it (before the write: if the write
+    /// fails, the share is counted lost with the rest).
+    fn queue_submit(&mut self, framed: &mut PoolStream, share: ForwardShare) {
         if share.pool_extranonce1 != self.extranonce1 {
             // Verified on work from before the pool's set_extranonce, and still queued when it
             // came: its coinbase is not the pool's any more. Counted, not sent to be rejected.
             self.count_lost_share(&share, "the pool changed the extranonce before it was sent");
-            return Ok(());
+            return;
         }
         let id = self.next_id;
         self.next_id += 1;
-        let request = Request {
-            id: Id::from(id),
-            method: Method::Submit(Submit {
-                worker: self.config.user.clone(),
-                share: share.to_share(),
-            }),
-        };
+        self.line.clear();
+        write_submit_line(&mut self.line, id, &self.config.user, &share.to_share());
+        framed.write_buffer_mut().extend_from_slice(&self.line);
         if share.is_block {
             info!(worker = %share.worker, job = %share.job_id, "submitting a block candidate");
         }
-        // Tracked before the write: if the write fails, the share is counted lost with the rest.
         self.pending.insert(
             id,
             Pending {
@@ -141,7 +185,14 @@ impl Connection<'_> {
                 sent: Instant::now(),
             },
         );
-        self.write(framed, request.to_line()).await
+    }
+
+    /// Writes what is buffered; a pool that stops reading for `submit_timeout` is a dead pool.
+    async fn flush(&self, framed: &mut PoolStream) -> Result<(), UpstreamError> {
+        match tokio::time::timeout(self.failover.submit_timeout, framed.flush()).await {
+            Ok(result) => result.map_err(UpstreamError::Io),
+            Err(_) => Err(UpstreamError::WriteTimeout(self.failover.submit_timeout)),
+        }
     }
 
     /// Writes a line; a pool that stops reading for `submit_timeout` is a dead pool.
@@ -173,33 +224,18 @@ impl Connection<'_> {
         let Some(pending) = number.as_u64().and_then(|id| self.pending.remove(&id)) else {
             return;
         };
-        let name = self.config.name.as_str();
-        self.metrics
-            .upstream
-            .submit_seconds
-            .with_label_values(&[name])
+        self.shares
+            .round_trip
             .observe(pending.sent.elapsed().as_secs_f64());
         if response.is_ok() {
-            self.metrics
-                .upstream
-                .shares
-                .with_label_values(&[name, "accepted"])
-                .inc();
+            self.shares.accepted.inc();
             if pending.share.is_block {
-                self.metrics
-                    .upstream
-                    .blocks_found
-                    .with_label_values(&[name])
-                    .inc();
+                self.shares.blocks.inc();
                 info!(worker = %pending.share.worker, "block accepted by the pool");
             }
             debug!(worker = %pending.share.worker, job = %pending.share.job_id, "pool accepted share");
         } else {
-            self.metrics
-                .upstream
-                .shares
-                .with_label_values(&[name, "rejected"])
-                .inc();
+            self.shares.rejected.inc();
             let (code, message) = response
                 .error
                 .map(|e| (e.code, e.message))
@@ -318,11 +354,7 @@ impl Connection<'_> {
     }
 
     pub fn count_lost_share(&self, share: &ForwardShare, reason: &str) {
-        self.metrics
-            .upstream
-            .shares
-            .with_label_values(&[&self.config.name, "lost"])
-            .inc();
+        self.shares.lost.inc();
         warn!(worker = %share.worker, job = %share.job_id, reason, "forwarded share lost");
     }
 }

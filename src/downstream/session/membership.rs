@@ -22,8 +22,9 @@ pub(super) struct Membership {
     pub paused: bool,
     /// The ramp ticket taken when it joined the group.
     pub ticket: u64,
-    /// Authorized worker names, the first one names the miner.
-    pub workers: Vec<String>,
+    /// Authorized worker names, the first one names the miner (shared with each forwarded
+    /// share: no copy of the name per share).
+    pub workers: Vec<Arc<str>>,
     /// Per-worker series, resolved at authorize when `api.per_worker_metrics` is on.
     pub worker_metrics: Option<WorkerMetrics>,
 }
@@ -43,12 +44,17 @@ impl Membership {
 
     /// The name the miner is known by (its first worker).
     pub fn name(&self) -> Option<&str> {
-        self.workers.first().map(String::as_str)
+        self.workers.first().map(|w| &**w)
     }
 
     /// Whether `worker` was authorized on this connection.
     pub fn authorized(&self, worker: &str) -> bool {
-        self.workers.iter().any(|w| w == worker)
+        self.worker(worker).is_some()
+    }
+
+    /// The authorized name `worker`, if it is one.
+    pub fn worker(&self, worker: &str) -> Option<&Arc<str>> {
+        self.workers.iter().find(|w| ***w == *worker)
     }
 
     /// The gate now, marking it seen.

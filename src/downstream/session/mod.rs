@@ -606,7 +606,7 @@ impl Session {
                 }
                 info!(user_agent = ?self.user_agent, "miner authorized");
             }
-            self.member.workers.push(worker);
+            self.member.workers.push(Arc::from(worker));
         }
         match gate_now.flatten() {
             Some(gate) => self.apply_gate(gate, Some(id))?,

@@ -10,7 +10,7 @@ use super::binding::Binding;
 use super::{Ending, Session};
 use crate::downstream::reject::reject_response;
 use crate::protocol::{
-    Id, Method, Reconnect, Response, SetExtranonce, Submit, SubscribeResult, notify_line,
+    Id, Method, Reconnect, SetExtranonce, Submit, SubscribeResult, accepted_line, notify_line,
 };
 use crate::router::WorkState;
 use crate::work::{ForwardShare, Reject, ShareContext, Verdict, check_share_for_job};
@@ -255,10 +255,10 @@ impl Session {
             counters.not_subscribed.inc();
             return self.send(reject_response(id, &Reject::NotSubscribed).to_line());
         };
-        if !self.member.authorized(submit.worker.trim()) {
+        let Some(worker) = self.member.worker(submit.worker.trim()).cloned() else {
             counters.unauthorized.inc();
             return self.send(reject_response(id, &Reject::Unauthorized).to_line());
-        }
+        };
         let work = Arc::clone(&binding.work);
         let extranonce1 = binding.extranonce1;
         let Some((job, difficulty, threshold)) =
@@ -304,12 +304,12 @@ impl Session {
                 }
                 self.difficulty.record(Instant::now(), difficulty);
                 if accepted.meets_upstream {
-                    self.forward(&work, job, &submit, accepted.is_block);
+                    self.forward(&work, job, &submit, worker, accepted.is_block);
                 }
                 if accepted.is_block {
                     info!(hash = %accepted.block_hash(), "share meets the network target");
                 }
-                self.send(Response::ok(id, true.into()).to_line())?;
+                self.send(accepted_line(&id))?;
                 if self.maybe_retarget() {
                     self.resend_if_difficulty_changed()?;
                 }
@@ -330,7 +330,14 @@ impl Session {
     /// Sends an accepted share to the connection its work came from, in the pool's terms (its
     /// job id, the full upstream extranonce2). The miner already has its answer; a share that
     /// cannot be handed over is counted lost, never dropped silently.
-    fn forward(&self, work: &WorkState, job: &crate::work::Job, submit: &Submit, is_block: bool) {
+    fn forward(
+        &self,
+        work: &WorkState,
+        job: &crate::work::Job,
+        submit: &Submit,
+        worker: Arc<str>,
+        is_block: bool,
+    ) {
         let Some(binding) = &self.link.binding else {
             return;
         };
@@ -358,7 +365,7 @@ impl Session {
             ntime: submit.share.ntime,
             nonce: submit.share.nonce,
             version_bits: submit.share.version_bits,
-            worker: Arc::from(submit.worker.as_str()),
+            worker,
             is_block,
         };
         if let Err(error) = work.submit.try_send(share) {
