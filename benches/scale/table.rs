@@ -1,0 +1,307 @@
+//! The scenarios' figures: collected per run, stated as ranges over the runs, ratios taken run
+//! by run against the floor or peer measured in the same run, and written into BENCHMARKS.md
+//! between its markers.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use hashgate::load::{FloorReport, LoadReport};
+
+const BEGIN: &str = "<!-- scale-table:begin (written by `cargo bench --bench scale`) -->";
+const END: &str = "<!-- scale-table:end -->";
+
+/// A scenario of the issue's goals table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scenario {
+    /// The raw write loop over `sockets` loopback sockets.
+    Floor { sockets: usize },
+    /// Idle miners straight against the pool.
+    DirectIdle { miners: usize },
+    /// Idle miners through hashgate: fan-out and memory.
+    Idle { miners: usize },
+    /// Miners submitting through hashgate.
+    Shares { miners: usize, rate: f64 },
+    /// The side-by-side scenario, one row per target.
+    Peer {
+        who: &'static str,
+        miners: usize,
+        rate: f64,
+    },
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scenario::Floor { sockets } => write!(f, "floor, {sockets} sockets"),
+            Scenario::DirectIdle { miners } => write!(f, "pool direct, {miners} idle miners"),
+            Scenario::Idle { miners } => write!(f, "hashgate, {miners} idle miners"),
+            Scenario::Shares { miners, rate } => {
+                write!(f, "hashgate, {miners} miners at {rate} shares/s")
+            }
+            Scenario::Peer { who, miners, rate } => {
+                write!(f, "{who}, {miners} miners at {rate} shares/s")
+            }
+        }
+    }
+}
+
+/// One run's figures.
+#[derive(Debug, Clone)]
+pub struct RunFigures {
+    pub fan_out_p99_ms: f64,
+    pub swarm: Option<LoadReport>,
+}
+
+impl From<LoadReport> for RunFigures {
+    fn from(report: LoadReport) -> Self {
+        RunFigures {
+            fan_out_p99_ms: report.fan_out.p99_ms,
+            swarm: Some(report),
+        }
+    }
+}
+
+impl From<FloorReport> for RunFigures {
+    fn from(report: FloorReport) -> Self {
+        RunFigures {
+            fan_out_p99_ms: report.fan_out.p99_ms,
+            swarm: None,
+        }
+    }
+}
+
+/// A scenario and its runs, in run order.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: Scenario,
+    pub runs: Vec<RunFigures>,
+}
+
+impl Row {
+    /// Each run's value of `figure` (runs without a swarm report are skipped).
+    pub fn swarm_values(&self, figure: impl Fn(&LoadReport) -> f64) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| r.swarm.as_ref().map(&figure))
+            .collect()
+    }
+
+    /// Each run's fan-out p99.
+    pub fn fan_out(&self) -> Vec<f64> {
+        self.runs.iter().map(|r| r.fan_out_p99_ms).collect()
+    }
+}
+
+/// Adds one run's figures to its scenario's row.
+pub fn add(rows: &mut Vec<Row>, scenario: Scenario, figures: RunFigures) {
+    match rows.iter_mut().find(|r| r.scenario == scenario) {
+        Some(row) => row.runs.push(figures),
+        None => rows.push(Row {
+            scenario,
+            runs: vec![figures],
+        }),
+    }
+}
+
+/// The median of `values` (0 when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// "a-b" over the runs (or "a" for one run, or one value).
+fn range(values: &[f64], decimals: usize) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if (high - low).abs() < 0.5 * 10f64.powi(-(decimals as i32)) {
+        format!("{low:.decimals$}")
+    } else {
+        format!("{low:.decimals$}-{high:.decimals$}")
+    }
+}
+
+/// Run-by-run ratios `a[i] / b[i]`.
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect()
+}
+
+fn row<'a>(rows: &'a [Row], scenario: &Scenario) -> Option<&'a Row> {
+    rows.iter().find(|r| &r.scenario == scenario)
+}
+
+/// The floor for `miners` sockets, run by run: the floor measured at that size, else the largest
+/// one measured scaled linearly (one process cannot hold both ends of more), and whether it was.
+fn floor_for(rows: &[Row], miners: usize) -> Option<(Vec<f64>, Option<usize>)> {
+    let mut floors: Vec<(usize, &Row)> = rows
+        .iter()
+        .filter_map(|r| match r.scenario {
+            Scenario::Floor { sockets } => Some((sockets, r)),
+            _ => None,
+        })
+        .collect();
+    floors.sort_by_key(|(sockets, _)| *sockets);
+    // Within 2% counts as the same size (10,000 miners against the 9,900-socket floor).
+    if let Some((_, r)) = floors
+        .iter()
+        .find(|(s, _)| s.abs_diff(miners) * 50 <= miners)
+    {
+        return Some((r.fan_out(), None));
+    }
+    let (sockets, r) = floors.last()?;
+    let scale = miners as f64 / *sockets as f64;
+    Some((
+        r.fan_out().iter().map(|v| v * scale).collect(),
+        Some(*sockets),
+    ))
+}
+
+/// The scenarios as markdown tables.
+pub fn markdown(rows: &[Row], runs: usize) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Ranges over {runs} run(s) of `cargo bench --bench scale`; hashgate pinned to core 0, the \
+         tool to core 1; ratios taken run by run against the figure measured in the same run.\n\n"
+    ));
+    out.push_str(
+        "**Job fan-out, idle miners** (pool send to the kernel's receive stamp at each miner)\n\n",
+    );
+    out.push_str("| miners | held | floor p99 (ms) | pool direct p99 (ms) | hashgate p99 (ms) | hashgate / floor | RSS per miner (KiB) |\n|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let Scenario::Idle { miners } = r.scenario else {
+            continue;
+        };
+        let held = r.swarm_values(|s| s.ready as f64);
+        let p99 = r.fan_out();
+        let (floor, scaled) = floor_for(rows, miners).unwrap_or_default();
+        let floor_text = match scaled {
+            Some(from) => format!("{} (from {from} sockets, scaled)", range(&floor, 1)),
+            None => range(&floor, 1),
+        };
+        let direct = row(rows, &Scenario::DirectIdle { miners })
+            .map(|d| range(&d.fan_out(), 1))
+            .unwrap_or_else(|| "- (one process holds at most 9,900)".into());
+        out.push_str(&format!(
+            "| {miners} | {} | {floor_text} | {direct} | {} | {}x | {} |\n",
+            range(&held, 0),
+            range(&p99, 1),
+            range(&ratios(&p99, &floor), 2),
+            range(&r.swarm_values(rss_per_miner), 2),
+        ));
+    }
+    out.push_str("\n**Shares** (every share forwarded: the miners' difficulty is the pool's)\n\n");
+    out.push_str("| miners | shares/s asked | accepted/s | round trip p50 / p99 / p99.9 (ms) | proxy CPU per forwarded share (us) | proxy cores | lost | tool cores |\n|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let Scenario::Shares { miners, rate } = r.scenario else {
+            continue;
+        };
+        out.push_str(&format!(
+            "| {miners} | {rate} | {} | {} / {} / {} | {} | {} | {} | {} |\n",
+            range(&r.swarm_values(|s| s.shares_per_second), 0),
+            range(&r.swarm_values(|s| s.round_trip.p50_ms), 2),
+            range(&r.swarm_values(|s| s.round_trip.p99_ms), 2),
+            range(&r.swarm_values(|s| s.round_trip.p999_ms), 2),
+            range(&r.swarm_values(cpu_per_share), 1),
+            range(&r.swarm_values(proxy_cores), 2),
+            range(&r.swarm_values(|s| s.lost_shares as f64), 0),
+            range(&r.swarm_values(|s| s.tool_cores.unwrap_or(0.0)), 2),
+        ));
+    }
+    out.push_str("\n**Side by side** (the same swarm and pool)\n\n");
+    out.push_str("| target | miners, shares/s | held | RSS per miner (KiB) | fan-out p99 (ms) | round trip p99 (ms) | CPU per share (us) | lost |\n|---|---|---|---|---|---|---|---|\n");
+    let mut hashgate = None;
+    let mut peer = None;
+    for r in rows {
+        let Scenario::Peer { who, miners, rate } = r.scenario else {
+            continue;
+        };
+        match who {
+            "hashgate" => hashgate = Some(r),
+            "aiostratum-proxy" => peer = Some(r),
+            _ => {}
+        }
+        let proxied = who != "pool direct";
+        out.push_str(&format!(
+            "| {who} | {miners}, {rate} | {} | {} | {} | {} | {} | {} |\n",
+            range(&r.swarm_values(|s| s.ready as f64), 0),
+            if proxied {
+                range(&r.swarm_values(rss_per_miner), 2)
+            } else {
+                "-".into()
+            },
+            range(&r.fan_out(), 1),
+            range(&r.swarm_values(|s| s.round_trip.p99_ms), 2),
+            if proxied {
+                range(&r.swarm_values(cpu_per_share), 1)
+            } else {
+                "-".into()
+            },
+            range(&r.swarm_values(|s| s.lost_shares as f64), 0),
+        ));
+    }
+    if let (Some(h), Some(p)) = (hashgate, peer) {
+        out.push_str(&format!(
+            "\nhashgate / aiostratum-proxy, run by run: memory per miner {}x, fan-out p99 {}x, round trip p99 {}x.\n",
+            range(
+                &ratios(&h.swarm_values(rss_per_miner), &p.swarm_values(rss_per_miner)),
+                2
+            ),
+            range(&ratios(&h.fan_out(), &p.fan_out()), 2),
+            range(
+                &ratios(
+                    &h.swarm_values(|s| s.round_trip.p99_ms),
+                    &p.swarm_values(|s| s.round_trip.p99_ms)
+                ),
+                2
+            ),
+        ));
+    } else {
+        out.push_str("\n(aiostratum-proxy could not be set up in this session: no peer rows.)\n");
+    }
+    out
+}
+
+/// The proxy's RSS growth over the ramp per miner held (0 straight to the pool).
+pub fn rss_per_miner(report: &LoadReport) -> f64 {
+    report.proxy.as_ref().map_or(0.0, |p| p.rss_per_miner_kib)
+}
+
+fn cpu_per_share(report: &LoadReport) -> f64 {
+    report
+        .proxy
+        .as_ref()
+        .map_or(0.0, |p| p.cpu_per_forwarded_share_us)
+}
+
+fn proxy_cores(report: &LoadReport) -> f64 {
+    report.proxy.as_ref().map_or(0.0, |p| p.cores)
+}
+
+/// Replaces what lies between the markers in `file` with `table` (the markers are appended,
+/// under a heading, when the file has none yet).
+pub fn write_into(file: &Path, table: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let block = format!("{BEGIN}\n{table}{END}");
+    let updated = match (text.find(BEGIN), text.find(END)) {
+        (Some(begin), Some(end)) if end > begin => {
+            format!("{}{block}{}", &text[..begin], &text[end + END.len()..])
+        }
+        _ => format!(
+            "{text}\n## Farm scale: the standard scenarios\n\n![fan-out p99 and memory per miner against miners](docs/scale.png)\n\n{block}\n"
+        ),
+    };
+    std::fs::write(file, updated).with_context(|| format!("cannot write {}", file.display()))
+}
