@@ -8,6 +8,9 @@
 //! core 1. Reports go to target/scale/; the table replaces the part of BENCHMARKS.md between
 //! its markers, and the plot of fan-out p99 and memory against miners is docs/scale.png.
 //!
+//! `cargo bench --bench scale -- --from-reports` rebuilds the table and the plot from the reports
+//! of the last session in target/scale/ without running anything.
+//!
 //! Under `cargo test` (no `--bench` argument) a small version of every scenario runs into a
 //! temporary directory and the run checks that each produced its figures and its plot: the
 //! tool, the scenarios and the plot are exercised in CI; BENCHMARKS.md is left alone.
@@ -94,7 +97,8 @@ fn main() -> Result<()> {
         (Sizes::quick(), dir)
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let rows = run_all(&sizes, &dir)?;
+    let reuse = std::env::args().any(|a| a == "--from-reports");
+    let rows = run_all(&sizes, &dir, reuse)?;
     let markdown = table::markdown(&rows, sizes.runs);
     std::fs::write(dir.join("table.md"), &markdown)?;
     print!("{markdown}");
@@ -119,29 +123,40 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn run_all(sizes: &Sizes, dir: &Path) -> Result<Vec<Row>> {
+/// Every scenario, `sizes.runs` times; `reuse`: read each run's report from `dir` instead.
+fn run_all(sizes: &Sizes, dir: &Path, reuse: bool) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let peer_venv = sizes
-        .with_peer
-        .then(|| procs::aiostratum_venv(dir))
-        .flatten();
+    let peer_venv = if reuse {
+        dir.join("aiostratum-proxy-1000-200-0.json")
+            .exists()
+            .then(|| dir.join("aio-venv"))
+    } else {
+        sizes
+            .with_peer
+            .then(|| procs::aiostratum_venv(dir))
+            .flatten()
+    };
     for run in 0..sizes.runs {
         eprintln!("scale: run {} of {}", run + 1, sizes.runs);
         for &sockets in &sizes.floor {
             let name = format!("floor-{sockets}-{run}");
-            let report = floor(dir, &name, sockets, sizes.floor_rounds)?;
+            let report = if reuse {
+                read_report(&dir.join(format!("{name}.json")))?
+            } else {
+                floor(dir, &name, sockets, sizes.floor_rounds)?
+            };
             table::add(&mut rows, Scenario::Floor { sockets }, report.into());
         }
         for &miners in &sizes.direct {
-            let report = swarm(dir, sizes, Target::Direct, miners, 0.0, run)?;
+            let report = swarm(dir, sizes, Target::Direct, miners, 0.0, run, reuse)?;
             table::add(&mut rows, Scenario::DirectIdle { miners }, report.into());
         }
         for &miners in &sizes.idle {
-            let report = swarm(dir, sizes, Target::Hashgate, miners, 0.0, run)?;
+            let report = swarm(dir, sizes, Target::Hashgate, miners, 0.0, run, reuse)?;
             table::add(&mut rows, Scenario::Idle { miners }, report.into());
         }
         for &(miners, rate) in &sizes.shares {
-            let report = swarm(dir, sizes, Target::Hashgate, miners, rate, run)?;
+            let report = swarm(dir, sizes, Target::Hashgate, miners, rate, run, reuse)?;
             table::add(&mut rows, Scenario::Shares { miners, rate }, report.into());
         }
         let (miners, rate) = sizes.peer;
@@ -151,7 +166,7 @@ fn run_all(sizes: &Sizes, dir: &Path) -> Result<Vec<Row>> {
         }
         for target in targets {
             let who = target.label();
-            let report = swarm(dir, sizes, target, miners, rate, run)?;
+            let report = swarm(dir, sizes, target, miners, rate, run, reuse)?;
             table::add(
                 &mut rows,
                 Scenario::Peer { who, miners, rate },
@@ -186,10 +201,14 @@ fn swarm(
     miners: usize,
     rate: f64,
     run: usize,
+    reuse: bool,
 ) -> Result<hashgate::load::LoadReport> {
-    let pool_port = free_port()?;
     let who = target.label().replace(' ', "-");
     let name = format!("{who}-{miners}-{rate}-{run}");
+    if reuse {
+        return read_report(&dir.join(format!("{name}.json")));
+    }
+    let pool_port = free_port()?;
     let run_dir = dir.join(&name);
     std::fs::create_dir_all(&run_dir)?;
     let proxy = match &target {
@@ -214,6 +233,12 @@ fn swarm(
         proxy: proxy.as_ref(),
     }
     .run()
+}
+
+fn read_report<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("no report {} (run the bench first)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a report", path.display()))
 }
 
 /// The quick version under `cargo test`: every scenario measured what it is for.

@@ -6,10 +6,13 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 
-use super::table::{Row, Scenario, median, rss_per_miner};
+use super::table::{Row, Scenario, floor_for, median, rss_per_miner};
 
 /// Where the text's font comes from (Debian's fonts-dejavu-core).
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// The goal for an idle miner's memory.
+const GOAL_KIB: f64 = 3.0;
 
 /// (miners, median) of each row `pick` selects.
 type Series = Vec<(f64, f64)>;
@@ -37,8 +40,12 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         Scenario::Idle { miners } => Some((miners, median(&r.fan_out()))),
         _ => None,
     });
+    // The write floor at each size hashgate was measured at (the floor: N lines
+    // written by one thread, at the per-socket time of the nearest floor run).
     let floor_p99 = series(rows, |r| match r.scenario {
-        Scenario::Floor { sockets } => Some((sockets, median(&r.fan_out()))),
+        Scenario::Idle { miners } => {
+            floor_for(rows, miners).map(|floor| (miners, median(&floor.write_ms)))
+        }
         _ => None,
     });
     let direct_p99 = series(rows, |r| match r.scenario {
@@ -69,6 +76,7 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         .map_err(|e| anyhow!("plot: {e}"))?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("miners")
         .y_desc("ms")
         .draw()
@@ -76,7 +84,11 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
     for (name, points, color) in [
         ("hashgate", &hashgate_p99, RED),
         ("pool direct", &direct_p99, BLUE),
-        ("floor (raw writes)", &floor_p99, BLACK),
+        (
+            "write floor (one thread, a line per socket)",
+            &floor_p99,
+            BLACK,
+        ),
     ] {
         chart
             .draw_series(LineSeries::new(
@@ -103,16 +115,34 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_miners * 1.05, 0.0..max_kib * 1.3)
+        .build_cartesian_2d(0.0..max_miners * 1.05, 0.0..max_kib.max(GOAL_KIB) * 1.3)
         .map_err(|e| anyhow!("plot: {e}"))?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("miners")
         .y_desc("KiB per miner")
         .draw()
         .map_err(|e| anyhow!("plot: {e}"))?;
     chart
         .draw_series(LineSeries::new(memory.iter().copied(), RED.stroke_width(2)))
+        .map_err(|e| anyhow!("plot: {e}"))?
+        .label("hashgate")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], RED.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, GOAL_KIB), (max_miners * 1.05, GOAL_KIB)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| anyhow!("plot: {e}"))?
+        .label("goal: 3 KiB")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(1)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
         .map_err(|e| anyhow!("plot: {e}"))?;
     chart
         .draw_series(memory.iter().map(|p| Circle::new(*p, 4, RED.filled())))

@@ -51,6 +51,8 @@ impl fmt::Display for Scenario {
 pub struct RunFigures {
     pub fan_out_p99_ms: f64,
     pub swarm: Option<LoadReport>,
+    /// The floor's write time per socket (median round): the floor is N times it.
+    pub write_us_per_socket: Option<f64>,
 }
 
 impl From<LoadReport> for RunFigures {
@@ -58,6 +60,7 @@ impl From<LoadReport> for RunFigures {
         RunFigures {
             fan_out_p99_ms: report.fan_out.p99_ms,
             swarm: Some(report),
+            write_us_per_socket: None,
         }
     }
 }
@@ -67,6 +70,7 @@ impl From<FloorReport> for RunFigures {
         RunFigures {
             fan_out_p99_ms: report.fan_out.p99_ms,
             swarm: None,
+            write_us_per_socket: Some(report.write_us_per_socket),
         }
     }
 }
@@ -138,34 +142,36 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-fn row<'a>(rows: &'a [Row], scenario: &Scenario) -> Option<&'a Row> {
-    rows.iter().find(|r| &r.scenario == scenario)
+/// The floor for `miners` sockets, run by run, from the floor measured at the nearest size:
+/// its receive-stamp p99 (only where it was measured at that size, within 2%) and the write
+/// floor, `miners` times its write time per socket (the definition: one thread writing
+/// a line to each socket; a fan-out cannot end before its last line was written). Also the
+/// sockets it was measured at.
+pub struct Floor {
+    pub p99_ms: Option<Vec<f64>>,
+    pub write_ms: Vec<f64>,
+    pub sockets: usize,
 }
 
-/// The floor for `miners` sockets, run by run: the floor measured at that size, else the largest
-/// one measured scaled linearly (one process cannot hold both ends of more), and whether it was.
-fn floor_for(rows: &[Row], miners: usize) -> Option<(Vec<f64>, Option<usize>)> {
-    let mut floors: Vec<(usize, &Row)> = rows
+pub fn floor_for(rows: &[Row], miners: usize) -> Option<Floor> {
+    let (sockets, r) = rows
         .iter()
         .filter_map(|r| match r.scenario {
             Scenario::Floor { sockets } => Some((sockets, r)),
             _ => None,
         })
-        .collect();
-    floors.sort_by_key(|(sockets, _)| *sockets);
-    // Within 2% counts as the same size (10,000 miners against the 9,900-socket floor).
-    if let Some((_, r)) = floors
-        .iter()
-        .find(|(s, _)| s.abs_diff(miners) * 50 <= miners)
-    {
-        return Some((r.fan_out(), None));
-    }
-    let (sockets, r) = floors.last()?;
-    let scale = miners as f64 / *sockets as f64;
-    Some((
-        r.fan_out().iter().map(|v| v * scale).collect(),
-        Some(*sockets),
-    ))
+        .min_by_key(|(sockets, _)| sockets.abs_diff(miners))?;
+    let same_size = sockets.abs_diff(miners) * 50 <= miners;
+    Some(Floor {
+        p99_ms: same_size.then(|| r.fan_out()),
+        write_ms: r
+            .runs
+            .iter()
+            .filter_map(|run| run.write_us_per_socket)
+            .map(|us| us * miners as f64 / 1000.0)
+            .collect(),
+        sockets,
+    })
 }
 
 /// The scenarios as markdown tables.
@@ -178,26 +184,42 @@ pub fn markdown(rows: &[Row], runs: usize) -> String {
     out.push_str(
         "**Job fan-out, idle miners** (pool send to the kernel's receive stamp at each miner)\n\n",
     );
-    out.push_str("| miners | held | floor p99 (ms) | pool direct p99 (ms) | hashgate p99 (ms) | hashgate / floor | RSS per miner (KiB) |\n|---|---|---|---|---|---|---|\n");
+    out.push_str("| miners | held | write floor (ms) | floor p99, receive stamps (ms) | pool direct p99 (ms) | hashgate p99 (ms) | hashgate / write floor | RSS per miner (KiB) |\n|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let Scenario::Idle { miners } = r.scenario else {
             continue;
         };
         let held = r.swarm_values(|s| s.ready as f64);
         let p99 = r.fan_out();
-        let (floor, scaled) = floor_for(rows, miners).unwrap_or_default();
-        let floor_text = match scaled {
-            Some(from) => format!("{} (from {from} sockets, scaled)", range(&floor, 1)),
-            None => range(&floor, 1),
+        let (write_text, p99_text, write) = match floor_for(rows, miners) {
+            Some(floor) => (
+                if floor.sockets == miners {
+                    range(&floor.write_ms, 1)
+                } else {
+                    format!(
+                        "{} (per-socket time at {})",
+                        range(&floor.write_ms, 1),
+                        floor.sockets
+                    )
+                },
+                floor
+                    .p99_ms
+                    .map_or_else(|| "-".into(), |p99| range(&p99, 1)),
+                floor.write_ms,
+            ),
+            None => ("-".into(), "-".into(), Vec::new()),
         };
-        let direct = row(rows, &Scenario::DirectIdle { miners })
+        // Straight to the pool one process holds both ends: 9,900 stands for 10,000.
+        let direct = rows
+            .iter()
+            .find(|r| matches!(r.scenario, Scenario::DirectIdle { miners: m } if m.abs_diff(miners) * 50 <= miners))
             .map(|d| range(&d.fan_out(), 1))
             .unwrap_or_else(|| "- (one process holds at most 9,900)".into());
         out.push_str(&format!(
-            "| {miners} | {} | {floor_text} | {direct} | {} | {}x | {} |\n",
+            "| {miners} | {} | {write_text} | {p99_text} | {direct} | {} | {}x | {} |\n",
             range(&held, 0),
             range(&p99, 1),
-            range(&ratios(&p99, &floor), 2),
+            range(&ratios(&p99, &write), 2),
             range(&r.swarm_values(rss_per_miner), 2),
         ));
     }
