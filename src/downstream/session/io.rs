@@ -8,6 +8,7 @@
 //! no buffer at all: its memory is what it knows, not what it might send or be sent.
 
 use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -112,14 +113,15 @@ impl MinerIo {
     }
 
     /// Ready when the socket has bytes (or its end) to read, or, while bytes wait, may take
-    /// more of them.
-    pub async fn ready(&self) -> io::Result<()> {
-        let interest = if self.has_backlog() {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        self.stream.ready(interest).await.map(drop)
+    /// more of them. A poll function rather than `TcpStream::ready`'s future: the session's
+    /// task is its only caller, and the future (168 bytes) would sit in every miner's task.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.has_backlog()
+            && let Poll::Ready(result) = self.stream.poll_write_ready(cx)
+        {
+            return Poll::Ready(result);
+        }
+        self.stream.poll_read_ready(cx)
     }
 
     /// Ready when the socket may take more of the backlog.

@@ -261,7 +261,7 @@ impl Session {
             }
             // One readiness wait for both directions (writable only while bytes wait).
             let io = &self.io;
-            let socket_ready = io.ready();
+            let socket_ready = std::future::poll_fn(|cx| io.poll_ready(cx));
             let work_changed = async {
                 match self.link.rx.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
