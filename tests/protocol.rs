@@ -10,7 +10,7 @@ use hashgate::protocol::{
     BadShareHex, Configure, ConfigureResult, Difficulty, Extranonce1, FrameError, Id, JobId,
     LineCodec, Message, Method, Notify, ParamError, ProtocolError, Reconnect, Request, Response,
     SetExtranonce, Share, Submit, Subscribe, SubscribeResult, accepted_line, code, notify_line,
-    write_submit_line,
+    notify_line_renamed, write_submit_line,
 };
 use hashgate::work::{InvalidShare, Reject, ShareVector};
 use tokio::io::AsyncWriteExt;
@@ -605,4 +605,39 @@ fn the_accepted_line_is_the_generic_response_byte_for_byte() {
         let generic = Response::ok(id.clone(), true.into()).to_line();
         assert_eq!(accepted_line(&id), generic, "{id:?}");
     }
+}
+
+/// A job re-sent under a miner's own id (the miner holds it at another difficulty) is spliced
+/// from the shared line: byte for byte the line written from scratch, for both clean flags, on
+/// the mainnet job and with ids that need escaping; a line of another shape is refused.
+#[test]
+fn a_renamed_notify_line_is_the_line_written_from_scratch() {
+    let mainnet = mainnet_vector().notify().unwrap();
+    let quoted = Notify {
+        job_id: JobId::new(r#"a"b\c"#).unwrap(),
+        ..mainnet.clone()
+    };
+    for original in [mainnet, quoted] {
+        for pool_clean in [true, false] {
+            let sent = Notify {
+                clean_jobs: pool_clean,
+                ..original.clone()
+            };
+            let shared = notify_line(&sent);
+            for (new_id, clean) in [("7f.1", false), ("7f.2", true), ("q\"1", pool_clean)] {
+                let new_id = JobId::new(new_id).unwrap();
+                let expected = notify_line(&Notify {
+                    job_id: new_id.clone(),
+                    clean_jobs: clean,
+                    ..sent.clone()
+                });
+                let spliced = notify_line_renamed(&shared, &sent.job_id, &new_id, clean);
+                assert_eq!(spliced.as_ref(), Some(&expected));
+            }
+        }
+    }
+    let other = JobId::new("not-the-id").unwrap();
+    let line = notify_line(&mainnet_vector().notify().unwrap());
+    assert_eq!(notify_line_renamed(&line, &other, &other, true), None);
+    assert_eq!(notify_line_renamed(b"{}\n", &other, &other, true), None);
 }

@@ -21,4 +21,7 @@ pub enum SessionCommand {
         /// Logged and counted.
         reason: String,
     },
+    /// hashgate is stopping: write what is queued and close (counted as `shutdown`). Sent by
+    /// the listener to every live session once it stops accepting.
+    Shutdown,
 }

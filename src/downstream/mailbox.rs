@@ -33,6 +33,9 @@ pub struct Mailbox {
     /// `Notify` registration (88 bytes of every miner's future).
     arrived: AtomicWaker,
     closed: AtomicBool,
+    /// hashgate is stopping: every later receive is [`SessionCommand::Shutdown`] (a flag, not
+    /// a queued command: a full mailbox must not keep a session alive).
+    stopping: AtomicBool,
 }
 
 impl Mailbox {
@@ -59,16 +62,30 @@ impl Mailbox {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// The next command if one waits, else the task is woken when one arrives.
+    /// The next command if one waits, else the task is woken when one arrives. Shutdown
+    /// comes first.
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<SessionCommand> {
-        if let Some(command) = self.lock().pop_front() {
+        if let Some(command) = self.take() {
             return Poll::Ready(command);
         }
         self.arrived.register(cx.waker());
-        match self.lock().pop_front() {
+        match self.take() {
             Some(command) => Poll::Ready(command),
             None => Poll::Pending,
         }
+    }
+
+    fn take(&self) -> Option<SessionCommand> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Some(SessionCommand::Shutdown);
+        }
+        self.lock().pop_front()
+    }
+
+    /// hashgate is stopping: the session's next receive is [`SessionCommand::Shutdown`].
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.arrived.wake();
     }
 
     /// The session ended: later commands are refused, waiting ones dropped.
@@ -125,6 +142,25 @@ mod tests {
         );
         mailbox.close();
         assert_eq!(mailbox.try_send(close("late")), Err(MailboxError::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_reaches_a_waiting_session_even_past_a_full_mailbox() {
+        let mailbox = Arc::new(Mailbox::default());
+        let waiting = {
+            let mailbox = Arc::clone(&mailbox);
+            tokio::spawn(async move { mailbox.recv().await })
+        };
+        tokio::task::yield_now().await;
+        mailbox.shut_down();
+        let received = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+        assert!(matches!(received, Ok(Ok(SessionCommand::Shutdown))));
+        let full = Mailbox::default();
+        for i in 0..MAILBOX_CAPACITY {
+            full.try_send(close(&i.to_string())).unwrap();
+        }
+        full.shut_down();
+        assert!(matches!(full.recv().await, SessionCommand::Shutdown));
     }
 
     #[tokio::test(start_paused = true)]

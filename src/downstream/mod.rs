@@ -43,7 +43,8 @@ pub use session::{Connection, serve_miner};
 pub use stats::{WorkerSnapshot, WorkerStats};
 
 /// Accepts miners until `cancel`, at most `server.max_miners` at once; each session runs on
-/// `tracker` and stops with `cancel` too.
+/// `tracker`. Once it stops accepting, every live session is told to stop through its
+/// mailbox (a session waits on one thing less than a cancellation future of its own).
 pub async fn listen(
     listener: TcpListener,
     downstream: Arc<Downstream>,
@@ -82,7 +83,6 @@ pub async fn listen(
                     stats: Arc::clone(&stats),
                 });
                 let downstream = Arc::clone(&downstream);
-                let cancel = cancel.clone();
                 tracker.spawn(async move {
                     let connection = Connection {
                         id,
@@ -91,7 +91,7 @@ pub async fn listen(
                         commands,
                         stats,
                     };
-                    serve_miner(connection, Arc::clone(&downstream), cancel).await;
+                    serve_miner(connection, Arc::clone(&downstream)).await;
                     downstream.control.registry().remove(id);
                     drop(permit);
                 });
@@ -103,4 +103,6 @@ pub async fn listen(
             }
         }
     }
+    // Every session was registered before its task was spawned: none is missed.
+    downstream.control.registry().shut_down_all();
 }

@@ -156,6 +156,13 @@ impl SessionRegistry {
         }
     }
 
+    /// Tells every live session that hashgate is stopping.
+    pub fn shut_down_all(&self) {
+        for entry in lock(&self.sessions).values() {
+            entry.commands.shut_down();
+        }
+    }
+
     /// Snapshots of every live session, by id.
     pub fn workers(&self) -> Vec<WorkerSnapshot> {
         let mut workers = Vec::new();

@@ -9,7 +9,7 @@ use super::difficulty::Difficulty;
 use super::error::ParamError;
 use super::extranonce::{Extranonce1, MAX_EXTRANONCE_LEN};
 use super::id::Id;
-use super::notify::Notify;
+use super::notify::{JobId, Notify};
 use super::share::Share;
 
 /// Method names as they appear on the wire.
@@ -565,6 +565,29 @@ pub fn notify_line(notify: &Notify) -> Bytes {
 }
 
 /// `,"<hex>"`.
+/// A job's `mining.notify` line under another job id and clean flag, spliced from the line
+/// already written for it (`notify_line`'s output, job id `id`): the same bytes as
+/// `notify_line` of the renamed job, without hex-encoding the coinbase and branch again for
+/// each miner that needs its own id. None when `line` is not such a line.
+pub fn notify_line_renamed(line: &[u8], id: &JobId, new_id: &JobId, clean: bool) -> Option<Bytes> {
+    const HEAD: &[u8] = br#"{"id":null,"method":"mining.notify","params":["#;
+    const CLEAN: &[u8] = b",true]}\n";
+    const NOT_CLEAN: &[u8] = b",false]}\n";
+    let quoted_id = serde_json::to_vec(id.as_str()).ok()?;
+    let rest = line
+        .strip_prefix(HEAD)?
+        .strip_prefix(quoted_id.as_slice())?;
+    let middle = rest
+        .strip_suffix(CLEAN)
+        .or_else(|| rest.strip_suffix(NOT_CLEAN))?;
+    let mut renamed = Vec::with_capacity(line.len() + new_id.as_str().len());
+    renamed.extend_from_slice(HEAD);
+    serde_json::to_writer(&mut renamed, new_id.as_str()).ok()?;
+    renamed.extend_from_slice(middle);
+    renamed.extend_from_slice(if clean { CLEAN } else { NOT_CLEAN });
+    Some(Bytes::from(renamed))
+}
+
 /// Appends the `mining.submit` line a pool is sent for a forwarded share to `line`: the same
 /// bytes as the generic request line, written straight into the caller's buffer (no JSON value,
 /// no string per field), since it runs once per forwarded share.

@@ -42,7 +42,7 @@ pub use id::Id;
 pub use message::{
     Authorize, Configure, ConfigureResult, Message, Method, Reconnect, Request, Response,
     SetExtranonce, StratumError, Submit, Subscribe, SubscribeResult, accepted_line, code, method,
-    notify_line, write_submit_line,
+    notify_line, notify_line_renamed, write_submit_line,
 };
 pub use notify::{JobId, JobIdError, MAX_JOB_ID_LEN, Notify, NotifyError, PrevHash};
 pub use share::{BadShareHex, Share};

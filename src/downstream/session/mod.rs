@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use self::binding::WorkLink;
@@ -108,13 +107,10 @@ pub struct Connection {
     pub stats: Arc<Mutex<WorkerStats>>,
 }
 
-/// Serves one miner until it leaves, misbehaves, or `cancel` stops hashgate: one task per miner,
-/// reading, writing and handling its work, so an idle miner costs its state and nothing more.
-pub async fn serve_miner(
-    connection: Connection,
-    context: Arc<Downstream>,
-    cancel: CancellationToken,
-) {
+/// Serves one miner until it leaves, misbehaves, or hashgate stops (a `Shutdown` in its
+/// mailbox): one task per miner, reading, writing and handling its work, so an idle miner
+/// costs its state and nothing more.
+pub async fn serve_miner(connection: Connection, context: Arc<Downstream>) {
     let Connection {
         id,
         stream,
@@ -129,7 +125,7 @@ pub async fn serve_miner(
         metrics.miners.connections.inc();
         let io = MinerIo::new(stream, context.settings.server.write_buffer_bytes);
         let mut session = Session::new(id, peer, Arc::clone(&context), io, stats);
-        let ending = session.run(&commands, cancel).await;
+        let ending = session.run(&commands).await;
         commands.close();
         session.release_extranonce();
         if !session.member.workers.is_empty() {
@@ -241,7 +237,7 @@ impl Session {
     /// The dispatcher: one `select!` over cancel-safe futures, the work done in the arm bodies
     /// (synchronous: nothing the miner sends is held across an await), and whatever they queued
     /// for the miner written once the event is handled.
-    async fn run(&mut self, commands: &Mailbox, cancel: CancellationToken) -> Ending {
+    async fn run(&mut self, commands: &Mailbox) -> Ending {
         let idle_timeout = self.context.settings.server.idle_timeout;
         // One timer for the idle limit and a subscribe waiting for a pool, whichever is first.
         let timer = tokio::time::sleep(idle_timeout);
@@ -276,7 +272,6 @@ impl Session {
             };
             let outcome = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => Err(Ending::Shutdown),
                 command = commands.recv() => self.on_command(command),
                 alive = gate_changed => {
                     if alive { self.on_gate_changed() } else { self.member.gate = None; Ok(()) }
@@ -762,6 +757,7 @@ impl Session {
                 Err(Ending::Reconnect)
             }
             SessionCommand::Close { reason } => Err(Ending::Command(reason)),
+            SessionCommand::Shutdown => Err(Ending::Shutdown),
         }
     }
 }

@@ -11,6 +11,7 @@ use super::{Ending, Session};
 use crate::downstream::reject::reject_response;
 use crate::protocol::{
     Id, Method, Reconnect, SetExtranonce, Submit, SubscribeResult, accepted_line, notify_line,
+    notify_line_renamed,
 };
 use crate::router::WorkState;
 use crate::work::{ForwardShare, Reject, ShareContext, Verdict, check_share_for_job};
@@ -136,10 +137,14 @@ impl Session {
                 .jobs
                 .alias(job.id())
                 .ok_or_else(|| Ending::Io("job id too long to alias".into()))?;
-            let mut notify = job.notify().clone();
-            notify.job_id = id.clone();
-            notify.clean_jobs = clean;
-            (id, notify_line(&notify))
+            let line =
+                notify_line_renamed(&published.line, job.id(), &id, clean).unwrap_or_else(|| {
+                    let mut notify = job.notify().clone();
+                    notify.job_id = id.clone();
+                    notify.clean_jobs = clean;
+                    notify_line(&notify)
+                });
+            (id, line)
         };
         self.jobs.record(id, published.seq, difficulty);
         self.send(line)?;
