@@ -43,11 +43,12 @@ enum Command {
     /// The load tool: a swarm of real miners against an endpoint, or the fan-out floor.
     #[command(subcommand)]
     Load(LoadCommand),
-    /// Show upstreams, groups and the busiest workers of a running hashgate (read from its API).
+    /// Show upstreams, groups and the busiest workers of a running hashgate (read from its API);
+    /// with several `--api`s, the instances of a farm side by side, added up.
     Status {
-        /// The API's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9100")]
-        api: String,
+        /// The API's base URL; repeated or comma-separated for several instances.
+        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:9100")]
+        api: Vec<String>,
         /// Workers to list (the busiest by 1-minute hashrate).
         #[arg(long, default_value_t = 10)]
         top: usize,

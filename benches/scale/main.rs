@@ -15,6 +15,7 @@
 //! temporary directory and the run checks that each produced its figures and its plot: the
 //! tool, the scenarios and the plot are exercised in CI; BENCHMARKS.md is left alone.
 
+mod farm;
 mod plot;
 mod procs;
 mod table;
@@ -45,6 +46,11 @@ struct Sizes {
     job_interval: &'static str,
     floor_rounds: usize,
     with_peer: bool,
+    /// The farm: (miners, hashgate instances, the tool's child processes).
+    farm: (usize, usize, usize),
+    /// The farm's job interval and warm-up (the one view is read in the warm-up).
+    farm_job_interval: &'static str,
+    farm_warmup: &'static str,
 }
 
 impl Sizes {
@@ -67,6 +73,11 @@ impl Sizes {
             job_interval: "2s",
             floor_rounds: 20,
             with_peer: true,
+            // Six instances of 16,667 miners, the tool in six children (20,000 files each).
+            farm: (100_000, 6, 6),
+            // A job reaches 100,000 miners from one core in about 2 s: one every 5 s.
+            farm_job_interval: "5s",
+            farm_warmup: "20s",
         }
     }
 
@@ -83,6 +94,9 @@ impl Sizes {
             job_interval: "1s",
             floor_rounds: 5,
             with_peer: false,
+            farm: (600, 3, 2),
+            farm_job_interval: "1s",
+            farm_warmup: "10s",
         }
     }
 }
@@ -159,6 +173,11 @@ fn run_all(sizes: &Sizes, dir: &Path, reuse: bool) -> Result<Vec<Row>> {
             let report = swarm(dir, sizes, Target::Hashgate, miners, rate, run, reuse)?;
             table::add(&mut rows, Scenario::Shares { miners, rate }, report.into());
         }
+        let (report, view) = farm_run(dir, sizes, run, reuse)?;
+        let (miners, instances, _) = sizes.farm;
+        let mut figures: table::RunFigures = report.into();
+        figures.farm = Some(view);
+        table::add(&mut rows, Scenario::Farm { miners, instances }, figures);
         let (miners, rate) = sizes.peer;
         let mut targets = vec![Target::Direct, Target::Hashgate];
         if let Some(venv) = &peer_venv {
@@ -230,9 +249,55 @@ fn swarm(
         } else {
             sizes.idle_window
         },
-        proxy: proxy.as_ref(),
+        warmup: "2s",
+        proxies: proxy.iter().collect(),
+        processes: None,
     }
     .run()
+}
+
+/// The farm: `sizes.farm`'s instances in front of one pool, the swarm over child processes,
+/// and the one view of them all.
+fn farm_run(
+    dir: &Path,
+    sizes: &Sizes,
+    run: usize,
+    reuse: bool,
+) -> Result<(hashgate::load::LoadReport, farm::FarmView)> {
+    let (miners, instances, processes) = sizes.farm;
+    let name = format!("farm-{miners}-{instances}-{run}");
+    let view_file = dir.join(format!("{name}-view.json"));
+    if reuse {
+        return Ok((
+            read_report(&dir.join(format!("{name}.json")))?,
+            read_report(&view_file)?,
+        ));
+    }
+    let pool_port = free_port()?;
+    let run_dir = dir.join(&name);
+    let mut proxies = Vec::new();
+    for instance in 0..instances {
+        let instance_dir = run_dir.join(format!("instance-{instance}"));
+        std::fs::create_dir_all(&instance_dir)?;
+        proxies.push(Proxy::hashgate(&instance_dir, pool_port, DIFFICULTY)?);
+    }
+    eprintln!("scale: {name}");
+    let swarm = Swarm {
+        dir,
+        name,
+        miners,
+        shares_per_second: 0.0,
+        pool_port,
+        pool_difficulty: DIFFICULTY,
+        job_interval: sizes.farm_job_interval,
+        duration: sizes.idle_window,
+        warmup: sizes.farm_warmup,
+        proxies: proxies.iter().collect(),
+        processes: Some(processes),
+    };
+    let (report, view) = farm::run(&swarm, &proxies, &run_dir)?;
+    std::fs::write(&view_file, serde_json::to_string_pretty(&view)?)?;
+    Ok((report, view))
 }
 
 fn read_report<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -267,6 +332,22 @@ fn check_quick(rows: &[Row], png: &Path) -> Result<()> {
             }
             if !report.direct && report.proxy.is_none() {
                 bail!("{}: the proxy's resources were not read", row.scenario);
+            }
+        }
+        if let Some(view) = &run.farm {
+            let miners = run.swarm.as_ref().map_or(0, |s| s.miners as u64);
+            if view.status_miners != Some(miners) {
+                bail!(
+                    "{}: hashgate status counted {:?}",
+                    row.scenario,
+                    view.status_miners
+                );
+            }
+            let instances = run.swarm.as_ref().map_or(0, |s| s.instances.len());
+            if view.prometheus_up != Some(instances as f64)
+                || view.prometheus_workers != Some(miners as f64)
+            {
+                bail!("{}: Prometheus saw {view:?}", row.scenario);
             }
         }
     }

@@ -33,6 +33,8 @@ pub struct Proxy {
     child: Child,
     /// Where its miners connect.
     pub miners: u16,
+    /// Its API and /metrics (hashgate only).
+    pub api: Option<u16>,
 }
 
 impl Proxy {
@@ -68,7 +70,11 @@ impl Proxy {
             .stderr(log)
             .spawn()
             .context("cannot start hashgate run")?;
-        let proxy = Proxy { child, miners };
+        let proxy = Proxy {
+            child,
+            miners,
+            api: Some(api),
+        };
         proxy.wait_listening()?;
         Ok(proxy)
     }
@@ -89,7 +95,11 @@ impl Proxy {
             .stderr(log)
             .spawn()
             .context("cannot start aiostratum-proxy")?;
-        let proxy = Proxy { child, miners };
+        let proxy = Proxy {
+            child,
+            miners,
+            api: None,
+        };
         proxy.wait_listening()?;
         Ok(proxy)
     }
@@ -139,13 +149,37 @@ pub struct Swarm<'a> {
     pub pool_difficulty: f64,
     pub job_interval: &'a str,
     pub duration: &'a str,
-    /// The proxy in between (None: straight to the pool).
-    pub proxy: Option<&'a Proxy>,
+    pub warmup: &'a str,
+    /// The proxies in between, the miners spread over them in turn (none: straight to the
+    /// pool).
+    pub proxies: Vec<&'a Proxy>,
+    /// Child processes for the swarm (None: as the tool decides from its open-file limit).
+    pub processes: Option<usize>,
 }
 
 impl Swarm<'_> {
     /// Runs the tool on core 1 and reads its report.
     pub fn run(&self) -> Result<LoadReport> {
+        let (command, json, table) = self.command();
+        run_tool(command, &json, &table)
+    }
+
+    /// Runs the tool on core 1 and, while it runs, `during` (given the tool's process, to
+    /// check on it); then reads the report and what `during` returned.
+    pub fn run_with<T>(&self, during: impl FnOnce(&mut Child) -> T) -> Result<(LoadReport, T)> {
+        let (mut command, json, table) = self.command();
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run hashgate load")?;
+        let seen = during(&mut child);
+        let output = child.wait_with_output().context("hashgate load")?;
+        let report = tool_output(output, &json, &table)?;
+        Ok((report, seen))
+    }
+
+    fn command(&self) -> (Command, PathBuf, PathBuf) {
         let json = self.dir.join(format!("{}.json", self.name));
         let mut command = pinned(1, &hashgate());
         command
@@ -156,15 +190,19 @@ impl Swarm<'_> {
             .args(["--pool-listen", &format!("127.0.0.1:{}", self.pool_port)])
             .args(["--pool-difficulty", &self.pool_difficulty.to_string()])
             .args(["--job-interval", self.job_interval])
-            .args(["--warmup", "2s", "--duration", self.duration])
+            .args(["--warmup", self.warmup, "--duration", self.duration])
             .arg("--json")
             .arg(&json);
-        if let Some(proxy) = self.proxy {
+        for proxy in &self.proxies {
             command
                 .args(["--target", &format!("127.0.0.1:{}", proxy.miners)])
                 .args(["--proxy-pid", &proxy.pid().to_string()]);
         }
-        run_tool(command, &json, &self.dir.join(format!("{}.txt", self.name)))
+        if let Some(processes) = self.processes {
+            command.args(["--processes", &processes.to_string()]);
+        }
+        let table = self.dir.join(format!("{}.txt", self.name));
+        (command, json, table)
     }
 }
 
@@ -188,6 +226,14 @@ fn run_tool<T: serde::de::DeserializeOwned>(
     table: &Path,
 ) -> Result<T> {
     let output = command.output().context("cannot run hashgate load")?;
+    tool_output(output, json, table)
+}
+
+fn tool_output<T: serde::de::DeserializeOwned>(
+    output: std::process::Output,
+    json: &Path,
+    table: &Path,
+) -> Result<T> {
     std::fs::write(table, &output.stdout)?;
     if !output.status.success() {
         bail!(

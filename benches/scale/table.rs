@@ -22,6 +22,8 @@ pub enum Scenario {
     Idle { miners: usize },
     /// Miners submitting through hashgate.
     Shares { miners: usize, rate: f64 },
+    /// Idle miners spread over several hashgate instances (the swarm over child processes).
+    Farm { miners: usize, instances: usize },
     /// The side-by-side scenario, one row per target.
     Peer {
         who: &'static str,
@@ -42,6 +44,9 @@ impl fmt::Display for Scenario {
             Scenario::Peer { who, miners, rate } => {
                 write!(f, "{who}, {miners} miners at {rate} shares/s")
             }
+            Scenario::Farm { miners, instances } => {
+                write!(f, "hashgate x{instances}, {miners} idle miners")
+            }
         }
     }
 }
@@ -53,6 +58,8 @@ pub struct RunFigures {
     pub swarm: Option<LoadReport>,
     /// The floor's write time per socket (median round): the floor is N times it.
     pub write_us_per_socket: Option<f64>,
+    /// The farm scenario's one view.
+    pub farm: Option<super::farm::FarmView>,
 }
 
 impl From<LoadReport> for RunFigures {
@@ -61,6 +68,7 @@ impl From<LoadReport> for RunFigures {
             fan_out_p99_ms: report.fan_out.p99_ms,
             swarm: Some(report),
             write_us_per_socket: None,
+            farm: None,
         }
     }
 }
@@ -71,6 +79,7 @@ impl From<FloorReport> for RunFigures {
             fan_out_p99_ms: report.fan_out.p99_ms,
             swarm: None,
             write_us_per_socket: Some(report.write_us_per_socket),
+            farm: None,
         }
     }
 }
@@ -239,6 +248,45 @@ pub fn markdown(rows: &[Row], runs: usize) -> String {
             range(&r.swarm_values(proxy_cores), 2),
             range(&r.swarm_values(|s| s.lost_shares as f64), 0),
             range(&r.swarm_values(|s| s.tool_cores.unwrap_or(0.0)), 2),
+        ));
+    }
+    out.push_str("\n**A farm over several instances** (one pool; every instance pinned to core 0, the tool's child processes to core 1; a job reaches all instances at once)\n\n");
+    out.push_str("| miners, instances | held | fan-out p99, all (ms) | write floor (ms) | all / write floor | fan-out p99 per instance (ms) | RSS per miner per instance (KiB) | open files per instance | `hashgate status` total | Prometheus: instances up, workers |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let Scenario::Farm { miners, instances } = r.scenario else {
+            continue;
+        };
+        let write = floor_for(rows, miners)
+            .map(|f| f.write_ms)
+            .unwrap_or_default();
+        let p99 = r.fan_out();
+        let per_instance = |pick: fn(&hashgate::load::report::Instance) -> f64| -> Vec<f64> {
+            r.runs
+                .iter()
+                .filter_map(|run| run.swarm.as_ref())
+                .flat_map(|s| s.instances.iter().map(pick))
+                .collect()
+        };
+        let views: Vec<&super::farm::FarmView> =
+            r.runs.iter().filter_map(|run| run.farm.as_ref()).collect();
+        let status: Vec<f64> = views
+            .iter()
+            .filter_map(|v| v.status_miners.map(|m| m as f64))
+            .collect();
+        let up: Vec<f64> = views.iter().filter_map(|v| v.prometheus_up).collect();
+        let workers: Vec<f64> = views.iter().filter_map(|v| v.prometheus_workers).collect();
+        out.push_str(&format!(
+            "| {miners}, {instances} | {} | {} | {} | {}x | {} | {} | {} | {} | {}, {} |\n",
+            range(&r.swarm_values(|s| s.ready as f64), 0),
+            range(&p99, 1),
+            range(&write, 1),
+            range(&ratios(&p99, &write), 2),
+            range(&per_instance(|i| i.fan_out.p99_ms), 1),
+            range(&per_instance(|i| i.resources.rss_per_miner_kib), 2),
+            range(&per_instance(|i| i.resources.end.open_files as f64), 0),
+            range(&status, 0),
+            range(&up, 0),
+            range(&workers, 0),
         ));
     }
     out.push_str("\n**Side by side** (the same swarm and pool)\n\n");

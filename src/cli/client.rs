@@ -19,7 +19,131 @@ fn api_get<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> Result<T> 
     serde_json::from_str(&body).with_context(|| format!("GET {url}: unexpected answer"))
 }
 
-pub(crate) fn status(api: &str, top: usize) -> Result<ExitCode> {
+/// `hashgate status`: one instance in detail, or several (a farm's instances) side by side.
+pub(crate) fn status(apis: &[String], top: usize) -> Result<ExitCode> {
+    match apis {
+        [] => status_one("http://127.0.0.1:9100", top),
+        [api] => status_one(api, top),
+        apis => status_many(apis),
+    }
+}
+
+/// What one instance of a farm answers, for the side-by-side table.
+struct InstanceStatus {
+    upstreams: Vec<hashgate::api::UpstreamReport>,
+    groups: Vec<hashgate::api::GroupView>,
+}
+
+fn instance_status(api: &str) -> Result<InstanceStatus> {
+    Ok(InstanceStatus {
+        upstreams: api_get(api, "/api/v1/upstreams")?,
+        groups: api_get(api, "/api/v1/groups")?,
+    })
+}
+
+/// One line per instance (its serving upstream, miners, shares, the pool's job age), a total,
+/// and the groups added up over all instances. Exit 1 when an instance does not answer.
+fn status_many(apis: &[String]) -> Result<ExitCode> {
+    let width = apis.iter().map(String::len).max().unwrap_or(3).max(8);
+    println!(
+        "{:<width$} {:<16} {:<11} {:>8} {:>10} {:>9} {:>6} {:>8}",
+        "INSTANCE", "UPSTREAM", "STATE", "MINERS", "ACCEPTED", "REJECTED", "LOST", "JOB AGE"
+    );
+    let mut total = (0u64, 0u64, 0u64, 0u64);
+    let mut unreachable = 0;
+    let mut groups: Vec<(String, u64, u64, f64, u64, u64)> = Vec::new();
+    for api in apis {
+        let instance = match instance_status(api) {
+            Ok(instance) => instance,
+            Err(error) => {
+                unreachable += 1;
+                println!("{api:<width$} unreachable: {error:#}");
+                continue;
+            }
+        };
+        // The upstream serving (the first that is), else the most preferred.
+        let shown = instance
+            .upstreams
+            .iter()
+            .find(|u| u.view.state == "serving")
+            .or(instance.upstreams.first());
+        let miners: u64 = instance
+            .groups
+            .iter()
+            .map(|g| g.status.workers as u64)
+            .sum();
+        let accepted: u64 = instance.upstreams.iter().map(|u| u.accepted).sum();
+        let rejected: u64 = instance.upstreams.iter().map(|u| u.rejected).sum();
+        let lost: u64 = instance.upstreams.iter().map(|u| u.lost).sum();
+        println!(
+            "{api:<width$} {:<16} {:<11} {:>8} {:>10} {:>9} {:>6} {:>8}",
+            shown.map_or("-", |u| u.view.name.as_str()),
+            shown.map_or("-", |u| u.view.state.as_str()),
+            miners,
+            accepted,
+            rejected,
+            lost,
+            shown
+                .and_then(|u| u.view.last_job_age_seconds)
+                .map_or("-".into(), |a| format!("{a:.0}s")),
+        );
+        total = (
+            total.0 + miners,
+            total.1 + accepted,
+            total.2 + rejected,
+            total.3 + lost,
+        );
+        for g in &instance.groups {
+            let s = &g.status;
+            match groups.iter_mut().find(|row| row.0 == s.name) {
+                Some(row) => {
+                    row.1 += s.workers as u64;
+                    row.2 += s.mining_workers as u64;
+                    row.3 += g.hashrate_1m;
+                    row.4 += g.accepted;
+                    row.5 += g.rejected;
+                }
+                None => groups.push((
+                    s.name.clone(),
+                    s.workers as u64,
+                    s.mining_workers as u64,
+                    g.hashrate_1m,
+                    g.accepted,
+                    g.rejected,
+                )),
+            }
+        }
+    }
+    println!(
+        "{:<width$} {:<16} {:<11} {:>8} {:>10} {:>9} {:>6}",
+        format!("total ({} of {})", apis.len() - unreachable, apis.len()),
+        "",
+        "",
+        total.0,
+        total.1,
+        total.2,
+        total.3
+    );
+    println!();
+    println!(
+        "{:<16} {:>8} {:>8} {:>14} {:>10} {:>9}",
+        "GROUP (ALL)", "WORKERS", "MINING", "HASHRATE 1M", "ACCEPTED", "REJECTED"
+    );
+    for (name, workers, mining, hashrate, accepted, rejected) in &groups {
+        println!(
+            "{name:<16} {workers:>8} {mining:>8} {:>14} {accepted:>10} {rejected:>9}",
+            human_rate(*hashrate)
+        );
+    }
+    Ok(if unreachable == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One instance: its upstreams, groups and busiest workers.
+fn status_one(api: &str, top: usize) -> Result<ExitCode> {
     use hashgate::api::{GroupView, UpstreamReport, WorkersPage};
     let upstreams: Vec<UpstreamReport> = api_get(api, "/api/v1/upstreams")?;
     let groups: Vec<GroupView> = api_get(api, "/api/v1/groups")?;

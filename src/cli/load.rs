@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hashgate::load::swarm::SwarmPlan;
 use hashgate::load::timestamp::pin_to_cpu;
-use hashgate::load::{FloorPlan, LoadPlan, run_floor, run_load};
+use hashgate::load::{FloorPlan, LoadPlan, run_floor, run_load, run_slice};
 
 /// The load tool's modes.
 #[derive(clap::Subcommand)]
@@ -20,15 +21,39 @@ pub(crate) enum LoadCommand {
     Swarm(SwarmOptions),
     /// The floor: one thread writing a 320-byte line to each of N loopback sockets.
     Floor(FloorOptions),
+    /// A child of `swarm`: one part of a swarm too big for one process, told the job clock
+    /// and the phases on stdin by its parent.
+    #[command(hide = true)]
+    SwarmSlice(SliceOptions),
+}
+
+/// `hashgate load swarm-slice` (run by `swarm`, not by hand).
+#[derive(clap::Args)]
+pub(crate) struct SliceOptions {
+    #[arg(long, required = true)]
+    target: Vec<SocketAddr>,
+    #[arg(long)]
+    first: usize,
+    #[arg(long)]
+    miners: usize,
+    #[arg(long)]
+    connect_rate: f64,
+    #[arg(long)]
+    shares_per_second: f64,
+    #[arg(long)]
+    no_version_rolling: bool,
+    #[arg(long, default_value = "load")]
+    worker_prefix: String,
 }
 
 /// `hashgate load swarm`.
 #[derive(clap::Args)]
 pub(crate) struct SwarmOptions {
-    /// Where the miners connect (the proxy's miner listener); omitted: straight to the
+    /// Where the miners connect (the proxy's miner listener); several (repeated or
+    /// comma-separated: proxy instances) share the miners in turn; omitted: straight to the
     /// embedded pool, the baseline of what a proxy adds.
-    #[arg(long)]
-    target: Option<SocketAddr>,
+    #[arg(long, value_delimiter = ',')]
+    target: Vec<SocketAddr>,
     /// Miners.
     #[arg(long, default_value_t = 1000)]
     miners: usize,
@@ -58,9 +83,14 @@ pub(crate) struct SwarmOptions {
     /// The measured window.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// The measured process (the proxy): its RSS, CPU and open files from /proc.
-    #[arg(long)]
-    proxy_pid: Option<u32>,
+    /// The measured process (the proxy): its RSS, CPU and open files from /proc; one per
+    /// target, in the same order, with several.
+    #[arg(long, value_delimiter = ',')]
+    proxy_pid: Vec<u32>,
+    /// Child processes to spread the miners over (0: as many as the open-file limit needs;
+    /// 100,000 miners under a 20,000 limit take 6).
+    #[arg(long, default_value_t = 0)]
+    processes: usize,
     /// Pin the tool to this core.
     #[arg(long)]
     cpu: Option<usize>,
@@ -97,6 +127,8 @@ pub(crate) fn load(command: LoadCommand) -> Result<ExitCode> {
     let cpu = match &command {
         LoadCommand::Swarm(o) => o.cpu,
         LoadCommand::Floor(o) => o.cpu,
+        // A child runs where its parent was pinned (affinity is inherited).
+        LoadCommand::SwarmSlice(_) => None,
     };
     if let Some(cpu) = cpu {
         pin_to_cpu(cpu).with_context(|| format!("--cpu {cpu}"))?;
@@ -109,7 +141,7 @@ pub(crate) fn load(command: LoadCommand) -> Result<ExitCode> {
     match command {
         LoadCommand::Swarm(o) => {
             let plan = LoadPlan {
-                target: o.target,
+                targets: o.target,
                 miners: o.miners,
                 connect_rate: o.connect_rate,
                 shares_per_second: o.shares_per_second,
@@ -119,7 +151,9 @@ pub(crate) fn load(command: LoadCommand) -> Result<ExitCode> {
                 job_interval: o.job_interval,
                 warmup: o.warmup,
                 duration: o.duration,
-                proxy_pid: o.proxy_pid,
+                proxy_pids: o.proxy_pid,
+                processes: o.processes,
+                program: std::env::current_exe().ok(),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             let report = runtime.block_on(run_load(&plan))?;
@@ -145,6 +179,18 @@ pub(crate) fn load(command: LoadCommand) -> Result<ExitCode> {
                 report.slowest_round_ms
             );
             write_json(o.json.as_ref(), &report)?;
+        }
+        LoadCommand::SwarmSlice(o) => {
+            let plan = SwarmPlan {
+                targets: o.target,
+                miners: o.miners,
+                first: o.first,
+                connect_rate: o.connect_rate,
+                shares_per_second: o.shares_per_second,
+                version_rolling: !o.no_version_rolling,
+                worker_prefix: o.worker_prefix,
+            };
+            runtime.block_on(run_slice(plan));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -5,12 +5,16 @@
 //! from the pool's send to the kernel's receive stamp at each miner, shares per second, errors
 //! by kind, and the measured process's memory, CPU and open files from `/proc`.
 //!
+//! A swarm larger than one process's open files is spread over child processes (`slices.rs`)
+//! that the parent tells each job's send instant, so one clock still measures it all.
+//!
 //! It is a harness, like `sim`: nothing of the proxy imports it.
 
 pub mod floor;
 pub mod procstat;
 pub mod report;
 pub mod run;
+pub mod slices;
 pub mod stats;
 pub mod swarm;
 pub mod timestamp;
@@ -18,3 +22,4 @@ pub mod timestamp;
 pub use floor::{FloorPlan, FloorReport, run_floor};
 pub use report::LoadReport;
 pub use run::{LoadPlan, run_load};
+pub use slices::run_slice;

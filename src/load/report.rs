@@ -42,6 +42,17 @@ impl Resources {
         window: Duration,
     ) -> Resources {
         let cpu = (end.cpu_seconds - window_start.cpu_seconds).max(0.0);
+        Resources::from_samples([start, after_ramp, end], cpu, miners, forwarded, window)
+    }
+
+    /// The figures from (start, after ramp, end) samples and the CPU seconds of the window.
+    fn from_samples(
+        [start, after_ramp, end]: [ProcSample; 3],
+        cpu: f64,
+        miners: u64,
+        forwarded: u64,
+        window: Duration,
+    ) -> Resources {
         Resources {
             start,
             after_ramp,
@@ -61,11 +72,61 @@ impl Resources {
     }
 }
 
+/// One proxy instance of a run against several.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Instance {
+    /// Where its miners connected.
+    pub target: String,
+    /// Its process.
+    pub pid: u32,
+    /// Its resources; per miner and per share by its own miners and their shares.
+    pub resources: Resources,
+    /// Fan-out to its own miners.
+    pub fan_out: LatencySummary,
+}
+
+impl Resources {
+    /// Several instances as one: their samples added up, per miner over all miners held, per
+    /// share over all shares forwarded.
+    pub fn total(
+        instances: &[Instance],
+        miners: u64,
+        forwarded: u64,
+        window: Duration,
+    ) -> Resources {
+        let add = |pick: fn(&Resources) -> ProcSample| {
+            instances
+                .iter()
+                .map(|i| pick(&i.resources))
+                .fold(ProcSample::default(), |a, b| ProcSample {
+                    rss_kib: a.rss_kib + b.rss_kib,
+                    cpu_seconds: a.cpu_seconds + b.cpu_seconds,
+                    open_files: a.open_files + b.open_files,
+                })
+        };
+        let samples = [add(|r| r.start), add(|r| r.after_ramp), add(|r| r.end)];
+        let cores: f64 = instances.iter().map(|i| i.resources.cores).sum();
+        Resources::from_samples(
+            samples,
+            cores * window.as_secs_f64(),
+            miners,
+            forwarded,
+            window,
+        )
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadReport {
-    /// Where the miners connected.
+    /// Where the miners connected (the first target when several).
     pub target: String,
+    /// Every target, when the miners were spread over several proxy instances.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// Child processes the swarm ran in (0: the tool's own process).
+    #[serde(default)]
+    pub processes: usize,
     /// Straight to the pool (the baseline).
     pub direct: bool,
     /// Miners asked for.
@@ -118,8 +179,11 @@ pub struct LoadReport {
     pub lost_shares: u64,
     /// What went wrong, by kind.
     pub errors: BTreeMap<String, u64>,
-    /// The measured process (with `--proxy-pid`).
+    /// The measured process (with `--proxy-pid`); with several, all of them added up.
     pub proxy: Option<Resources>,
+    /// Each measured process, with several `--proxy-pid`s.
+    #[serde(default)]
+    pub instances: Vec<Instance>,
     /// The tool's own CPU over the run (1.0 = one core): near 1.0, the tool was the limit.
     pub tool_cores: Option<f64>,
 }
@@ -134,12 +198,14 @@ impl LoadReport {
         window_jobs: WindowJobs,
         (ramp, window): (Duration, Duration),
         (pool_accepted_total, pool_stale_total): (u64, u64),
-        proxy: Option<Resources>,
+        (proxy, instances): (Option<Resources>, Vec<Instance>),
         tool_cores: Option<f64>,
     ) -> LoadReport {
         LoadReport {
             target: target.to_string(),
-            direct: plan.target.is_none(),
+            targets: plan.targets.iter().map(ToString::to_string).collect(),
+            processes: plan.processes,
+            direct: plan.targets.is_empty(),
             miners: plan.miners,
             connected: record.connected,
             ready: record.ready,
@@ -171,6 +237,7 @@ impl LoadReport {
                 .saturating_sub(pool_accepted_total + pool_stale_total),
             errors: record.errors.clone(),
             proxy,
+            instances,
             tool_cores,
         }
     }
@@ -246,6 +313,27 @@ impl fmt::Display for LoadReport {
                 "  proxy CPU in the window: {:.3} cores, {:.1} us per forwarded share",
                 p.cores, p.cpu_per_forwarded_share_us
             )?;
+        }
+        if self.instances.len() > 1 {
+            writeln!(
+                f,
+                "  {:<21} {:>8} {:>10} {:>10} {:>11} {:>7} {:>14}",
+                "instance", "pid", "RSS KiB", "KiB/miner", "open files", "cores", "fan-out p99 ms"
+            )?;
+            for i in &self.instances {
+                let r = &i.resources;
+                writeln!(
+                    f,
+                    "  {:<21} {:>8} {:>10} {:>10.2} {:>11} {:>7.3} {:>14.1}",
+                    i.target,
+                    i.pid,
+                    r.end.rss_kib,
+                    r.rss_per_miner_kib,
+                    r.end.open_files,
+                    r.cores,
+                    i.fan_out.p99_ms
+                )?;
+            }
         }
         if let Some(cores) = self.tool_cores {
             writeln!(f, "  load tool CPU: {cores:.3} cores")?;

@@ -3,20 +3,22 @@
 //! the measured window, and the end (submits stopped, every share's fate settled).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::procstat::{self, ProcSample};
-use super::report::{LoadReport, Resources};
+use super::report::{Instance, LoadReport, Resources};
+use super::slices::{SliceError, Slices};
 use super::swarm::{self, JobClock, Record, SharedRecord, Stops, SwarmPlan};
 use crate::sim::{SimPool, SimPoolConfig};
 
 /// What a load run does.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
-    /// Where the miners connect; `None`: straight to the embedded pool (the baseline of what a
-    /// proxy adds).
-    pub target: Option<SocketAddr>,
+    /// Where the miners connect, miner `i` to `targets[i % targets.len()]` (several proxy
+    /// instances); empty: straight to the embedded pool (the baseline of what a proxy adds).
+    pub targets: Vec<SocketAddr>,
     /// Miners.
     pub miners: usize,
     /// New connections per second.
@@ -35,8 +37,14 @@ pub struct LoadPlan {
     pub warmup: Duration,
     /// The measured window.
     pub duration: Duration,
-    /// The measured process (the proxy), for its memory, CPU and open files.
-    pub proxy_pid: Option<u32>,
+    /// The measured processes (the proxy instances, in the order of `targets`), for their
+    /// memory, CPU and open files.
+    pub proxy_pids: Vec<u32>,
+    /// Child processes the swarm is spread over (0: as many as the open-file limit needs, none
+    /// when this process can hold every miner).
+    pub processes: usize,
+    /// The program the children run (`hashgate` itself: `hashgate load swarm-slice`).
+    pub program: Option<PathBuf>,
     /// Print progress to stderr during the ramp (a line rewritten in place: for a terminal).
     pub progress: bool,
 }
@@ -47,7 +55,7 @@ pub enum LoadError {
     /// More sockets than this process may open (each miner is one; straight to the embedded
     /// pool, its end of each connection is another).
     #[error(
-        "{miners} miners need {needed} open files in this process, its limit is {limit} (ulimit -n); straight to the embedded pool both ends of each connection count"
+        "{miners} miners need {needed} open files in one process, the limit is {limit} (ulimit -n): spread them over more --processes; straight to the embedded pool, its ends of every connection are in the parent process"
     )]
     OpenFiles {
         /// Miners asked for.
@@ -57,6 +65,17 @@ pub enum LoadError {
         /// RLIMIT_NOFILE.
         limit: u64,
     },
+    /// The swarm needs child processes and no program to run them was given.
+    #[error("{miners} miners need {processes} child processes and no program to run them")]
+    NoProgram {
+        /// Miners asked for.
+        miners: usize,
+        /// Children needed.
+        processes: usize,
+    },
+    /// The children failed.
+    #[error(transparent)]
+    Slices(#[from] SliceError),
     /// The embedded pool could not listen.
     #[error("the embedded pool cannot listen on {addr}: {source}")]
     Pool {
@@ -89,11 +108,118 @@ fn open_file_limit() -> u64 {
     }
 }
 
+/// Child processes a swarm of `miners` needs under an open-file `limit` (0: it fits here).
+fn processes_needed(miners: usize, limit: u64) -> usize {
+    let per_process = limit.saturating_sub(SPARE_FILES).max(1) as usize;
+    if miners <= per_process {
+        0
+    } else {
+        miners.div_ceil(per_process)
+    }
+}
+
+/// The swarm, in this process or spread over children.
+enum Running {
+    Here {
+        record: SharedRecord,
+        stops: Stops,
+        starter: tokio::task::JoinHandle<()>,
+    },
+    Children(Slices),
+}
+
+impl Running {
+    /// (connected, ready, closed).
+    fn progress(&self) -> (u64, u64, u64) {
+        match self {
+            Running::Here { record, .. } => {
+                let r = swarm::lock(record);
+                (r.connected, r.ready, r.closed)
+            }
+            Running::Children(slices) => slices.progress(),
+        }
+    }
+
+    fn restart_window(&self) {
+        match self {
+            Running::Here { record, .. } => swarm::lock(record).restart_window(),
+            Running::Children(slices) => slices.tell("window"),
+        }
+    }
+
+    async fn snapshot(&mut self) -> Result<Record, LoadError> {
+        match self {
+            Running::Here { record, .. } => Ok(swarm::lock(record).clone()),
+            Running::Children(slices) => Ok(slices.record("snapshot").await?),
+        }
+    }
+
+    fn stop_submits(&self) {
+        match self {
+            Running::Here { stops, .. } => stops.submits.cancel(),
+            Running::Children(slices) => slices.tell("stop-submits"),
+        }
+    }
+
+    /// Closes every miner; the final record.
+    async fn stop(self) -> Result<Record, LoadError> {
+        match self {
+            Running::Here {
+                record,
+                stops,
+                starter,
+            } => {
+                stops.all.cancel();
+                let _ = starter.await;
+                Ok(swarm::lock(&record).clone())
+            }
+            Running::Children(mut slices) => {
+                let record = slices.record("stop").await?;
+                slices.wait().await;
+                Ok(record)
+            }
+        }
+    }
+
+    /// The tool's processes: this one and its children.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![std::process::id()];
+        if let Running::Children(slices) = self {
+            pids.extend(slices.pids());
+        }
+        pids
+    }
+}
+
+/// The sum of the samples of several processes (`None` if any could not be read).
+fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    pids.iter().try_fold(ProcSample::default(), |sum, &pid| {
+        let s = procstat::sample(pid)?;
+        Some(ProcSample {
+            rss_kib: sum.rss_kib + s.rss_kib,
+            cpu_seconds: sum.cpu_seconds + s.cpu_seconds,
+            open_files: sum.open_files + s.open_files,
+        })
+    })
+}
+
 /// Runs the plan; the report of what was measured.
 pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
-    let per_miner = if plan.target.is_none() { 2 } else { 1 };
-    let needed = plan.miners as u64 * per_miner + SPARE_FILES;
+    let direct = plan.targets.is_empty();
     let limit = open_file_limit();
+    let processes = match plan.processes {
+        0 => processes_needed(plan.miners, limit),
+        n => n,
+    };
+    // This process holds the miners' sockets unless children do, and the pool's ends of them
+    // when the swarm connects straight to it; a child holds its part of the miners.
+    let direct_files = if direct { plan.miners as u64 } else { 0 };
+    let (here, per_child) = if processes == 0 {
+        (plan.miners as u64 + direct_files, 0)
+    } else {
+        (direct_files, plan.miners.div_ceil(processes) as u64)
+    };
+    let needed = here.max(per_child) + SPARE_FILES;
     if needed > limit {
         return Err(LoadError::OpenFiles {
             miners: plan.miners,
@@ -101,6 +227,16 @@ pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
             limit,
         });
     }
+    let program = match (&plan.program, processes) {
+        (_, 0) => None,
+        (Some(program), _) => Some(program.clone()),
+        (None, processes) => {
+            return Err(LoadError::NoProgram {
+                miners: plan.miners,
+                processes,
+            });
+        }
+    };
     let pool = SimPool::start(SimPoolConfig {
         listen: plan.pool_listen,
         difficulty: plan.pool_difficulty,
@@ -114,16 +250,23 @@ pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
         addr: plan.pool_listen,
         source,
     })?;
-    let target = plan.target.unwrap_or(pool.addr);
+    let targets = if direct {
+        vec![pool.addr]
+    } else {
+        plan.targets.clone()
+    };
     let stats = Arc::clone(&pool.stats);
     let clock: JobClock = Arc::new(move |sequence| stats.job_sent_ns(sequence));
-    let record: SharedRecord = Arc::default();
-    let sample = |pid: Option<u32>| pid.and_then(procstat::sample);
-    let proxy_start = sample(plan.proxy_pid);
-    let tool_start = procstat::sample(std::process::id());
+    let sample_proxies = || -> Vec<Option<ProcSample>> {
+        plan.proxy_pids
+            .iter()
+            .map(|&pid| procstat::sample(pid))
+            .collect()
+    };
+    let proxy_start = sample_proxies();
 
     let swarm_plan = SwarmPlan {
-        target,
+        targets: targets.clone(),
         miners: plan.miners,
         first: 0,
         connect_rate: plan.connect_rate,
@@ -131,20 +274,42 @@ pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
         version_rolling: plan.version_rolling,
         worker_prefix: "load".into(),
     };
-    let stops = Stops::default();
     let ramp_started = Instant::now();
-    let starter = {
-        let (record, clock, stops) = (Arc::clone(&record), Arc::clone(&clock), stops.clone());
-        tokio::spawn(async move { swarm::start(&swarm_plan, &record, &clock, &stops).await })
+    let mut running = match program {
+        None => {
+            let record: SharedRecord = Arc::default();
+            let stops = Stops::default();
+            let starter = {
+                let (record, clock, stops) =
+                    (Arc::clone(&record), Arc::clone(&clock), stops.clone());
+                tokio::spawn(
+                    async move { swarm::start(&swarm_plan, &record, &clock, &stops).await },
+                )
+            };
+            Running::Here {
+                record,
+                stops,
+                starter,
+            }
+        }
+        Some(program) => {
+            let stats = Arc::clone(&pool.stats);
+            Running::Children(Slices::start(
+                &program,
+                &swarm_plan,
+                processes,
+                Arc::clone(&clock),
+                Arc::new(move || stats.jobs_published()),
+            )?)
+        }
     };
+    let tool_pids = running.pids();
+    let tool_start = sample_all(&tool_pids);
     // The ramp: until every miner has a job, or the connect schedule plus 30 s passed.
     let ramp_limit = Duration::from_secs_f64(plan.miners as f64 / plan.connect_rate.max(1.0))
         + Duration::from_secs(30);
     loop {
-        let (ready, connected, closed) = {
-            let r = swarm::lock(&record);
-            (r.ready, r.connected, r.closed)
-        };
+        let (connected, ready, closed) = running.progress();
         if plan.progress {
             eprint!(
                 "\rramp: {connected:>7} connected, {ready:>7} with a job, {closed} closed of {} ",
@@ -160,12 +325,12 @@ pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
         eprintln!();
     }
     let ramp = ramp_started.elapsed();
-    let proxy_ramped = sample(plan.proxy_pid);
+    let proxy_ramped = sample_proxies();
 
     tokio::time::sleep(plan.warmup).await;
-    swarm::lock(&record).restart_window();
+    running.restart_window();
     let first_job = pool.stats.jobs_published() + 1;
-    let proxy_window = sample(plan.proxy_pid);
+    let proxy_window = sample_proxies();
     let pool_window = pool
         .stats
         .accepted
@@ -173,49 +338,86 @@ pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
     let window_started = Instant::now();
     tokio::time::sleep(plan.duration).await;
     let window = window_started.elapsed();
-    let proxy_end = sample(plan.proxy_pid);
+    let proxy_end = sample_proxies();
     let pool_end = pool
         .stats
         .accepted
         .load(std::sync::atomic::Ordering::Relaxed);
-    let snapshot = take_window(&record, &pool, first_job);
+    let snapshot = running.snapshot().await?;
+    let window_jobs = take_window(&snapshot, &pool, first_job);
 
     // The end: no more submits, the replies still read; then every share's fate is known.
-    stops.submits.cancel();
+    running.stop_submits();
     tokio::time::sleep(IN_FLIGHT).await;
-    stops.all.cancel();
-    let _ = starter.await;
-    let tool_end = procstat::sample(std::process::id());
+    let tool_end = sample_all(&tool_pids);
+    let end = running.stop().await?;
     let pool_accepted_total = pool
         .stats
         .accepted
         .load(std::sync::atomic::Ordering::Relaxed);
     let pool_stale_total = pool.stats.stale.load(std::sync::atomic::Ordering::Relaxed);
-    let r = swarm::lock(&record);
-    let proxy = match (proxy_start, proxy_ramped, proxy_window, proxy_end) {
-        (Some(start), Some(after_ramp), Some(window_start), Some(end)) => Some(Resources::of(
-            start,
-            after_ramp,
-            window_start,
-            end,
-            r.ready,
-            pool_end.saturating_sub(pool_window),
+    let mut record = end;
+    record.resolve_unstamped(&clock);
+    let forwarded = pool_end.saturating_sub(pool_window);
+    let window_accepted = record.accepted.max(1);
+    let mut instances = Vec::new();
+    for (index, &pid) in plan.proxy_pids.iter().enumerate() {
+        let samples = (
+            proxy_start.get(index).copied().flatten(),
+            proxy_ramped.get(index).copied().flatten(),
+            proxy_window.get(index).copied().flatten(),
+            proxy_end.get(index).copied().flatten(),
+        );
+        let (Some(start), Some(after_ramp), Some(window_start), Some(end)) = samples else {
+            continue;
+        };
+        let target = targets
+            .get(index)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let counts = record.per_target.get(&target).cloned().unwrap_or_default();
+        // The pool's accepted shares of the window, apportioned by the instance's part of the
+        // shares its miners had accepted (each instance forwards its own miners' shares).
+        let forwarded_here = forwarded * counts.accepted / window_accepted;
+        instances.push(Instance {
+            fan_out: counts.fan_out.summary(),
+            target,
+            pid,
+            resources: Resources::of(
+                start,
+                after_ramp,
+                window_start,
+                end,
+                counts.ready,
+                forwarded_here,
+                window,
+            ),
+        });
+    }
+    let proxy = match instances.len() {
+        0 => None,
+        1 => instances.first().map(|i| i.resources.clone()),
+        _ => Some(Resources::total(
+            &instances,
+            record.ready,
+            forwarded,
             window,
         )),
-        _ => None,
     };
-    Ok(LoadReport::new(
-        target,
+    let mut report = LoadReport::new(
+        targets.first().copied().unwrap_or(pool.addr),
         plan,
-        &r,
-        snapshot,
+        &record,
+        window_jobs,
         (ramp, window),
         (pool_accepted_total, pool_stale_total),
-        proxy,
+        (proxy, instances),
         tool_start
             .zip(tool_end)
             .map(|(a, b)| tool_cpu(a, b, ramp + window)),
-    ))
+    );
+    report.processes = processes;
+    Ok(report)
 }
 
 /// The job receipts of the window, counted before the swarm stops.
@@ -226,7 +428,7 @@ pub(super) struct WindowJobs {
     pub missing: u64,
 }
 
-fn take_window(record: &SharedRecord, pool: &SimPool, first_job: u64) -> WindowJobs {
+fn take_window(record: &Record, pool: &SimPool, first_job: u64) -> WindowJobs {
     let last_published = pool.stats.jobs_published();
     let now = crate::clock::unix_ns();
     let settled = |sequence: u64| {
@@ -234,7 +436,7 @@ fn take_window(record: &SharedRecord, pool: &SimPool, first_job: u64) -> WindowJ
             .job_sent_ns(sequence)
             .is_some_and(|sent| sent + IN_FLIGHT.as_nanos() as u64 <= now)
     };
-    let r: std::sync::MutexGuard<'_, Record> = swarm::lock(record);
+    let r = record;
     let mut jobs = 0;
     let mut missing = 0;
     for sequence in first_job..=last_published {
@@ -251,4 +453,22 @@ fn take_window(record: &SharedRecord, pool: &SimPool, first_job: u64) -> WindowJ
 /// The tool's own CPU share over `over` (to show whether the tool was the limit).
 fn tool_cpu(start: ProcSample, end: ProcSample, over: Duration) -> f64 {
     (end.cpu_seconds - start.cpu_seconds) / over.as_secs_f64().max(1e-9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_are_started_only_beyond_the_open_file_limit() {
+        // 20,000 files less the spare: 19,936 miners fit in one process.
+        assert_eq!(processes_needed(19_936, 20_000), 0);
+        assert_eq!(processes_needed(19_937, 20_000), 2);
+        assert_eq!(processes_needed(100_000, 20_000), 6);
+        assert_eq!(
+            processes_needed(2, 10),
+            2,
+            "a limit below the spare still leaves one a process"
+        );
+    }
 }

@@ -7,9 +7,23 @@ use serde::{Deserialize, Serialize};
 /// The longest latency told apart: an hour.
 const MAX_MICROS: u64 = 3_600_000_000;
 
-/// A latency distribution being recorded, in microseconds.
-#[derive(Debug, Clone)]
+/// A latency distribution being recorded, in microseconds. As JSON it is its (value, count)
+/// pairs: how a child process sends its distribution to its parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(into = "Vec<(u64, u64)>", from = "Vec<(u64, u64)>")]
 pub struct Latencies(Histogram<u64>);
+
+impl From<Latencies> for Vec<(u64, u64)> {
+    fn from(latencies: Latencies) -> Self {
+        latencies.to_pairs()
+    }
+}
+
+impl From<Vec<(u64, u64)>> for Latencies {
+    fn from(pairs: Vec<(u64, u64)>) -> Self {
+        Latencies::from_pairs(&pairs)
+    }
+}
 
 impl Default for Latencies {
     fn default() -> Self {

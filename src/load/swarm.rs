@@ -5,11 +5,13 @@
 //! shares at its part of the aggregate rate: the header hashed with the midstate until it meets
 //! the difficulty it was given.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 use tokio::net::tcp::OwnedReadHalf;
@@ -31,6 +33,10 @@ const MAX_LINE: usize = 64 * 1024;
 /// come (a target that stops answering must not grow the tool's memory).
 const MAX_PENDING: usize = 1024;
 
+/// Fan-out receipts kept while their job's send instant is not known yet (a child process
+/// learns it from its parent a moment after the job): at most this many, 16 bytes each.
+const MAX_UNSTAMPED: usize = 1 << 20;
+
 /// Hashes tried for one share before the miner gives up on it (a difficulty far above what a
 /// load run sets).
 const MAX_GRIND: u64 = 1 << 26;
@@ -38,8 +44,9 @@ const MAX_GRIND: u64 = 1 << 26;
 /// What a swarm does.
 #[derive(Debug, Clone)]
 pub struct SwarmPlan {
-    /// Where the miners connect.
-    pub target: SocketAddr,
+    /// Where the miners connect: miner `i` to `targets[i % targets.len()]` (several proxy
+    /// instances share one swarm that way). Must not be empty.
+    pub targets: Vec<SocketAddr>,
     /// How many.
     pub miners: usize,
     /// The first miner's index (a child process runs a slice of the swarm).
@@ -62,8 +69,20 @@ pub fn source_ip(index: usize) -> IpAddr {
 /// When each job was sent by the pool (Unix ns), by its sequence number.
 pub type JobClock = Arc<dyn Fn(u64) -> Option<u64> + Send + Sync>;
 
-/// What the swarm saw. Latencies after [`Record::restart_window`] only.
-#[derive(Debug, Default)]
+/// What the miners of one target (one proxy instance) did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetCounts {
+    /// Miners authorized and given a job.
+    pub ready: u64,
+    /// Shares answered true in the window.
+    pub accepted: u64,
+    /// Fan-out to this target's miners (in the window).
+    pub fan_out: Latencies,
+}
+
+/// What the swarm saw. Latencies after [`Record::restart_window`] only. A child process sends
+/// its record to its parent as JSON, and the parent merges them ([`Record::merge`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Record {
     /// TCP connect time.
     pub connect: Latencies,
@@ -95,6 +114,12 @@ pub struct Record {
     pub receipts: HashMap<u64, u64>,
     /// Everything else that went wrong, by kind.
     pub errors: BTreeMap<String, u64>,
+    /// Per target address.
+    pub per_target: BTreeMap<String, TargetCounts>,
+    /// (job sequence, receive stamp in Unix ns, target) of notifies whose job's send instant
+    /// was not known when they arrived; [`Record::resolve_unstamped`] turns them into fan-out
+    /// samples.
+    pub unstamped: Vec<(u64, u64, Arc<str>)>,
 }
 
 impl Record {
@@ -109,6 +134,81 @@ impl Record {
         self.notifies = 0;
         self.duplicate_notifies = 0;
         self.receipts.clear();
+        self.unstamped.clear();
+        for counts in self.per_target.values_mut() {
+            counts.accepted = 0;
+            counts.fan_out = Latencies::default();
+        }
+    }
+
+    /// Adds another swarm's record (a child process's slice) into this one.
+    pub fn merge(&mut self, other: &Record) {
+        self.connect.merge(&other.connect);
+        self.handshake.merge(&other.handshake);
+        self.round_trip.merge(&other.round_trip);
+        self.fan_out.merge(&other.fan_out);
+        self.connected += other.connected;
+        self.ready += other.ready;
+        self.closed += other.closed;
+        self.submitted += other.submitted;
+        self.accepted += other.accepted;
+        self.accepted_total += other.accepted_total;
+        self.notifies += other.notifies;
+        self.duplicate_notifies += other.duplicate_notifies;
+        for (code, n) in &other.rejected {
+            *self.rejected.entry(*code).or_insert(0) += n;
+        }
+        for (sequence, n) in &other.receipts {
+            *self.receipts.entry(*sequence).or_insert(0) += n;
+        }
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind.clone()).or_insert(0) += n;
+        }
+        for (target, counts) in &other.per_target {
+            let mine = self.per_target.entry(target.clone()).or_default();
+            mine.ready += counts.ready;
+            mine.accepted += counts.accepted;
+            mine.fan_out.merge(&counts.fan_out);
+        }
+        self.unstamped.extend_from_slice(&other.unstamped);
+    }
+
+    /// Records the fan-out of the receipts kept in [`Record::unstamped`] whose job's send
+    /// instant `clock` now knows; keeps the others.
+    pub fn resolve_unstamped(&mut self, clock: &JobClock) {
+        let unstamped = std::mem::take(&mut self.unstamped);
+        for (sequence, stamp, target) in unstamped {
+            match clock(sequence) {
+                Some(sent) => self.record_fan_out(stamp.saturating_sub(sent) / 1000, &target),
+                None => self.unstamped.push((sequence, stamp, target)),
+            }
+        }
+    }
+
+    /// The counts of one target (its address as text), created on first use.
+    fn target(&mut self, key: &str) -> &mut TargetCounts {
+        if !self.per_target.contains_key(key) {
+            self.per_target
+                .insert(key.to_owned(), TargetCounts::default());
+        }
+        self.per_target
+            .get_mut(key)
+            .expect("the target's counts were inserted above")
+    }
+
+    fn record_fan_out(&mut self, micros: u64, target: &str) {
+        self.fan_out.record(micros);
+        self.target(target).fan_out.record(micros);
+    }
+
+    fn fan_out_receipt(&mut self, sequence: u64, stamp: u64, target: &Arc<str>, clock: &JobClock) {
+        match clock(sequence) {
+            Some(sent) => self.record_fan_out(stamp.saturating_sub(sent) / 1000, target),
+            None if self.unstamped.len() < MAX_UNSTAMPED => {
+                self.unstamped.push((sequence, stamp, Arc::clone(target)));
+            }
+            None => self.error("fan-out receipts with no send instant"),
+        }
     }
 
     fn error(&mut self, kind: &str) {
@@ -154,9 +254,13 @@ pub async fn start(plan: &SwarmPlan, record: &SharedRecord, clock: &JobClock, st
             _ = pace.tick() => {}
         }
         let index = plan.first + n;
+        let Some(&target) = plan.targets.get(index % plan.targets.len().max(1)) else {
+            return;
+        };
         let miner = Miner {
             index,
-            target: plan.target,
+            target,
+            target_key: target.to_string().into(),
             worker: format!("{}.{index}", plan.worker_prefix),
             version_rolling: plan.version_rolling,
             share_interval: per_miner,
@@ -179,6 +283,8 @@ pub async fn start(plan: &SwarmPlan, record: &SharedRecord, clock: &JobClock, st
 struct Miner {
     index: usize,
     target: SocketAddr,
+    /// `target` as text: its key in [`Record::per_target`].
+    target_key: Arc<str>,
     worker: String,
     version_rolling: bool,
     share_interval: Option<Duration>,
@@ -267,7 +373,6 @@ impl Miner {
             .share_interval
             .map(|every| tokio::time::Instant::now() + every.mul_f64(fastrand::f64()));
         let mut buf: Vec<u8> = Vec::with_capacity(1024);
-        let mut chunk = vec![0u8; 16 * 1024];
         loop {
             let share_due = async {
                 match next_share {
@@ -279,7 +384,7 @@ impl Miner {
                 _ = cancel.cancelled() => return Ok(()),
                 ready = read.readable() => {
                     ready.map_err(|_| "read")?;
-                    let lines = read_lines(&read, &mut chunk, &mut buf)?;
+                    let lines = CHUNK.with_borrow_mut(|chunk| read_lines(&read, chunk, &mut buf))?;
                     for (line, stamp) in lines {
                         self.on_line(&line, stamp, &mut session, record, clock)?;
                     }
@@ -351,6 +456,7 @@ impl Miner {
                         if response.is_ok() && response.result == serde_json::Value::Bool(true) {
                             r.accepted += 1;
                             r.accepted_total += 1;
+                            r.target(&self.target_key).accepted += 1;
                         } else {
                             let code = response.error.map_or(0, |e| e.code);
                             *r.rejected.entry(code).or_insert(0) += 1;
@@ -374,6 +480,7 @@ impl Miner {
                     let mut r = lock(record);
                     if first_job {
                         r.ready += 1;
+                        r.target(&self.target_key).ready += 1;
                     }
                     r.notifies += 1;
                     if let Some(sequence) = sequence {
@@ -385,8 +492,8 @@ impl Miner {
                             }
                             session.seen.push(sequence);
                             *r.receipts.entry(sequence).or_insert(0) += 1;
-                            if let (Some(stamp), Some(sent)) = (stamp, clock(sequence)) {
-                                r.fan_out.record(stamp.saturating_sub(sent) / 1000);
+                            if let Some(stamp) = stamp {
+                                r.fan_out_receipt(sequence, stamp, &self.target_key, clock);
                             }
                         }
                     }
@@ -442,6 +549,12 @@ fn request(id: u64, method: Method) -> Vec<u8> {
     .to_vec()
 }
 
+thread_local! {
+    /// The read buffer, one per thread rather than one per miner: a read is done before the
+    /// next miner's begins (100,000 miners with 16 KiB each would be 1.6 GB).
+    static CHUNK: RefCell<Vec<u8>> = RefCell::new(vec![0u8; 16 * 1024]);
+}
+
 /// A line and the kernel's receive stamp of the read that completed it (Unix ns).
 type StampedLine = (Vec<u8>, Option<u64>);
 
@@ -473,5 +586,51 @@ fn read_lines(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Err("read"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_two_slices_merge_and_late_stamps_resolve_once_the_clock_knows() {
+        let sent: JobClock = Arc::new(|sequence| (sequence == 7).then_some(1_000_000_000));
+        let mut a = Record {
+            ready: 3,
+            ..Record::default()
+        };
+        a.target("127.0.0.1:1").ready = 3;
+        a.fan_out_receipt(7, 1_002_000_000, &Arc::from("127.0.0.1:1"), &sent);
+        a.fan_out_receipt(8, 1_500_000_000, &Arc::from("127.0.0.1:1"), &sent);
+        *a.receipts.entry(7).or_insert(0) += 1;
+        assert_eq!(a.fan_out.len(), 1);
+        assert_eq!(
+            a.unstamped.len(),
+            1,
+            "job 8's send instant is not known yet"
+        );
+
+        // Through JSON, as a child sends it.
+        let b: Record = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let mut merged = Record::default();
+        merged.merge(&a);
+        merged.merge(&b);
+        assert_eq!(merged.ready, 6);
+        assert_eq!(merged.receipts.get(&7), Some(&2));
+        assert_eq!(merged.per_target["127.0.0.1:1"].ready, 6);
+        assert_eq!(merged.fan_out.len(), 2);
+        assert_eq!(merged.unstamped.len(), 2);
+
+        let later: JobClock = Arc::new(|sequence| {
+            let _ = sequence;
+            Some(1_000_000_000)
+        });
+        merged.resolve_unstamped(&later);
+        assert!(merged.unstamped.is_empty());
+        let fan_out = merged.fan_out.summary();
+        assert_eq!(fan_out.count, 4);
+        assert!((fan_out.max_ms - 500.0).abs() < 1.0, "{fan_out:?}");
+        assert_eq!(merged.per_target["127.0.0.1:1"].fan_out.len(), 4);
     }
 }
