@@ -91,6 +91,10 @@ pub(crate) struct SwarmOptions {
     /// 100,000 miners under a 20,000 limit take 6).
     #[arg(long, default_value_t = 0)]
     processes: usize,
+    /// Sample the proxies' RSS, CPU and open files this often through the window (a long run's
+    /// memory: flat or growing).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    sample_every: Option<Duration>,
     /// Pin the tool to this core.
     #[arg(long)]
     cpu: Option<usize>,
@@ -153,6 +157,7 @@ pub(crate) fn load(command: LoadCommand) -> Result<ExitCode> {
                 duration: o.duration,
                 proxy_pids: o.proxy_pid,
                 processes: o.processes,
+                sample_every: o.sample_every,
                 program: std::env::current_exe().ok(),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };

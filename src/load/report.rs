@@ -72,6 +72,27 @@ impl Resources {
     }
 }
 
+/// The measured processes (added up) at one moment of the window.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct SeriesPoint {
+    /// Since the window began.
+    pub seconds: f64,
+    /// RSS, CPU and open files then.
+    pub sample: ProcSample,
+}
+
+/// How much a series moved: (highest - lowest) / lowest, in percent, of `pick` over `points`.
+pub fn spread_percent(points: &[SeriesPoint], pick: fn(&ProcSample) -> u64) -> f64 {
+    let values = points.iter().map(|p| pick(&p.sample));
+    let (Some(low), Some(high)) = (values.clone().min(), values.max()) else {
+        return 0.0;
+    };
+    if low == 0 {
+        return 0.0;
+    }
+    (high - low) as f64 / low as f64 * 100.0
+}
+
 /// One proxy instance of a run against several.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Instance {
@@ -186,6 +207,9 @@ pub struct LoadReport {
     pub instances: Vec<Instance>,
     /// The tool's own CPU over the run (1.0 = one core): near 1.0, the tool was the limit.
     pub tool_cores: Option<f64>,
+    /// The measured processes sampled through the window (with `--sample-every`).
+    #[serde(default)]
+    pub series: Vec<SeriesPoint>,
 }
 
 impl LoadReport {
@@ -239,6 +263,7 @@ impl LoadReport {
             proxy,
             instances,
             tool_cores,
+            series: Vec::new(),
         }
     }
 }
@@ -334,6 +359,21 @@ impl fmt::Display for LoadReport {
                     i.fan_out.p99_ms
                 )?;
             }
+        }
+        if let (Some(first), Some(last)) = (self.series.first(), self.series.last()) {
+            writeln!(
+                f,
+                "  over the window ({} samples, {:.0} s to {:.0} s): RSS {} -> {} KiB, spread {:.1}%; open files {} -> {}, spread {:.1}%",
+                self.series.len(),
+                first.seconds,
+                last.seconds,
+                first.sample.rss_kib,
+                last.sample.rss_kib,
+                spread_percent(&self.series, |s| s.rss_kib),
+                first.sample.open_files,
+                last.sample.open_files,
+                spread_percent(&self.series, |s| s.open_files),
+            )?;
         }
         if let Some(cores) = self.tool_cores {
             writeln!(f, "  load tool CPU: {cores:.3} cores")?;

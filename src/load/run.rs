@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::procstat::{self, ProcSample};
-use super::report::{Instance, LoadReport, Resources};
+use super::report::{Instance, LoadReport, Resources, SeriesPoint};
 use super::slices::{SliceError, Slices};
 use super::swarm::{self, JobClock, Record, SharedRecord, Stops, SwarmPlan};
 use crate::sim::{SimPool, SimPoolConfig};
@@ -45,6 +45,9 @@ pub struct LoadPlan {
     pub processes: usize,
     /// The program the children run (`hashgate` itself: `hashgate load swarm-slice`).
     pub program: Option<PathBuf>,
+    /// Sample the measured processes this often in the window (their RSS and open files over
+    /// a long run: flat, or growing).
+    pub sample_every: Option<Duration>,
     /// Print progress to stderr during the ramp (a line rewritten in place: for a terminal).
     pub progress: bool,
 }
@@ -336,7 +339,25 @@ pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
         .accepted
         .load(std::sync::atomic::Ordering::Relaxed);
     let window_started = Instant::now();
-    tokio::time::sleep(plan.duration).await;
+    let mut series = Vec::new();
+    match plan.sample_every {
+        Some(every) if !plan.proxy_pids.is_empty() => {
+            let end = tokio::time::Instant::now() + plan.duration;
+            let mut next = tokio::time::Instant::now();
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                if let Some(sample) = sample_all(&plan.proxy_pids) {
+                    series.push(SeriesPoint {
+                        seconds: window_started.elapsed().as_secs_f64(),
+                        sample,
+                    });
+                }
+                next += every.max(Duration::from_millis(100));
+            }
+            tokio::time::sleep_until(end).await;
+        }
+        _ => tokio::time::sleep(plan.duration).await,
+    }
     let window = window_started.elapsed();
     let proxy_end = sample_proxies();
     let pool_end = pool
@@ -417,6 +438,13 @@ pub async fn run_load(plan: &LoadPlan) -> Result<LoadReport, LoadError> {
             .map(|(a, b)| tool_cpu(a, b, ramp + window)),
     );
     report.processes = processes;
+    if let Some(end) = sample_all(&plan.proxy_pids).filter(|_| !series.is_empty()) {
+        series.push(SeriesPoint {
+            seconds: window.as_secs_f64(),
+            sample: end,
+        });
+    }
+    report.series = series;
     Ok(report)
 }
 

@@ -182,8 +182,12 @@ impl JobBook {
 /// The key is the share's SHA-256d hash: two submits with the same job, extranonce1, extranonce2,
 /// ntime, nonce and version give the same hash, however their hex was spelled (case flips and
 /// padding tricks were used against string-keyed duplicate checks: MiningCore#710), and different
-/// submits give different hashes short of a SHA-256 collision. Memory is bounded by the jobs'
-/// lifetime: a job's set is dropped when the job goes stale.
+/// submits give different hashes short of a SHA-256 collision. Only the hash's 64 low-order bits
+/// are kept (8 bytes a share, not 32: a miner at two shares a second over ten live jobs held
+/// 5.6 KiB of them): the high-order bits of a share meeting a target are zeros, the low ones
+/// uniform, so two different shares of one miner's job look alike with probability about
+/// n / 2^64, and such a collision could only refuse a share, never accept one twice. Memory is
+/// bounded by the jobs' lifetime: a job's set is dropped when the job goes stale.
 #[derive(Debug, Default)]
 pub struct DuplicateFilter {
     /// (job seq, hashes of accepted shares), oldest job first. Only live jobs are here, a
@@ -206,14 +210,14 @@ impl DuplicateFilter {
                 &mut self.jobs.last_mut().expect("just pushed").1
             }
         };
-        set.insert(*hash)
+        set.insert(share_key(hash))
     }
 
     /// Whether the share was recorded.
     pub fn contains(&self, job_seq: u64, hash: &[u8; 32]) -> bool {
         self.jobs
             .iter()
-            .any(|(seq, set)| *seq == job_seq && set.contains(hash))
+            .any(|(seq, set)| *seq == job_seq && set.contains(&share_key(hash)))
     }
 
     /// Forgets every job with a sequence number below `oldest_live_seq`.
@@ -232,12 +236,19 @@ impl DuplicateFilter {
     }
 }
 
-/// The accepted share hashes of one job.
-type ShareHashes = HashSet<[u8; 32], BuildHasherDefault<HashPrefixHasher>>;
+/// The accepted shares of one job, by [`share_key`].
+type ShareHashes = HashSet<u64, BuildHasherDefault<HashPrefixHasher>>;
 
-/// Hashes a SHA-256d output by taking 8 of its bytes: the input is already uniformly random, so
-/// running SipHash over it again would only cost time. The low-order bytes are used because
-/// shares meeting a target have their high-order bytes zero.
+/// A share's key in the filter: the 64 low-order bits of its SHA-256d hash (the first 8 bytes
+/// in Bitcoin's internal, little-endian order).
+fn share_key(hash: &[u8; 32]) -> u64 {
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(low)
+}
+
+/// Hashes a [`share_key`] as itself: it is already uniformly random, so running SipHash over it
+/// again would only cost time.
 #[derive(Default)]
 struct HashPrefixHasher(u64);
 
@@ -246,9 +257,11 @@ impl Hasher for HashPrefixHasher {
         self.0
     }
 
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+
     fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 32]` hashes as a length prefix then its bytes: both are folded in, and the
-        // constant prefix changes nothing about the spread.
         let mut word = [0u8; 8];
         let take = bytes.len().min(8);
         word[..take].copy_from_slice(&bytes[..take]);
@@ -332,6 +345,12 @@ mod tests {
         assert!(filter.insert(1, &hash));
         assert!(!filter.insert(1, &hash));
         assert!(filter.insert(2, &hash), "per job");
+        let mut other = hash;
+        other[0] ^= 1;
+        assert!(
+            filter.insert(1, &other),
+            "a share differing in its low-order bits is new"
+        );
         assert!(filter.contains(1, &hash));
         filter.retire_jobs_before(2);
         assert!(!filter.contains(1, &hash));
