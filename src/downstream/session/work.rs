@@ -270,7 +270,7 @@ impl Session {
             self.jobs.find(&submit.share.job_id).and_then(|sent| {
                 work.book
                     .by_seq(sent.seq)
-                    .map(|job| (job, sent.difficulty, sent.threshold))
+                    .map(|job| (job, sent.difficulty, sent.threshold()))
             })
         else {
             counters.rejected(&Reject::Stale).inc();
