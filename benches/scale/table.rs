@@ -193,7 +193,7 @@ pub fn markdown(rows: &[Row], runs: usize) -> String {
     out.push_str(
         "**Job fan-out, idle miners** (pool send to the kernel's receive stamp at each miner)\n\n",
     );
-    out.push_str("| miners | held | write floor (ms) | floor p99, receive stamps (ms) | pool direct p99 (ms) | hashgate p99 (ms) | hashgate / write floor | RSS per miner (KiB) |\n|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| miners | held | write floor (ms) | floor p99, receive stamps (ms) | pool direct p99 (ms) | hashgate p99 (ms) | hashgate / write floor | RSS per miner after the ramp / at the end (KiB) |\n|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let Scenario::Idle { miners } = r.scenario else {
             continue;
@@ -225,11 +225,12 @@ pub fn markdown(rows: &[Row], runs: usize) -> String {
             .map(|d| range(&d.fan_out(), 1))
             .unwrap_or_else(|| "- (one process holds at most 9,900)".into());
         out.push_str(&format!(
-            "| {miners} | {} | {write_text} | {p99_text} | {direct} | {} | {}x | {} |\n",
+            "| {miners} | {} | {write_text} | {p99_text} | {direct} | {} | {}x | {} / {} |\n",
             range(&held, 0),
             range(&p99, 1),
             range(&ratios(&p99, &write), 2),
             range(&r.swarm_values(rss_per_miner), 2),
+            range(&r.swarm_values(rss_per_miner_at_end), 2),
         ));
     }
     out.push_str("\n**Shares** (every share forwarded: the miners' difficulty is the pool's)\n\n");
@@ -251,7 +252,7 @@ pub fn markdown(rows: &[Row], runs: usize) -> String {
         ));
     }
     out.push_str("\n**A farm over several instances** (one pool; every instance pinned to core 0, the tool's child processes to core 1; a job reaches all instances at once)\n\n");
-    out.push_str("| miners, instances | held | fan-out p99, all (ms) | write floor (ms) | all / write floor | fan-out p99 per instance (ms) | RSS per miner per instance (KiB) | open files per instance | `hashgate status` total | Prometheus: instances up, workers |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| miners, instances | held | fan-out p99, all (ms) | write floor (ms) | all / write floor | fan-out p99 per instance (ms) | RSS per miner, each instance after the ramp; all at the end (KiB) | open files per instance | `hashgate status` total | Prometheus: instances up, workers |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let Scenario::Farm { miners, instances } = r.scenario else {
             continue;
@@ -276,13 +277,14 @@ pub fn markdown(rows: &[Row], runs: usize) -> String {
         let up: Vec<f64> = views.iter().filter_map(|v| v.prometheus_up).collect();
         let workers: Vec<f64> = views.iter().filter_map(|v| v.prometheus_workers).collect();
         out.push_str(&format!(
-            "| {miners}, {instances} | {} | {} | {} | {}x | {} | {} | {} | {} | {}, {} |\n",
+            "| {miners}, {instances} | {} | {} | {} | {}x | {} | {}; {} | {} | {} | {}, {} |\n",
             range(&r.swarm_values(|s| s.ready as f64), 0),
             range(&p99, 1),
             range(&write, 1),
             range(&ratios(&p99, &write), 2),
             range(&per_instance(|i| i.fan_out.p99_ms), 1),
             range(&per_instance(|i| i.resources.rss_per_miner_kib), 2),
+            range(&r.swarm_values(rss_per_miner_at_end), 2),
             range(&per_instance(|i| i.resources.end.open_files as f64), 0),
             range(&status, 0),
             range(&up, 0),
@@ -341,6 +343,14 @@ pub fn markdown(rows: &[Row], runs: usize) -> String {
         out.push_str("\n(aiostratum-proxy could not be set up in this session: no peer rows.)\n");
     }
     out
+}
+
+/// The proxy's RSS growth from the start to the window's end per miner held: the miners' steady
+/// state (their jobs and buffers after a few jobs), not only what the handshake left.
+pub fn rss_per_miner_at_end(report: &LoadReport) -> f64 {
+    report.proxy.as_ref().map_or(0.0, |p| {
+        p.end.rss_kib.saturating_sub(p.start.rss_kib) as f64 / report.ready.max(1) as f64
+    })
 }
 
 /// The proxy's RSS growth over the ramp per miner held (0 straight to the pool).
