@@ -1,12 +1,14 @@
 //! The plot the issue asks for: job fan-out p99 and memory per miner against the number of
-//! miners, hashgate beside the floor and the pool direct (medians over the runs).
+//! miners, hashgate beside the floor and the pool direct, and the farm of several instances
+//! (medians over the runs). Both axes of the fan-out and the miners axis of the memory are
+//! logarithmic: 1,000 to 100,000 miners on one page.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 
-use super::table::{Row, Scenario, floor_for, median, rss_per_miner};
+use super::table::{Row, Scenario, floor_for, median, rss_per_miner, rss_per_miner_at_end};
 
 /// Where the text's font comes from (Debian's fonts-dejavu-core).
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -26,6 +28,14 @@ fn series(rows: &[Row], pick: impl Fn(&Row) -> Option<(usize, f64)>) -> Series {
     points
 }
 
+/// (lowest, highest) of positive `values` ((1, 2) when there are none: an axis still draws).
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (low, high) = values
+        .filter(|v| *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
+    if high > 0.0 { (low, high) } else { (1.0, 2.0) }
+}
+
 /// Draws the two panels into `png`.
 pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
     let font = std::fs::read(FONT)
@@ -40,10 +50,14 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         Scenario::Idle { miners } => Some((miners, median(&r.fan_out()))),
         _ => None,
     });
+    let farm_p99 = series(rows, |r| match r.scenario {
+        Scenario::Farm { miners, .. } => Some((miners, median(&r.fan_out()))),
+        _ => None,
+    });
     // The write floor at each size hashgate was measured at (the issue's floor: N lines
     // written by one thread, at the per-socket time of the nearest floor run).
     let floor_p99 = series(rows, |r| match r.scenario {
-        Scenario::Idle { miners } => {
+        Scenario::Idle { miners } | Scenario::Farm { miners, .. } => {
             floor_for(rows, miners).map(|floor| (miners, median(&floor.write_ms)))
         }
         _ => None,
@@ -53,26 +67,33 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         _ => None,
     });
     let memory = series(rows, |r| match r.scenario {
-        Scenario::Idle { miners } => Some((miners, median(&r.swarm_values(rss_per_miner)))),
+        Scenario::Idle { miners } | Scenario::Farm { miners, .. } => {
+            Some((miners, median(&r.swarm_values(rss_per_miner))))
+        }
+        _ => None,
+    });
+    let memory_at_end = series(rows, |r| match r.scenario {
+        Scenario::Idle { miners } | Scenario::Farm { miners, .. } => {
+            Some((miners, median(&r.swarm_values(rss_per_miner_at_end))))
+        }
         _ => None,
     });
     let root = BitMapBackend::new(png, (1200, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
     let (left, right) = root.split_horizontally(620);
-    let max_miners = [&hashgate_p99, &floor_p99, &direct_p99]
-        .iter()
-        .flat_map(|s| s.iter().map(|p| p.0))
-        .fold(1.0, f64::max);
-    let max_ms = [&hashgate_p99, &floor_p99, &direct_p99]
-        .iter()
-        .flat_map(|s| s.iter().map(|p| p.1))
-        .fold(1.0, f64::max);
+    let all = [&hashgate_p99, &farm_p99, &floor_p99, &direct_p99];
+    let (min_miners, max_miners) = bounds(all.iter().flat_map(|s| s.iter().map(|p| p.0)));
+    let (min_ms, max_ms) = bounds(all.iter().flat_map(|s| s.iter().map(|p| p.1)));
+    let miners_axis = (min_miners * 0.7..max_miners * 1.4).log_scale();
     let mut chart = ChartBuilder::on(&left)
         .caption("Job fan-out p99, idle miners", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_miners * 1.05, 0.0..max_ms * 1.15)
+        .build_cartesian_2d(
+            miners_axis.clone(),
+            (min_ms * 0.5..max_ms * 2.5).log_scale(),
+        )
         .map_err(|e| anyhow!("plot: {e}"))?;
     chart
         .configure_mesh()
@@ -83,6 +104,7 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         .map_err(|e| anyhow!("plot: {e}"))?;
     for (name, points, color) in [
         ("hashgate", &hashgate_p99, RED),
+        ("hashgate, six instances on one core", &farm_p99, MAGENTA),
         ("pool direct", &direct_p99, BLUE),
         (
             "write floor (one thread, a line per socket)",
@@ -109,13 +131,17 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         .background_style(WHITE.mix(0.8))
         .draw()
         .map_err(|e| anyhow!("plot: {e}"))?;
-    let max_kib = memory.iter().map(|p| p.1).fold(1.0, f64::max);
+    let max_kib = memory_at_end
+        .iter()
+        .chain(&memory)
+        .map(|p| p.1)
+        .fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&right)
         .caption("hashgate RSS per idle miner", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_miners * 1.05, 0.0..max_kib.max(GOAL_KIB) * 1.3)
+        .build_cartesian_2d(miners_axis, 0.0..max_kib.max(GOAL_KIB) * 1.4)
         .map_err(|e| anyhow!("plot: {e}"))?;
     chart
         .configure_mesh()
@@ -124,14 +150,29 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         .y_desc("KiB per miner")
         .draw()
         .map_err(|e| anyhow!("plot: {e}"))?;
-    chart
-        .draw_series(LineSeries::new(memory.iter().copied(), RED.stroke_width(2)))
-        .map_err(|e| anyhow!("plot: {e}"))?
-        .label("hashgate")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], RED.stroke_width(2)));
+    for (name, points, color) in [
+        ("after the ramp (one job each)", &memory, RED),
+        (
+            "at the window's end (a job every 2-5 s)",
+            &memory_at_end,
+            MAGENTA,
+        ),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| anyhow!("plot: {e}"))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .map_err(|e| anyhow!("plot: {e}"))?;
+    }
     chart
         .draw_series(LineSeries::new(
-            [(0.0, GOAL_KIB), (max_miners * 1.05, GOAL_KIB)],
+            [(min_miners * 0.7, GOAL_KIB), (max_miners * 1.4, GOAL_KIB)],
             BLACK.stroke_width(1),
         ))
         .map_err(|e| anyhow!("plot: {e}"))?
@@ -139,13 +180,10 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
         .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(1)));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::LowerRight)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()
-        .map_err(|e| anyhow!("plot: {e}"))?;
-    chart
-        .draw_series(memory.iter().map(|p| Circle::new(*p, 4, RED.filled())))
         .map_err(|e| anyhow!("plot: {e}"))?;
     root.present().map_err(|e| anyhow!("plot: {e}"))?;
     Ok(())
