@@ -28,6 +28,25 @@ fn series(rows: &[Row], pick: impl Fn(&Row) -> Option<(usize, f64)>) -> Series {
     points
 }
 
+/// One named series as a line with a dot at each point, in the legend (a macro: the two
+/// panels' charts have different coordinate types).
+macro_rules! draw_line {
+    ($chart:expr, $name:expr, $points:expr, $color:expr) => {{
+        let color = $color;
+        $chart
+            .draw_series(LineSeries::new(
+                $points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| anyhow!("plot: {e}"))?
+            .label($name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        $chart
+            .draw_series($points.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .map_err(|e| anyhow!("plot: {e}"))?;
+    }};
+}
+
 /// (lowest, highest) of positive `values` ((1, 2) when there are none: an axis still draws).
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (low, high) = values
@@ -112,17 +131,7 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
             BLACK,
         ),
     ] {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| anyhow!("plot: {e}"))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-            .map_err(|e| anyhow!("plot: {e}"))?;
+        draw_line!(chart, name, points, color);
     }
     chart
         .configure_series_labels()
@@ -158,17 +167,7 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<()> {
             MAGENTA,
         ),
     ] {
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| anyhow!("plot: {e}"))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart
-            .draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))
-            .map_err(|e| anyhow!("plot: {e}"))?;
+        draw_line!(chart, name, points, color);
     }
     chart
         .draw_series(LineSeries::new(
