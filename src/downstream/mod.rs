@@ -82,19 +82,16 @@ pub async fn listen(
                     commands: Arc::clone(&commands),
                     stats: Arc::clone(&stats),
                 });
-                let downstream = Arc::clone(&downstream);
-                tracker.spawn(async move {
-                    let connection = Connection {
-                        id,
-                        stream,
-                        peer,
-                        commands,
-                        stats,
-                    };
-                    serve_miner(connection, Arc::clone(&downstream)).await;
-                    downstream.control.registry().remove(id);
-                    drop(permit);
-                });
+                let connection = Connection {
+                    id,
+                    stream,
+                    peer,
+                    commands,
+                    stats,
+                };
+                // Spawned as built: the task holds the session once (it leaves the registry and
+                // drops the permit itself).
+                tracker.spawn(serve_miner(connection, Arc::clone(&downstream), permit));
             }
             Err(error) => {
                 // EMFILE and friends: wait a little instead of spinning.

@@ -18,6 +18,7 @@ mod work;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -107,10 +108,15 @@ pub struct Connection {
     pub stats: Arc<Mutex<WorkerStats>>,
 }
 
-/// Serves one miner until it leaves, misbehaves, or hashgate stops (a `Shutdown` in its
-/// mailbox): one task per miner, reading, writing and handling its work, so an idle miner
-/// costs its state and nothing more.
-pub async fn serve_miner(connection: Connection, context: Arc<Downstream>) {
+/// The future that serves one miner until it leaves, misbehaves, or hashgate stops (a
+/// `Shutdown` in its mailbox): one task per miner, reading, writing and handling its work, so
+/// an idle miner costs its state and nothing more. The session is built here, before the task
+/// runs, so the task's future holds it once.
+pub fn serve_miner(
+    connection: Connection,
+    context: Arc<Downstream>,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
     let Connection {
         id,
         stream,
@@ -119,20 +125,23 @@ pub async fn serve_miner(connection: Connection, context: Arc<Downstream>) {
         stats,
     } = connection;
     let span = info_span!("miner", id, %peer, worker = field::Empty, group = field::Empty);
+    context.metrics.miners.connections.inc();
+    let io = MinerIo::new(stream, context.settings.server.write_buffer_bytes);
+    let mut session = Session::new(id, peer, context, io, stats);
+    // Everything the miner's task needs is now in `session`, `commands` and `permit`, which the
+    // block below captures and uses in place: spawned as it is, the task's future holds each
+    // once. (An `async fn` taking them would copy its arguments into its body's locals, and a
+    // block capturing the connection's parts would keep them beside the session: either costs
+    // about 900 bytes a miner for its whole life.)
     async move {
-        // Through the shared context: a copy of the metric handles would widen every task.
-        let metrics = &context.metrics;
-        metrics.miners.connections.inc();
-        let io = MinerIo::new(stream, context.settings.server.write_buffer_bytes);
-        let mut session = Session::new(id, peer, Arc::clone(&context), io, stats);
         let ending = session.run(&commands).await;
         commands.close();
         session.release_extranonce();
         if !session.member.workers.is_empty() {
             session.member.counters.workers.dec();
         }
-        // The last lines (a reconnect, a refusal) still go out, unless the miner does not read.
-        // Boxed: it runs once, and would otherwise widen the task for the miner's whole life.
+        // The last lines (a reconnect, a refusal) still go out, unless the miner does not
+        // read. Boxed: it runs once, and would otherwise widen the task for the miner's life.
         Box::pin(session.io.finish(FINAL_WRITE_GRACE)).await;
         match &ending {
             Ending::Io(error) => info!(reason = ending.label(), %error, "miner disconnected"),
@@ -141,15 +150,18 @@ pub async fn serve_miner(connection: Connection, context: Arc<Downstream>) {
             }
             _ => info!(reason = ending.label(), "miner disconnected"),
         }
+        let metrics = &session.context.metrics;
         metrics
             .miners
             .disconnects
             .with_label_values(&[ending.label()])
             .inc();
         metrics.miners.connections.dec();
+        // It leaves the registry and gives its place under `server.max_miners` back.
+        session.context.control.registry().remove(session.id);
+        drop(permit);
     }
     .instrument(span)
-    .await
 }
 
 /// BIP310 version rolling with this miner: the mask it asked for and the one in force (the
